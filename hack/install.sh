@@ -1,0 +1,264 @@
+#!/usr/bin/env bash
+# Installs everything containerd-shim-pyrunc needs on a Debian 12 host, as root:
+#   - Debian packages: containerd, runc, iptables, iproute2, busybox-static, a C toolchain,
+#     python3-venv, and what `make criu` needs;
+#   - CRIU 4.1.1 at /usr/local/sbin/criu, built from Debian trixie's source tarball
+#     (bookworm's CRIU 3.17 fails on current kernels);
+#   - the project in a venv at /opt/containerd-shim-pyrunc/venv (editable install of this
+#     checkout) and /usr/local/bin/containerd-shim-pyrunc-v2 pointing at its console script;
+#   - a running containerd (started by hand when its socket does not answer: no systemd here);
+#   - fs.pipe-max-size >= 4 MiB (CRIU lazy pages without CAP_SYS_RESOURCE);
+#   - the test image localhost/pyrunc-test:latest (hack/image/build.sh), imported into
+#     containerd's "default" namespace.
+# Idempotent: every step first checks whether it is already done, so a second run takes
+# seconds and changes nothing. Needs no network but the package registries.
+set -euo pipefail
+
+readonly CRIU_VERSION=4.1.1
+readonly CRIU_BIN=/usr/local/sbin/criu
+readonly CACHE_DIR=/var/cache/containerd-shim-pyrunc
+readonly PREFIX=/opt/containerd-shim-pyrunc
+readonly VENV=$PREFIX/venv
+readonly VENV_STAMP=$VENV/.containerd-shim-pyrunc-install
+readonly SHIM_NAME=containerd-shim-pyrunc-v2
+readonly SHIM_LINK=/usr/local/bin/$SHIM_NAME
+readonly CONTAINERD_SOCK=/run/containerd/containerd.sock
+readonly CONTAINERD_LOG=/var/log/containerd.log
+readonly IMAGE_REF=localhost/pyrunc-test:latest
+readonly IMAGE_NS=default
+readonly PIPE_MAX=4194304
+readonly SYSCTL_FILE=/etc/sysctl.d/60-containerd-shim-pyrunc.conf
+readonly TRIXIE_SRC_FILE=/etc/apt/sources.list.d/containerd-shim-pyrunc-trixie-src.sources
+
+# Runtime and build packages. For `make criu` only these are required (criu/Makefile.packages
+# and the link line): pkg-config, libprotobuf-c-dev, protobuf-c-compiler, libnl-3-dev,
+# libnet1-dev, libcap-dev, uuid-dev (descriptor.proto ships in CRIU's own tree, so
+# libprotobuf-dev/protoc are not needed). libbsd-dev, libnftables-dev and libgnutls28-dev are
+# optional features we want (setproctitle, nftables network locking, TLS page server).
+# libaio-dev (CRIU's test suite), libdrm-dev (amdgpu plugin, not part of `make criu`),
+# python3-protobuf (crit) and asciidoc/xmlto (man pages; pull in TeX) are left out.
+readonly PACKAGES=(
+    containerd runc iptables iproute2 busybox-static procps xz-utils
+    gcc make pkg-config python3-venv
+    libprotobuf-c-dev protobuf-c-compiler libnl-3-dev libnet1-dev libcap-dev uuid-dev
+    libbsd-dev libnftables-dev libgnutls28-dev
+)
+
+export DEBIAN_FRONTEND=noninteractive
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+apt_updated=0
+
+log() { printf '==> %s\n' "$*"; }
+die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
+
+apt_update() {
+    if [[ $apt_updated == 0 ]]; then
+        log "apt-get update"
+        apt-get update -qq
+        apt_updated=1
+    fi
+}
+
+install_packages() {
+    local missing=() p
+    for p in "${PACKAGES[@]}"; do
+        if [[ $(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null) != installed ]]; then
+            missing+=("$p")
+        fi
+    done
+    if ((${#missing[@]} == 0)); then
+        log "Debian packages: all present"
+        return
+    fi
+    apt_update
+    log "apt-get install ${missing[*]}"
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+criu_is_wanted_version() {
+    [[ -x $CRIU_BIN ]] || return 1
+    local out
+    out=$("$CRIU_BIN" --version 2>/dev/null) || return 1
+    grep -qx "Version: $CRIU_VERSION" <<<"$out"
+}
+
+criu_source_available() {
+    local out
+    out=$(apt-cache showsrc criu 2>/dev/null) || return 1
+    grep -q "^Version: $CRIU_VERSION-" <<<"$out"
+}
+
+# The configured apt targets, as apt itself parses them (sources.list and deb822 .sources).
+apt_targets() {
+    apt-get indextargets --no-release-info --format '$(TARGET_OF) $(RELEASE) $(SITE)' | sort -u
+}
+
+# Adds a deb-src entry for trixie main on the archive already configured for this release,
+# unless one exists.
+ensure_trixie_sources() {
+    local targets codename uri signed_by=""
+    targets=$(apt_targets)
+    if awk '$1 == "deb-src" && $2 == "trixie" {found = 1} END {exit !found}' <<<"$targets"; then
+        return
+    fi
+    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+    [[ -n $codename ]] || die "cannot tell this Debian release's codename from /etc/os-release"
+    uri=$(awk -v c="$codename" '$1 == "deb" && $2 == c {print $3; exit}' <<<"$targets")
+    [[ -n $uri ]] || die "no apt source configured for '$codename'; cannot locate the Debian archive"
+    if [[ -f /etc/apt/sources.list.d/debian.sources ]]; then
+        signed_by=$(awk 'tolower($1) == "signed-by:" {print $2; exit}' \
+            /etc/apt/sources.list.d/debian.sources)
+    fi
+    log "adding deb-src trixie main from $uri ($TRIXIE_SRC_FILE)"
+    {
+        echo "Types: deb-src"
+        echo "URIs: $uri"
+        echo "Suites: trixie"
+        echo "Components: main"
+        [[ -n $signed_by ]] && echo "Signed-By: $signed_by"
+    } >"$TRIXIE_SRC_FILE"
+    apt_updated=0
+}
+
+install_criu() {
+    if criu_is_wanted_version; then
+        log "CRIU $CRIU_VERSION: already at $CRIU_BIN"
+    else
+        ensure_trixie_sources
+        if ! criu_source_available; then
+            apt_updated=0
+            apt_update
+        fi
+        criu_source_available || die "no criu $CRIU_VERSION source package in trixie (apt-cache showsrc criu)"
+        local build=$CACHE_DIR/criu tarball=criu_$CRIU_VERSION.orig.tar.xz
+        mkdir -p "$build"
+        if [[ ! -s $build/$tarball ]]; then
+            log "apt-get source --tar-only criu/trixie"
+            # The orig tarball is served; the .dsc may not be (hence --tar-only).
+            # (_apt cannot write to this root-owned folder: download as root, quietly.)
+            (cd "$build" && apt-get source -qq -o APT::Sandbox::User=root --tar-only criu/trixie)
+        fi
+        [[ -s $build/$tarball ]] || die "apt-get source did not fetch $tarball"
+        log "building CRIU $CRIU_VERSION in $build"
+        rm -rf "$build/criu-$CRIU_VERSION"
+        tar -C "$build" -xf "$build/$tarball"
+        make -C "$build/criu-$CRIU_VERSION" -j"$(nproc)" criu >"$build/make.log" 2>&1 \
+            || { tail -n 30 "$build/make.log" >&2; die "make criu failed (log: $build/make.log)"; }
+        install -m0755 "$build/criu-$CRIU_VERSION/criu/criu" "$CRIU_BIN"
+        criu_is_wanted_version || die "$CRIU_BIN --version does not report $CRIU_VERSION"
+    fi
+    criu_check=$("$CRIU_BIN" check 2>&1 || true)
+    grep -q "Looks good" <<<"$criu_check" \
+        || die "'$CRIU_BIN check' failed:"$'\n'"$criu_check"
+}
+
+venv_wanted_stamp() {
+    printf 'repo=%s\npyproject=%s\n' "$repo" "$(sha256sum <"$repo/pyproject.toml" | cut -d' ' -f1)"
+}
+
+venv_is_current() {
+    [[ -x $VENV/bin/python && -f $VENV_STAMP ]] || return 1
+    [[ $(cat "$VENV_STAMP") == "$(venv_wanted_stamp)" ]] || return 1
+    # The venv must import the package from this checkout.
+    local where
+    where=$("$VENV/bin/python" -c 'import shim, os; print(os.path.dirname(shim.__file__))' \
+        2>/dev/null) || return 1
+    [[ $where == "$repo/shim" ]]
+}
+
+install_project() {
+    if venv_is_current; then
+        log "venv: $VENV is current (editable install of $repo)"
+    else
+        if [[ ! -x $VENV/bin/python ]]; then
+            log "creating venv $VENV"
+            mkdir -p "$PREFIX"
+            /usr/bin/python3 -m venv "$VENV"
+        fi
+        log "pip install -e $repo[test,grpc,net]"
+        rm -f "$VENV_STAMP"
+        # pip 23 warns once per package about configured local index folders that lack it;
+        # those lines are noise, everything else on stderr is passed through.
+        "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
+            --config-settings editable_mode=compat -e "$repo[test,grpc,net]" \
+            2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+        venv_wanted_stamp >"$VENV_STAMP"
+    fi
+    local target=$VENV/bin/$SHIM_NAME
+    [[ -e $target ]] || die "pip did not install the console script $target"
+    if [[ $(readlink "$SHIM_LINK" 2>/dev/null || true) != "$target" ]]; then
+        log "linking $SHIM_LINK -> $target"
+        ln -sfn "$target" "$SHIM_LINK"
+    fi
+}
+
+containerd_answers() {
+    timeout 5 ctr --address "$CONTAINERD_SOCK" version >/dev/null 2>&1
+}
+
+ensure_containerd() {
+    if containerd_answers; then
+        log "containerd: answering on $CONTAINERD_SOCK"
+        return
+    fi
+    log "starting containerd (log: $CONTAINERD_LOG)"
+    setsid nohup containerd </dev/null >>"$CONTAINERD_LOG" 2>&1 &
+    local i
+    for ((i = 0; i < 60; i++)); do
+        containerd_answers && return
+        sleep 0.5
+    done
+    tail -n 20 "$CONTAINERD_LOG" >&2 || true
+    die "containerd did not answer on $CONTAINERD_SOCK within 30 s"
+}
+
+# CRIU's lazy page server needs ~4 MiB pipes; root here lacks CAP_SYS_RESOURCE, so the limit
+# itself must allow them (see the project docs on lazy migration).
+ensure_pipe_max_size() {
+    local cur line="fs.pipe-max-size = $PIPE_MAX"
+    cur=$(sysctl -n fs.pipe-max-size)
+    if ((cur < PIPE_MAX)); then
+        log "sysctl fs.pipe-max-size=$PIPE_MAX (was $cur)"
+        sysctl -q -w fs.pipe-max-size=$PIPE_MAX
+    fi
+    if [[ -d /etc/sysctl.d && $(cat "$SYSCTL_FILE" 2>/dev/null) != "$line" ]]; then
+        echo "$line" >"$SYSCTL_FILE"   # kept across reboots
+    fi
+}
+
+install_image() {
+    bash "$repo/hack/image/build.sh"
+    local want have
+    want=$(cat "$repo/build/pyrunc-test-image.digest")
+    have=$(ctr -n "$IMAGE_NS" image ls 2>/dev/null | awk -v r="$IMAGE_REF" '$1 == r {print $3}')
+    if [[ $have == "$want" ]]; then
+        log "image $IMAGE_REF ($want): already imported"
+    else
+        log "importing $IMAGE_REF into containerd namespace $IMAGE_NS"
+        ctr -n "$IMAGE_NS" image import "$repo/build/pyrunc-test-image.tar" >/dev/null
+    fi
+    image_digest=$want
+}
+
+main() {
+    [[ $EUID == 0 ]] || die "run as root"
+    install_packages
+    install_criu
+    install_project
+    ensure_containerd
+    ensure_pipe_max_size
+    install_image
+
+    echo
+    echo "containerd-shim-pyrunc installed:"
+    echo "  criu:        $CRIU_BIN ($("$CRIU_BIN" --version | head -n1)); criu check: $(tail -n1 <<<"$criu_check")"
+    echo "  shim:        $SHIM_LINK -> $(readlink "$SHIM_LINK")"
+    echo "  venv:        $VENV (editable: $repo)"
+    echo "  containerd:  $CONTAINERD_SOCK ($(ctr version 2>/dev/null | awk '/Server:/{s=1} s && /Version:/{print $2; exit}'))"
+    echo "  test image:  $IMAGE_REF $image_digest (namespace $IMAGE_NS)"
+    echo "  fs.pipe-max-size: $(sysctl -n fs.pipe-max-size)"
+}
+
+main "$@"

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Runs the project's checks and tests with the project venv:
+#   static       ruff check, mypy (strict; config in pyproject.toml), hack/gen-protos.sh --check
+#   unit         pytest tests         (unprivileged; "no tests collected" is a failure)
+#   integration  pytest integration   (root only; against real containerd, runc and CRIU)
+# Usage: hack/test.sh [static|unit|integration ...] [-- PYTEST_ARGS...]
+#   no step names = all steps; PYTEST_ARGS go to every pytest run (e.g. -- -k checkpoint -x).
+# First runs hack/install.sh (idempotent, seconds when nothing changed) when root, unless
+# PYRUNC_SKIP_INSTALL=1. Every selected step runs even if an earlier one failed; the exit
+# status is non-zero if any failed, and a summary is printed at the end.
+set -uo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo" || exit 1
+venv=/opt/containerd-shim-pyrunc/venv
+py=$venv/bin/python
+
+usage() { echo "usage: $0 [static|unit|integration ...] [-- PYTEST_ARGS...]" >&2; exit 2; }
+
+groups=()
+pytest_args=()
+while (($#)); do
+    case $1 in
+        static | unit | integration) groups+=("$1") ;;
+        --) shift; pytest_args=("$@"); break ;;
+        -h | --help) usage ;;
+        *) echo "unknown step: $1" >&2; usage ;;
+    esac
+    shift
+done
+((${#groups[@]})) || groups=(static unit integration)
+wants() { [[ " ${groups[*]} " == *" $1 "* ]]; }
+
+results=()   # "STATUS<TAB>name<TAB>note"
+failed=0
+record() {   # record STATUS NAME [NOTE]
+    results+=("$1"$'\t'"$2"$'\t'"${3:-}")
+    [[ $1 == FAIL ]] && failed=1
+    return 0
+}
+banner() { printf '\n======== %s ========\n' "$*"; }
+
+# run NAME CMD...: runs a step, records PASS/FAIL by exit status.
+run() {
+    local name=$1 rc
+    shift
+    banner "$name"
+    "$@"
+    rc=$?
+    if ((rc == 0)); then record PASS "$name"; else record FAIL "$name" "exit $rc"; fi
+}
+
+# run_pytest NAME DIR NO_TESTS_IS_FAILURE
+run_pytest() {
+    local name=$1 dir=$2 strict=$3 rc
+    banner "$name"
+    "$py" -m pytest "$dir" "${pytest_args[@]}"
+    rc=$?
+    case $rc in
+        0) record PASS "$name" ;;
+        5) if [[ $strict == 1 ]]; then record FAIL "$name" "no tests collected"
+           else record PASS "$name" "no tests collected"; fi ;;
+        *) record FAIL "$name" "pytest exit $rc" ;;
+    esac
+}
+
+# --- install -------------------------------------------------------------------------------
+if [[ ${PYRUNC_SKIP_INSTALL:-0} == 1 ]]; then
+    echo "PYRUNC_SKIP_INSTALL=1: not running hack/install.sh"
+elif [[ $EUID == 0 ]]; then
+    run "install (hack/install.sh)" bash "$repo/hack/install.sh"
+else
+    echo "not root: not running hack/install.sh (run it once as root)"
+fi
+if [[ ! -x $py ]]; then
+    echo "test.sh: $py is missing; run 'sudo bash hack/install.sh' first" >&2
+    record FAIL "venv" "$py missing"
+fi
+
+# --- static checks ---------------------------------------------------------------------------
+if wants static && [[ -x $py ]]; then
+    run "ruff check" "$py" -m ruff check .
+    run "mypy" "$py" -m mypy shim
+    if [[ -f hack/gen-protos.sh ]]; then
+        run "protos (hack/gen-protos.sh --check)" bash hack/gen-protos.sh --check
+    else
+        banner "protos"
+        echo "hack/gen-protos.sh does not exist (yet): generated-code check NOT run"
+        record SKIP "protos (hack/gen-protos.sh --check)" "hack/gen-protos.sh missing"
+    fi
+fi
+
+# --- tests -----------------------------------------------------------------------------------
+if wants unit && [[ -x $py ]]; then
+    run_pytest "unit tests (pytest tests)" tests 1
+fi
+if wants integration && [[ -x $py ]]; then
+    if [[ $EUID == 0 ]]; then
+        run_pytest "integration tests (pytest integration)" integration 0
+    else
+        banner "integration tests"
+        echo "integration tests need root: NOT run"
+        record SKIP "integration tests (pytest integration)" "not root"
+    fi
+fi
+
+# --- summary ---------------------------------------------------------------------------------
+banner "summary"
+for r in "${results[@]}"; do
+    IFS=$'\t' read -r status name note <<<"$r"
+    printf '  %-4s  %s%s\n' "$status" "$name" "${note:+  ($note)}"
+done
+if ((failed)); then
+    echo "hack/test.sh: FAILED"
+    exit 1
+fi
+echo "hack/test.sh: OK"
