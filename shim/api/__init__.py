@@ -1,0 +1,1 @@
+"""Generated protobuf modules (hack/gen-protos.sh). Do not edit."""
