@@ -195,7 +195,8 @@ install_project() {
 }
 
 containerd_answers() {
-    timeout 5 ctr --address "$CONTAINERD_SOCK" version >/dev/null 2>&1
+    # Without the socket ctr would wait for it; don't.
+    [[ -S $CONTAINERD_SOCK ]] && timeout 5 ctr --address "$CONTAINERD_SOCK" version >/dev/null 2>&1
 }
 
 ensure_containerd() {
