@@ -1,0 +1,235 @@
+"""``containerd-shim-pyrunc-v2``: the binary containerd runs — ``start``, ``delete``, ``-v``,
+and, with no action, the daemon.
+
+Strategy: mirrors containerd ``runtime/v2/shim/shim.go`` and the runc shim's manager. Flags
+follow Go's ``flag`` syntax (one or two dashes, ``-x v`` or ``-x=v``, booleans only as ``-x`` or
+``-x=true``; flags end at the first positional argument). ``start`` stays lean: it imports
+neither asyncio nor protobuf (unless options arrive on stdin); the daemon is a fork of it, so
+the interpreter starts once. ``delete`` must print only a serialized DeleteResponse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from shim import __version__
+
+__all__ = ["Flags", "main", "parse_flags", "socket_address"]
+
+RUNTIME = "io.containerd.pyrunc.v2"
+SOCKET_DIR = "/run/containerd/s"
+GROUP_ANNOTATIONS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")
+
+
+class UsageError(Exception):
+    """Bad command-line arguments."""
+
+
+@dataclass(frozen=True, slots=True)
+class Flags:
+    namespace: str = ""
+    id: str = ""
+    address: str = "/run/containerd/containerd.sock"
+    publish_binary: str = "containerd"
+    bundle: str = ""
+    socket: str = ""
+    debug: bool = False
+    version: bool = False
+    action: str = ""
+
+
+_STRING_FLAGS = {
+    "namespace": "namespace",
+    "id": "id",
+    "address": "address",
+    "publish-binary": "publish_binary",
+    "bundle": "bundle",
+    "socket": "socket",
+}
+_BOOL_FLAGS = {"debug": "debug", "v": "version"}
+
+
+def parse_flags(args: list[str]) -> Flags:
+    """Parse Go ``flag``-style arguments.
+
+    Raises:
+        UsageError: an unknown flag, a missing value or a bad boolean.
+    """
+    values: dict[str, str | bool] = {}
+    i = 0
+    action = ""
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            action = args[i + 1] if i + 1 < len(args) else ""
+            break
+        if not arg.startswith("-") or arg == "-":
+            action = arg
+            break
+        name, eq, value = arg.lstrip("-").partition("=")
+        if name in _BOOL_FLAGS:
+            if eq and value not in ("true", "false", "1", "0", "t", "f", "TRUE", "FALSE"):
+                raise UsageError(f"invalid boolean value {value!r} for -{name}")
+            values[_BOOL_FLAGS[name]] = not eq or value in ("true", "1", "t", "TRUE")
+        elif name in _STRING_FLAGS:
+            if not eq:
+                i += 1
+                if i >= len(args):
+                    raise UsageError(f"flag needs an argument: -{name}")
+                value = args[i]
+            values[_STRING_FLAGS[name]] = value
+        else:
+            raise UsageError(f"flag provided but not defined: -{name}")
+        i += 1
+    return Flags(**values, action=action)  # type: ignore[arg-type]
+
+
+def socket_address(containerd_address: str, namespace: str, group: str) -> str:
+    """The shim's socket address: ``unix://`` + a hash of the containerd address, namespace and
+    group, exactly as the runc shim derives it (so one group maps to one socket)."""
+    digest = hashlib.sha256(os.path.join(containerd_address, namespace, group).encode())
+    return f"unix://{SOCKET_DIR}/{digest.hexdigest()}"
+
+
+def _group(bundle: Path, cid: str) -> str:
+    try:
+        spec = json.loads((bundle / "config.json").read_text())
+    except (OSError, ValueError):
+        return cid
+    annotations = spec.get("annotations") or {}
+    for key in GROUP_ANNOTATIONS:
+        if annotations.get(key):
+            return str(annotations[key])
+    return cid
+
+
+def _write_address(address: str) -> None:
+    tmp = Path(".address")
+    tmp.write_text(address)  # no trailing newline: containerd reads it raw
+    tmp.rename("address")
+
+
+def _listen(path: str) -> socket.socket | None:
+    """Bind the shim socket; None if a live shim already serves it."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        if exc.errno != 98:  # EADDRINUSE
+            raise
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+            sock.close()
+            return None
+        except OSError:
+            os.unlink(path)
+            sock.bind(path)
+        finally:
+            probe.close()
+    os.chmod(path, 0o600)
+    sock.listen(128)
+    return sock
+
+
+def start(flags: Flags) -> int:
+    """``start``: bind the socket, fork the daemon, print the address."""
+    bundle = Path.cwd()
+    address = socket_address(flags.address, flags.namespace, _group(bundle, flags.id))
+    path = address.removeprefix("unix://")
+    listener = _listen(path)
+    if listener is None:  # a shim of this group is already running
+        _write_address(address)
+        print(address, end="")
+        return 0
+    _write_address(address)
+    options = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        try:
+            os.setpgid(0, 0)
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.close(null)
+            if listener.fileno() != 3:
+                os.dup2(listener.fileno(), 3)
+                listener.close()
+            daemon_flags = Flags(
+                namespace=flags.namespace, id=flags.id, address=flags.address,
+                publish_binary=flags.publish_binary, debug=flags.debug,
+            )
+            from shim.daemon import serve
+
+            code = serve(daemon_flags)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    listener.close()
+    _adjust_daemon(pid, options)
+    print(address, end="")
+    return 0
+
+
+def _adjust_daemon(pid: int, options: bytes) -> None:
+    """Put the daemon into the shim cgroup asked for and give it containerd's OOM score + 1."""
+    with contextlib.suppress(OSError, ValueError):
+        score = int(Path(f"/proc/{os.getppid()}/oom_score_adj").read_text())
+        Path(f"/proc/{pid}/oom_score_adj").write_text(str(min(score + 1, 1000)))
+    if not options:
+        return
+    from shim.api.containerd.runc.options import oci_pb2
+    from google.protobuf.any_pb2 import Any
+
+    from shim.typeurl import unpack
+
+    any_ = Any()
+    any_.ParseFromString(options)
+    opts = unpack(any_, oci_pb2.Options)
+    if opts is not None and opts.shim_cgroup:
+        for controller in Path("/sys/fs/cgroup").iterdir():
+            procs = controller / opts.shim_cgroup.lstrip("/") / "cgroup.procs"
+            with contextlib.suppress(OSError):
+                procs.write_text(str(pid))
+
+
+def delete(flags: Flags) -> int:
+    """``delete``: clean up after a dead (or finished) shim; print a DeleteResponse."""
+    from shim.cleanup import cleanup
+
+    sys.stdout.buffer.write(cleanup(Path(flags.bundle or os.getcwd()), flags.namespace, flags.id))
+    sys.stdout.flush()
+    return 0
+
+
+def main() -> None:
+    try:
+        flags = parse_flags(sys.argv[1:])
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(2)
+    if flags.version:
+        print(f"{os.path.basename(sys.argv[0])}:\n  Version:  {__version__}\n"
+              f"  Revision: {RUNTIME}\n  Python version: {sys.version.split()[0]}")
+        sys.exit(0)
+    if not flags.namespace:
+        print("shim namespace cannot be empty", file=sys.stderr)
+        sys.exit(1)
+    if flags.action == "start":
+        sys.exit(start(flags))
+    if flags.action == "delete":
+        sys.exit(delete(flags))
+    if flags.action:
+        print(f"unknown action {flags.action!r}", file=sys.stderr)
+        sys.exit(2)
+    from shim.daemon import serve
+
+    sys.exit(serve(flags))

@@ -1,0 +1,430 @@
+"""A container and its processes: the init process, its execs, and their lifecycles.
+
+Strategy: mirrors containerd ``runtime/v2/runc/container.go`` and ``pkg/process/init.go`` /
+``exec.go``. Public methods take the container's lock and delegate to the process's state
+(:mod:`shim.state`); the reaper's exit callbacks take the same lock, so a start and the exit of
+the process it started are handled in order and TaskStart is queued before TaskExit. The init
+exit is published only after every exec of the container has exited (bounded wait).
+Work the states ask for lives in the ``do_*`` methods; nothing here maps errors to codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf.message import Message
+
+from shim.api.containerd.events import task_pb2 as events
+from shim.errors import AlreadyExists, FailedPrecondition, NotFound
+from shim.mount import Mount, mount_all, unmount_all
+from shim.reaper import Exit, Reaper
+from shim.runtime import Runc
+from shim.state import (
+    Created,
+    Deleted,
+    ExecCreated,
+    State,
+    TaskStatus,
+    check_transition,
+)
+from shim.stdio import IOConfig, ProcessIO
+
+__all__ = ["Container", "ContainerConfig", "ExecProcess", "InitProcess", "ProcessBase"]
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, Message], None]
+
+_EXEC_EXIT_WAIT = 5.0  # how long the init exit waits for the execs' exits
+_OUTPUT_FLUSH_WAIT = 2.0  # how long an exit waits for the last output to be copied
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerConfig:
+    """What Create asks for, decoded by the service."""
+
+    id: str
+    bundle: Path
+    namespace: str
+    io: IOConfig
+    rootfs: tuple[Mount, ...] = ()
+    no_pivot: bool = False
+    no_new_keyring: bool = False
+
+
+class ProcessBase:
+    """State, pid, stdio and exit of one process (init or exec)."""
+
+    def __init__(self, container: Container, id: str, io_config: IOConfig, state: State) -> None:
+        self.container = container
+        self.id = id
+        self.io_config = io_config
+        self.state = state
+        self.pid = 0
+        self.io: ProcessIO | None = None
+        self.exit_status = 0
+        self.exited_at: float | None = None
+        self.exited = asyncio.Event()
+
+    @property
+    def status(self) -> TaskStatus:
+        return self.state.status
+
+    def transition(self, target: type[State]) -> None:
+        self.state = check_transition(self.state, target)
+
+    def record_exit(self, ex: Exit) -> None:
+        """Called under the container lock when the reaper reports this process's exit."""
+        self.exit_status = ex.status
+        self.exited_at = ex.timestamp
+        self.state.exited(self)
+        self.exited.set()
+
+    def _watch(self) -> None:
+        fut = self.container.reaper.watch(self.pid)
+        fut.add_done_callback(self._exit_arrived)
+
+    def _exit_arrived(self, fut: asyncio.Future[Exit]) -> None:
+        if not fut.cancelled():
+            self.container.track(self._handle_exit(fut.result()))
+
+    async def _handle_exit(self, ex: Exit) -> None:
+        raise NotImplementedError
+
+    async def _open_io(self) -> ProcessIO:
+        c = self.container
+        self.io = await ProcessIO.open(
+            self.io_config, c.reaper, container_id=c.id, namespace=c.config.namespace
+        )
+        return self.io
+
+    async def wait_output(self) -> None:
+        if self.io is not None:
+            await self.io.wait_output(_OUTPUT_FLUSH_WAIT)
+
+    # Operations a state may call but that only some processes support.
+    async def do_restore(self) -> None:
+        raise NotImplementedError
+
+    async def do_pause(self) -> None:
+        raise NotImplementedError
+
+    async def do_resume(self) -> None:
+        raise NotImplementedError
+
+    async def do_checkpoint(self, request: object) -> None:
+        raise NotImplementedError
+
+
+class InitProcess(ProcessBase):
+    """The container's init process, created by ``runc create``."""
+
+    async def do_create(self) -> None:
+        c = self.container
+        io = await self._open_io()
+        pid_file = c.bundle / "init.pid"
+        await c.runtime.create(
+            c.id,
+            c.bundle,
+            pid_file,
+            io.runtime_stdio(),
+            console_socket=io.console_socket,
+            no_pivot=c.config.no_pivot,
+            no_new_keyring=c.config.no_new_keyring,
+        )
+        self.pid = int(pid_file.read_text())
+        self._watch()
+        await io.started()
+
+    async def do_start(self) -> None:
+        await self.container.runtime.start(self.container.id)
+
+    async def do_delete(self) -> None:
+        c = self.container
+        try:
+            await c.runtime.delete(c.id, force=True)
+        except NotFound:
+            pass
+        if self.io is not None:
+            self.io.close()
+        unmount_all(str(c.bundle / "rootfs"))
+
+    async def do_kill(self, signal: int, all: bool) -> None:
+        await self.container.runtime.kill(self.container.id, signal, all=all)
+
+    async def do_pause(self) -> None:
+        await self.container.runtime.pause(self.container.id)
+
+    async def do_resume(self) -> None:
+        await self.container.runtime.resume(self.container.id)
+
+    async def _handle_exit(self, ex: Exit) -> None:
+        c = self.container
+        running = [e.exited.wait() for e in c.execs.values() if e.pid and not e.exited.is_set()]
+        if running:
+            await asyncio.wait(
+                [asyncio.ensure_future(w) for w in running], timeout=_EXEC_EXIT_WAIT
+            )
+        await self.wait_output()
+        async with c.lock:
+            self.record_exit(ex)
+            c.publish(
+                "/tasks/exit",
+                events.TaskExit(
+                    container_id=c.id,
+                    id=c.id,
+                    pid=self.pid,
+                    exit_status=ex.status,
+                    exited_at=_timestamp(ex.timestamp),
+                ),
+            )
+
+
+class ExecProcess(ProcessBase):
+    """A process added with Exec and started with ``runc exec --detach``."""
+
+    def __init__(self, container: Container, id: str, io_config: IOConfig, spec: bytes) -> None:
+        super().__init__(container, id, io_config, ExecCreated())
+        self.spec = spec
+
+    async def do_start(self) -> None:
+        c = self.container
+        io = await self._open_io()
+        spec_path = c.bundle / f".exec-{self.id}.json"
+        pid_file = c.bundle / f"{self.id}.pid"
+        spec_path.write_bytes(self.spec)
+        try:
+            await c.runtime.exec(
+                c.id, spec_path, pid_file, io.runtime_stdio(), console_socket=io.console_socket
+            )
+        finally:
+            spec_path.unlink(missing_ok=True)
+        self.pid = int(pid_file.read_text())
+        self._watch()
+        await io.started()
+
+    async def do_delete(self) -> None:
+        if self.io is not None:
+            self.io.close()
+        self.container.execs.pop(self.id, None)
+
+    async def do_kill(self, signal: int, all: bool) -> None:
+        if not self.pid:
+            raise NotFound(f"exec {self.id} is not started")
+        try:
+            os.kill(self.pid, signal)
+        except ProcessLookupError as exc:
+            raise NotFound("process already finished") from exc
+
+    async def _handle_exit(self, ex: Exit) -> None:
+        c = self.container
+        await self.wait_output()
+        async with c.lock:
+            self.record_exit(ex)
+            c.publish(
+                "/tasks/exit",
+                events.TaskExit(
+                    container_id=c.id,
+                    id=self.id,
+                    pid=self.pid,
+                    exit_status=ex.status,
+                    exited_at=_timestamp(ex.timestamp),
+                ),
+            )
+
+
+class Container:
+    """One container served by this shim. Make it with :meth:`create`."""
+
+    def __init__(
+        self, config: ContainerConfig, runtime: Runc, reaper: Reaper, publish: Publish
+    ) -> None:
+        self.config = config
+        self.id = config.id
+        self.bundle = config.bundle
+        self.runtime = runtime
+        self.reaper = reaper
+        self.publish = publish
+        self.lock = asyncio.Lock()
+        self.init = InitProcess(self, config.id, config.io, Created())
+        self.execs: dict[str, ExecProcess] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    async def create(
+        cls, config: ContainerConfig, runtime: Runc, reaper: Reaper, publish: Publish
+    ) -> Container:
+        """Mount the rootfs, ``runc create`` the container and publish TaskCreate.
+
+        On failure everything done so far is undone and the error raised.
+        """
+        c = cls(config, runtime, reaper, publish)
+        rootfs = str(config.bundle / "rootfs")
+        if config.rootfs:
+            os.makedirs(rootfs, exist_ok=True)
+            mount_all(config.rootfs, rootfs)
+        try:
+            await c.init.do_create()
+        except BaseException:
+            if c.init.io is not None:
+                c.init.io.close()
+            with contextlib.suppress(Exception):
+                await runtime.delete(config.id, force=True)
+            unmount_all(rootfs)
+            raise
+        publish(
+            "/tasks/create",
+            events.TaskCreate(
+                container_id=c.id,
+                bundle=str(config.bundle),
+                rootfs=[_mount_pb(m) for m in config.rootfs],
+                io=events.TaskIO(
+                    stdin=config.io.stdin,
+                    stdout=config.io.stdout,
+                    stderr=config.io.stderr,
+                    terminal=config.io.terminal,
+                ),
+                pid=c.init.pid,
+            ),
+        )
+        return c
+
+    def track(self, coro: object) -> None:
+        """Run an exit handler as a task the container keeps a reference to."""
+        assert asyncio.iscoroutine(coro)
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def process(self, exec_id: str) -> ProcessBase:
+        """The init process for ``""``, else the exec with that id.
+
+        Raises:
+            NotFound: no such exec.
+        """
+        if not exec_id:
+            return self.init
+        try:
+            return self.execs[exec_id]
+        except KeyError:
+            raise NotFound(f"process {exec_id} does not exist") from None
+
+    # -- operations (lock, then delegate to the state) ------------------------------------
+
+    async def start(self, exec_id: str) -> int:
+        p = self.process(exec_id)
+        async with self.lock:
+            if exec_id and not self.init.state.can_exec():
+                raise FailedPrecondition(f"cannot start an exec in a {self.init.state.name} container")
+            await p.state.start(p)
+            if exec_id:
+                self.publish(
+                    "/tasks/exec-started",
+                    events.TaskExecStarted(container_id=self.id, exec_id=exec_id, pid=p.pid),
+                )
+            else:
+                self.publish("/tasks/start", events.TaskStart(container_id=self.id, pid=p.pid))
+            return p.pid
+
+    async def delete(self, exec_id: str) -> ProcessBase:
+        p = self.process(exec_id)
+        async with self.lock:
+            await p.state.delete(p)
+            if not exec_id:
+                for e in list(self.execs.values()):
+                    if e.io is not None:
+                        e.io.close()
+                self.publish(
+                    "/tasks/delete",
+                    events.TaskDelete(
+                        container_id=self.id,
+                        pid=p.pid,
+                        exit_status=p.exit_status,
+                        exited_at=_timestamp(p.exited_at),
+                    ),
+                )
+        return p
+
+    async def kill(self, exec_id: str, signal: int, all: bool) -> None:
+        p = self.process(exec_id)
+        async with self.lock:
+            await p.state.kill(p, signal, all)
+
+    async def pause(self) -> None:
+        async with self.lock:
+            await self.init.state.pause(self.init)
+            self.publish("/tasks/paused", events.TaskPaused(container_id=self.id))
+
+    async def resume(self) -> None:
+        async with self.lock:
+            await self.init.state.resume(self.init)
+            self.publish("/tasks/resumed", events.TaskResumed(container_id=self.id))
+
+    async def add_exec(self, exec_id: str, io: IOConfig, spec: bytes) -> None:
+        async with self.lock:
+            if exec_id in self.execs:
+                raise AlreadyExists(f"id {exec_id} already exists")
+            if not self.init.state.can_exec():
+                raise FailedPrecondition(f"cannot exec in a {self.init.state.name} container")
+            self.execs[exec_id] = ExecProcess(self, exec_id, io, spec)
+            self.publish(
+                "/tasks/exec-added", events.TaskExecAdded(container_id=self.id, exec_id=exec_id)
+            )
+
+    async def close_io(self, exec_id: str) -> None:
+        p = self.process(exec_id)
+        if p.io is not None:
+            await p.io.close_stdin()
+
+    def resize(self, exec_id: str, width: int, height: int) -> None:
+        p = self.process(exec_id)
+        if p.io is not None:
+            p.io.resize(width, height)
+
+    async def pids(self) -> list[tuple[int, str]]:
+        """Every pid in the container with the exec id it belongs to ("" for none)."""
+        by_pid = {e.pid: e.id for e in self.execs.values() if e.pid}
+        return [(pid, by_pid.get(pid, "")) for pid in await self.runtime.ps(self.id)]
+
+    async def update(self, resources_json: bytes) -> None:
+        async with self.lock:
+            await self.runtime.update(self.id, resources_json)
+
+    async def wait(self, exec_id: str) -> ProcessBase:
+        p = self.process(exec_id)
+        await p.exited.wait()
+        return p
+
+    def is_deleted(self) -> bool:
+        return isinstance(self.init.state, Deleted)
+
+    def cgroups_path(self) -> str:
+        spec = json.loads((self.bundle / "config.json").read_text())
+        return str(spec.get("linux", {}).get("cgroupsPath", ""))
+
+
+def _mount_pb(m: Mount) -> Message:
+    from shim.api.containerd.types import mount_pb2
+
+    return mount_pb2.Mount(type=m.type, source=m.source, options=list(m.options))
+
+
+def _timestamp(t: float | None) -> Message:
+    """A protobuf Timestamp; None (not exited) is Go's zero time, as containerd expects."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    ts = Timestamp()
+    if t is None:
+        ts.seconds = -62135596800
+    else:
+        ts.seconds = int(t)
+        ts.nanos = int((t - int(t)) * 1e9)
+    return ts
+

@@ -1,0 +1,140 @@
+"""The shim daemon: one asyncio loop serving the Task API over ttrpc on fd 3.
+
+Strategy: mirrors containerd ``runtime/v2/shim/shim.go`` (``run``/``serve``) and
+``shim_unix.go``. The process becomes a child subreaper, logs to the bundle's ``log`` FIFO in
+containerd's (logrus text) format, reaps on SIGCHLD through :mod:`shim.reaper`, shuts down on
+SIGTERM/SIGINT or when ``Shutdown`` finds no container left, then sends queued events (bounded)
+and removes its socket.
+"""
+
+from __future__ import annotations
+
+import sys
+
+# asyncio imports ssl only to support TLS transports, which a shim never uses; blocking it
+# keeps ~4.5 MiB out of every shim's RSS (asyncio handles a missing ssl module).
+sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
+
+import asyncio  # noqa: E402
+import ctypes  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
+
+if TYPE_CHECKING:
+    from shim.cli import Flags
+
+__all__ = ["serve"]
+
+log = logging.getLogger("shim")
+
+PR_SET_CHILD_SUBREAPER = 36
+_SHUTDOWN_DRAIN = 5.0
+
+
+class LogrusFormatter(logging.Formatter):
+    """``time="..." level=info msg="..." runtime=...``, as Go shims write."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        t = time.gmtime(record.created)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(record.msecs * 1e6):09d}Z"
+        msg = record.getMessage()
+        if record.exc_info:
+            msg += "\n" + self.formatException(record.exc_info)
+        level = {"WARNING": "warning", "CRITICAL": "fatal"}.get(
+            record.levelname, record.levelname.lower()
+        )
+        escaped = msg.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'time="{stamp}" level={level} msg="{escaped}" runtime=io.containerd.pyrunc.v2'
+
+
+class FifoHandler(logging.Handler):
+    """Writes whole lines to the ``log`` FIFO without ever blocking; drops when nobody reads."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self.fd = fd
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            os.write(self.fd, (self.format(record) + "\n").encode())
+        except OSError:
+            pass  # containerd not reading (restarting) or the FIFO is full: drop the line
+
+
+def _setup_logging(debug: bool) -> None:
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    try:
+        fd = os.open("log", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return
+    handler = FifoHandler(fd)
+    handler.setFormatter(LogrusFormatter())
+    root.addHandler(handler)
+
+
+def _become_subreaper() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+async def _serve(flags: Flags) -> None:
+    from shim.errors import to_status
+    from shim.events import Publisher
+    from shim.reaper import Reaper
+    from shim.service import SERVICE, TaskService
+    from shim.ttrpc import Server
+
+    loop = asyncio.get_running_loop()
+    reaper = Reaper()
+    reaper.install(loop)
+    ttrpc_address = os.environ.get("TTRPC_ADDRESS", flags.address + ".ttrpc")
+    publisher = Publisher(ttrpc_address, flags.namespace)
+    service = TaskService(namespace=flags.namespace, reaper=reaper, publisher=publisher)
+    stop = service.shutdown_requested
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    listener = socket.socket(fileno=3)
+    server = Server(error_mapper=to_status)
+    server.register(SERVICE, service.handlers())
+    serving = loop.create_task(server.serve(listener))
+    log.info("shim %s serving (namespace %s)", flags.id, flags.namespace)
+    await stop.wait()
+    log.info("shim shutting down")
+    await asyncio.sleep(0.05)  # let the Shutdown reply leave
+    server.close()
+    try:
+        await asyncio.wait_for(server.wait_closed(), _SHUTDOWN_DRAIN)
+    except TimeoutError:
+        log.warning("requests still in flight at shutdown")
+    serving.cancel()
+    await publisher.close(_SHUTDOWN_DRAIN)
+    _remove_socket()
+
+
+def _remove_socket() -> None:
+    try:
+        path = Path("address").read_text().strip().removeprefix("unix://")
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def serve(flags: Flags) -> int:
+    """Run the daemon until shutdown; returns the process exit code."""
+    _setup_logging(flags.debug)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    try:
+        _become_subreaper()
+        asyncio.run(_serve(flags))
+    except Exception:
+        log.exception("shim failed")
+        return 1
+    return 0

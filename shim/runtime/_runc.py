@@ -1,0 +1,198 @@
+"""argv building and running of the OCI runtime CLI (runc by default, crun alike).
+
+Strategy: mirrors go-runc ``runc.go``: one method per runtime command, each renders its argv
+from typed arguments in a fixed order and runs it through :mod:`shim.spawn` (so the one reaper
+sees it). Global flags (``--root <root>/<ns> --log <bundle>/log.json --log-format json
+[--criu P] [--systemd-cgroup]``) come from :class:`RuntimeConfig`. Failures raise typed shim
+errors carrying the runtime's own last log line; the runtime's error text is matched only in
+:func:`classify_error`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from shim.errors import FailedPrecondition, NotFound, ShimError
+from shim.reaper import Reaper
+from shim.spawn import Result, run
+
+__all__ = ["Runc", "RuntimeConfig", "Stdio", "classify_error", "last_log_error"]
+
+DEFAULT_ROOT = "/run/containerd/runc"
+_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeConfig:
+    """What selects and configures the runtime binary (from ``containerd.runc.v1.Options``)."""
+
+    binary: str = "runc"
+    root: str = DEFAULT_ROOT
+    namespace: str = "default"
+    criu_path: str = ""
+    systemd_cgroup: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Stdio:
+    """The fds a runtime call hands to the container process as 0, 1, 2 (None = /dev/null)."""
+
+    stdin: int | None = None
+    stdout: int | None = None
+    stderr: int | None = None
+
+
+def last_log_error(log_path: Path) -> str:
+    """Return the message of the last error line of a runtime's JSON log, or ""."""
+    try:
+        lines = log_path.read_bytes().splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("error", "fatal"):
+            return str(entry.get("msg", ""))
+    return ""
+
+
+def classify_error(message: str) -> type[ShimError]:
+    """Pick the error class for a runtime failure message (the one place runc text is read)."""
+    lowered = message.lower()
+    if (
+        "container not running" in lowered
+        or "process already finished" in lowered
+        or "does not exist" in lowered
+        or "no such process" in lowered
+    ):
+        return NotFound
+    if "container is paused" in lowered or "not paused" in lowered:
+        return FailedPrecondition
+    return ShimError
+
+
+class Runc:
+    """One runtime binary with its global flags, bound to one bundle's log file."""
+
+    def __init__(self, reaper: Reaper, config: RuntimeConfig, bundle: Path) -> None:
+        self._reaper = reaper
+        self.config = config
+        self.log_path = bundle / "log.json"
+
+    @property
+    def state_root(self) -> str:
+        return os.path.join(self.config.root, self.config.namespace)
+
+    def globals(self) -> list[str]:
+        argv = [
+            self.config.binary,
+            "--root",
+            self.state_root,
+            "--log",
+            str(self.log_path),
+            "--log-format",
+            "json",
+        ]
+        if self.config.criu_path:
+            argv += ["--criu", self.config.criu_path]
+        if self.config.systemd_cgroup:
+            argv.append("--systemd-cgroup")
+        return argv
+
+    async def _run(
+        self,
+        args: Sequence[str],
+        *,
+        stdio: Stdio | None = None,
+        input: bytes | None = None,
+        timeout: float = _TIMEOUT,
+    ) -> Result:
+        argv = [*self.globals(), *args]
+        if stdio is None:
+            result = await run(self._reaper, argv, input=input, timeout=timeout)
+        else:
+            # The container process inherits these fds; nothing of ours to capture.
+            result = await run(
+                self._reaper,
+                argv,
+                stdin=stdio.stdin,
+                stdout=stdio.stdout,
+                stderr=stdio.stderr,
+                timeout=timeout,
+            )
+        if result.status != 0:
+            self._raise(args[0], result)
+        return result
+
+    def _raise(self, command: str, result: Result) -> None:
+        message = last_log_error(self.log_path) or (
+            result.stderr.decode(errors="replace").strip().splitlines() or [""]
+        )[-1]
+        message = message or f"exit status {result.status}"
+        cls = classify_error(message)
+        raise cls(f"{self.config.binary} {command} failed: {message}")
+
+    async def create(
+        self,
+        cid: str,
+        bundle: Path,
+        pid_file: Path,
+        stdio: Stdio,
+        *,
+        console_socket: str | None = None,
+        no_pivot: bool = False,
+        no_new_keyring: bool = False,
+    ) -> None:
+        args = ["create", "--bundle", str(bundle), "--pid-file", str(pid_file)]
+        if console_socket:
+            args += ["--console-socket", console_socket]
+        if no_pivot:
+            args.append("--no-pivot")
+        if no_new_keyring:
+            args.append("--no-new-keyring")
+        await self._run([*args, cid], stdio=stdio)
+
+    async def start(self, cid: str) -> None:
+        await self._run(["start", cid])
+
+    async def exec(
+        self,
+        cid: str,
+        process_json: Path,
+        pid_file: Path,
+        stdio: Stdio,
+        *,
+        console_socket: str | None = None,
+    ) -> None:
+        args = ["exec", "--detach", "--pid-file", str(pid_file), "--process", str(process_json)]
+        if console_socket:
+            args += ["--console-socket", console_socket]
+        await self._run([*args, cid], stdio=stdio)
+
+    async def kill(self, cid: str, signal: int, *, all: bool = False) -> None:
+        args = ["kill", *(["--all"] if all else []), cid, str(signal)]
+        await self._run(args)
+
+    async def delete(self, cid: str, *, force: bool = False) -> None:
+        await self._run(["delete", *(["--force"] if force else []), cid])
+
+    async def pause(self, cid: str) -> None:
+        await self._run(["pause", cid])
+
+    async def resume(self, cid: str) -> None:
+        await self._run(["resume", cid])
+
+    async def update(self, cid: str, resources_json: bytes) -> None:
+        await self._run(["update", "--resources", "-", cid], input=resources_json)
+
+    async def ps(self, cid: str) -> list[int]:
+        result = await self._run(["ps", "--format", "json", cid])
+        pids = json.loads(result.stdout or b"[]")
+        return [int(p) for p in pids or []]
+

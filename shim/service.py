@@ -1,0 +1,252 @@
+"""The ``containerd.task.v2.Task`` service: decodes requests, calls containers, encodes replies.
+
+Strategy: mirrors containerd ``runtime/v2/runc/task/service.go`` but stays thin: each handler
+decodes its request message, finds the container, calls one container operation and builds
+the response. Errors are raised as typed :mod:`shim.errors` and mapped to status codes once,
+by :func:`shim.errors.to_status` at the ttrpc boundary. The table :data:`METHODS` lists every
+RPC with its request type, so registration and tests read the same data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from google.protobuf.empty_pb2 import Empty
+from google.protobuf.message import DecodeError, Message
+
+from shim import metrics
+from shim.api.containerd.runc.options import oci_pb2
+from shim.api.containerd.task.v2 import shim_pb2 as api
+from shim.api.containerd.types.task import task_pb2
+from shim.cleanup import write_runtime_options
+from shim.container import Container, ContainerConfig, _timestamp
+from shim.errors import InvalidArgument, NotFound, Unimplemented
+from shim.events import Publisher
+from shim.mount import Mount
+from shim.reaper import Reaper
+from shim.runtime import Runc, RuntimeConfig
+from shim.runtime._runc import DEFAULT_ROOT
+from shim.stdio import IOConfig
+from shim.ttrpc import RequestContext
+from shim.typeurl import OCI_RESOURCES, pack, unpack
+
+__all__ = ["SERVICE", "TaskService"]
+
+log = logging.getLogger(__name__)
+
+SERVICE = "containerd.task.v2.Task"
+
+M = TypeVar("M", bound=Message)
+
+
+@dataclass(slots=True)
+class TaskService:
+    """Serves the Task API for every container of this shim."""
+
+    namespace: str
+    reaper: Reaper
+    publisher: Publisher
+    shutdown_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    containers: dict[str, Container] = field(default_factory=dict)
+
+    # -- registration ---------------------------------------------------------------------
+
+    def handlers(self) -> dict[str, Callable[[RequestContext, bytes], Awaitable[bytes]]]:
+        """ttrpc handlers for every method of the service, by method name."""
+        return {
+            "State": _codec(api.StateRequest, self.state),
+            "Create": _codec(api.CreateTaskRequest, self.create),
+            "Start": _codec(api.StartRequest, self.start),
+            "Delete": _codec(api.DeleteRequest, self.delete),
+            "Pids": _codec(api.PidsRequest, self.pids),
+            "Pause": _codec(api.PauseRequest, self.pause),
+            "Resume": _codec(api.ResumeRequest, self.resume),
+            "Checkpoint": _codec(api.CheckpointTaskRequest, self.checkpoint),
+            "Kill": _codec(api.KillRequest, self.kill),
+            "Exec": _codec(api.ExecProcessRequest, self.exec),
+            "ResizePty": _codec(api.ResizePtyRequest, self.resize_pty),
+            "CloseIO": _codec(api.CloseIORequest, self.close_io),
+            "Update": _codec(api.UpdateTaskRequest, self.update),
+            "Wait": _codec(api.WaitRequest, self.wait),
+            "Stats": _codec(api.StatsRequest, self.stats),
+            "Connect": _codec(api.ConnectRequest, self.connect),
+            "Shutdown": _codec(api.ShutdownRequest, self.shutdown),
+        }
+
+    def _get(self, cid: str) -> Container:
+        try:
+            return self.containers[cid]
+        except KeyError:
+            raise NotFound(f"container {cid} not created") from None
+
+    # -- methods --------------------------------------------------------------------------
+
+    async def create(self, req: api.CreateTaskRequest) -> api.CreateTaskResponse:
+        if req.id in self.containers:
+            raise InvalidArgument(f"container {req.id} already exists in this shim")
+        if req.checkpoint:
+            raise Unimplemented("restore from a checkpoint is not supported yet")
+        options = _runtime_options(req)
+        runtime_config = RuntimeConfig(
+            binary=options.binary_name or "runc",
+            root=options.root or DEFAULT_ROOT,
+            namespace=self.namespace,
+            criu_path=options.criu_path,
+            systemd_cgroup=options.systemd_cgroup,
+        )
+        write_runtime_options(
+            Path(req.bundle),
+            {
+                "binary": runtime_config.binary,
+                "root": runtime_config.root,
+                "systemd_cgroup": runtime_config.systemd_cgroup,
+            },
+        )
+        runtime = Runc(self.reaper, runtime_config, Path(req.bundle))
+        config = ContainerConfig(
+            id=req.id,
+            bundle=Path(req.bundle),
+            namespace=self.namespace,
+            io=IOConfig(req.stdin, req.stdout, req.stderr, req.terminal),
+            rootfs=tuple(Mount(m.type, m.source, tuple(m.options)) for m in req.rootfs),
+            no_pivot=options.no_pivot_root,
+            no_new_keyring=options.no_new_keyring,
+        )
+        container = await Container.create(config, runtime, self.reaper, self.publisher.publish)
+        self.containers[req.id] = container
+        return api.CreateTaskResponse(pid=container.init.pid)
+
+    async def start(self, req: api.StartRequest) -> api.StartResponse:
+        pid = await self._get(req.id).start(req.exec_id)
+        return api.StartResponse(pid=pid)
+
+    async def delete(self, req: api.DeleteRequest) -> api.DeleteResponse:
+        container = self._get(req.id)
+        p = await container.delete(req.exec_id)
+        if not req.exec_id:
+            self.containers.pop(req.id, None)
+        return api.DeleteResponse(
+            pid=p.pid, exit_status=p.exit_status, exited_at=_timestamp(p.exited_at)
+        )
+
+    async def state(self, req: api.StateRequest) -> api.StateResponse:
+        container = self._get(req.id)
+        p = container.process(req.exec_id)
+        cfg = p.io_config
+        return api.StateResponse(
+            id=p.id,
+            bundle=str(container.bundle),
+            pid=p.pid,
+            status=int(p.status),  # type: ignore[arg-type]
+            stdin=cfg.stdin,
+            stdout=cfg.stdout,
+            stderr=cfg.stderr,
+            terminal=cfg.terminal,
+            exit_status=p.exit_status,
+            exited_at=_timestamp(p.exited_at),
+        )
+
+    async def pids(self, req: api.PidsRequest) -> api.PidsResponse:
+        infos = []
+        for pid, exec_id in await self._get(req.id).pids():
+            info = task_pb2.ProcessInfo(pid=pid)
+            if exec_id:
+                info.info.CopyFrom(pack(oci_pb2.ProcessDetails(exec_id=exec_id)))
+            infos.append(info)
+        return api.PidsResponse(processes=infos)
+
+    async def pause(self, req: api.PauseRequest) -> Empty:
+        await self._get(req.id).pause()
+        return Empty()
+
+    async def resume(self, req: api.ResumeRequest) -> Empty:
+        await self._get(req.id).resume()
+        return Empty()
+
+    async def checkpoint(self, req: api.CheckpointTaskRequest) -> Empty:
+        self._get(req.id)
+        raise Unimplemented("checkpoint is not supported yet")
+
+    async def kill(self, req: api.KillRequest) -> Empty:
+        await self._get(req.id).kill(req.exec_id, req.signal, req.all)
+        return Empty()
+
+    async def exec(self, req: api.ExecProcessRequest) -> Empty:
+        container = self._get(req.id)
+        if not req.exec_id:
+            raise InvalidArgument("exec id must not be empty")
+        io = IOConfig(req.stdin, req.stdout, req.stderr, req.terminal)
+        await container.add_exec(req.exec_id, io, req.spec.value)
+        return Empty()
+
+    async def resize_pty(self, req: api.ResizePtyRequest) -> Empty:
+        self._get(req.id).resize(req.exec_id, req.width, req.height)
+        return Empty()
+
+    async def close_io(self, req: api.CloseIORequest) -> Empty:
+        if req.stdin:
+            await self._get(req.id).close_io(req.exec_id)
+        return Empty()
+
+    async def update(self, req: api.UpdateTaskRequest) -> Empty:
+        container = self._get(req.id)
+        if req.resources.type_url not in ("", OCI_RESOURCES):
+            raise InvalidArgument(f"unsupported resources type {req.resources.type_url}")
+        try:
+            json.loads(req.resources.value or b"{}")
+        except ValueError as exc:
+            raise InvalidArgument(f"resources are not valid JSON: {exc}") from exc
+        await container.update(req.resources.value or b"{}")
+        return Empty()
+
+    async def wait(self, req: api.WaitRequest) -> api.WaitResponse:
+        p = await self._get(req.id).wait(req.exec_id)
+        return api.WaitResponse(exit_status=p.exit_status, exited_at=_timestamp(p.exited_at))
+
+    async def stats(self, req: api.StatsRequest) -> api.StatsResponse:
+        container = self._get(req.id)
+        data = metrics.collect(container.cgroups_path(), container.init.pid)
+        return api.StatsResponse(stats=pack(data))
+
+    async def connect(self, req: api.ConnectRequest) -> api.ConnectResponse:
+        container = self.containers.get(req.id)
+        return api.ConnectResponse(
+            shim_pid=os.getpid(), task_pid=container.init.pid if container else 0
+        )
+
+    async def shutdown(self, req: api.ShutdownRequest) -> Empty:
+        if not self.containers:
+            self.shutdown_requested.set()
+        return Empty()
+
+
+def _runtime_options(req: api.CreateTaskRequest) -> oci_pb2.Options:
+    """containerd.runc.v1.Options from the request; anything else is ignored (see docs)."""
+    options = unpack(req.options, oci_pb2.Options)
+    if options is None and req.options.type_url:
+        log.info("ignoring runtime options of type %s", req.options.type_url)
+    return options or oci_pb2.Options()
+
+
+def _codec(
+    req_type: type[M], fn: Callable[[M], Awaitable[Message]]
+) -> Callable[[RequestContext, bytes], Awaitable[bytes]]:
+    """Wrap a typed method as a ttrpc handler: bytes in, bytes out."""
+
+    async def handle(ctx: RequestContext, payload: bytes) -> bytes:
+        req = req_type()
+        try:
+            req.ParseFromString(payload)
+        except DecodeError as exc:
+            raise InvalidArgument(f"cannot decode {req_type.DESCRIPTOR.full_name}: {exc}") from exc
+        reply = await fn(req)
+        return reply.SerializeToString()
+
+    return handle
