@@ -1,0 +1,393 @@
+# Strategy: the asyncio ttrpc server -- I/O around ServerConnection, nothing protocol-wise.
+#
+# * One asyncio.Protocol per accepted connection (not streams: no reader task, no per-frame
+#   await). data_received() feeds the sans-IO ServerConnection and drains its events:
+#   RequestReceived starts one task per request (Wait blocks while State/Kill go on, as Go
+#   ttrpc runs a goroutine per request); StreamRejected is answered at once.
+# * One writer: every frame goes out in a single transport.write() from the loop thread,
+#   so frames never interleave. When the transport asks us to pause writing we also stop
+#   reading, and handler tasks wait before writing, so neither side buffers without bound.
+# * A request with timeout_nano > 0 runs under asyncio.timeout_at(deadline).
+# * Errors are mapped once, by the error mapper (default_error_mapper unless given). A
+#   success is status OK + payload; an error is a status and no payload (Go's behaviour).
+# * Unknown service/method: UNIMPLEMENTED "service X" / "method X" (Go ttrpc's texts).
+# * Client gone mid-request: the handler runs to completion, its response is dropped.
+#   EOF from the client closes the connection at once, as Go's server does.
+# * Shutdown: close() stops accepting and closes each connection once it has no request in
+#   flight (Go's Shutdown); abort() also cancels every handler and drops every connection
+#   (Go's Close). wait_closed() returns when listeners, connections and handlers are gone.
+#   A handler cancelled by abort() sends nothing.
+# * Optional peer check (require_same_user): SO_PEERCRED uid and gid must equal our euid and
+#   egid, as containerd's shims do; otherwise the connection is dropped.
+# Behaviour facts from containerd/ttrpc v1.1.1 server.go and services.go (read, not copied).
+"""asyncio ttrpc server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final
+
+from ._connection import ServerConnection
+from ._errors import MessageTooLargeError, RemoteProtocolError, TtrpcError
+from ._events import RequestReceived, StreamRejected
+from ._messages import Request, Response, Status
+from ._status import Code
+
+__all__ = [
+    "NAMESPACE_KEY",
+    "ErrorMapper",
+    "Handler",
+    "RequestContext",
+    "Server",
+    "default_error_mapper",
+]
+
+log = logging.getLogger(__name__)
+
+#: Metadata key containerd uses to pass the namespace over ttrpc.
+NAMESPACE_KEY: Final = "containerd-namespace-ttrpc"
+
+_EMPTY_METADATA: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({})
+_OK: Final = Status()
+_PEERCRED: Final = struct.Struct("3i")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What a handler knows about its call.
+
+    Attributes:
+        service: the service name from the request.
+        method: the method name from the request.
+        metadata: request metadata; keys lower-cased, each with all its values in order.
+        deadline: when the caller stops waiting, in the event loop's clock
+            (``loop.time()``, i.e. time.monotonic()); None if the caller set no timeout.
+    """
+
+    service: str
+    method: str
+    metadata: Mapping[str, tuple[str, ...]]
+    deadline: float | None
+
+    def namespace(self) -> str:
+        """The containerd namespace (metadata ``containerd-namespace-ttrpc``), or ""."""
+        values = self.metadata.get(NAMESPACE_KEY)
+        return values[0] if values else ""
+
+
+Handler = Callable[[RequestContext, bytes], Awaitable[bytes]]
+ErrorMapper = Callable[[BaseException], Status]
+
+
+def default_error_mapper(exc: BaseException) -> Status:
+    """Map a handler's exception to a status.
+
+    TtrpcError -> its own code, message and details; TimeoutError -> DEADLINE_EXCEEDED;
+    asyncio.CancelledError -> CANCELLED; anything else -> UNKNOWN with ``str(exc)``.
+    """
+    if isinstance(exc, TtrpcError):
+        return Status(exc.code, exc.message, exc.details)
+    if isinstance(exc, TimeoutError):
+        return Status(Code.DEADLINE_EXCEEDED, str(exc) or "deadline exceeded")
+    if isinstance(exc, asyncio.CancelledError):
+        return Status(Code.CANCELLED, str(exc) or "cancelled")
+    return Status(Code.UNKNOWN, str(exc) or type(exc).__name__)
+
+
+def _metadata(pairs: tuple[tuple[str, str], ...]) -> Mapping[str, tuple[str, ...]]:
+    if not pairs:
+        return _EMPTY_METADATA
+    grouped: dict[str, tuple[str, ...]] = {}
+    for key, value in pairs:
+        key = key.lower()
+        grouped[key] = (*grouped.get(key, ()), value)
+    return grouped
+
+
+class Server:
+    """A ttrpc server over unix sockets.
+
+    Args:
+        error_mapper: turns a handler's exception into a Status; default_error_mapper if
+            None. If the mapper itself fails the status is UNKNOWN.
+        require_same_user: drop connections whose peer uid/gid differ from our euid/egid.
+    """
+
+    def __init__(
+        self,
+        error_mapper: ErrorMapper | None = None,
+        *,
+        require_same_user: bool = False,
+    ) -> None:
+        self._map_error: ErrorMapper = error_mapper or default_error_mapper
+        self._require_same_user = require_same_user
+        self._services: dict[str, dict[str, Handler]] = {}
+        self._listeners: set[asyncio.Server] = set()
+        self._connections: set[_ServerProtocol] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._stop = asyncio.Event()
+        self._changed = asyncio.Event()
+
+    # ------------------------------------------------------------------ public API
+
+    def register(self, service: str, methods: Mapping[str, Handler]) -> None:
+        """Serve ``methods`` (method name -> handler) under ``service``.
+
+        Raises:
+            ValueError: the service is already registered.
+        """
+        if service in self._services:
+            raise ValueError(f"duplicate service {service} registered")
+        self._services[service] = dict(methods)
+
+    async def serve(self, listener: socket.socket) -> None:
+        """Accept connections on a listening (or bound) AF_UNIX socket until close().
+
+        The server owns the socket from here on and closes it when it stops accepting
+        (it does not unlink the path). Each connection is served concurrently, each
+        request in its own task. Returns once the listener is closed.
+        """
+        if self._closing:
+            listener.close()
+            return
+        loop = asyncio.get_running_loop()
+        listening = await loop.create_unix_server(lambda: _ServerProtocol(self), sock=listener)
+        self._listeners.add(listening)
+        try:
+            await self._stop.wait()
+        finally:
+            listening.close()
+            self._listeners.discard(listening)
+            self._changed.set()
+
+    def close(self) -> None:
+        """Stop accepting; close each connection as soon as it has no request in flight.
+
+        Requests that arrive meanwhile on a still-open connection are served. Idempotent.
+        """
+        self._closing = True
+        self._stop.set()
+        for listening in list(self._listeners):
+            listening.close()
+        for conn in list(self._connections):
+            conn.close_if_idle()
+        self._changed.set()
+
+    def abort(self) -> None:
+        """close(), and also cancel every handler and drop every connection now."""
+        self.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for conn in list(self._connections):
+            conn.abort()
+
+    async def wait_closed(self) -> None:
+        """Wait until listeners, connections and handler tasks are all gone (call close() or
+        abort() first, or this waits for them)."""
+        while self._listeners or self._connections or self._tasks or not self._closing:
+            self._changed.clear()
+            await self._changed.wait()
+
+    @property
+    def closing(self) -> bool:
+        """True once close() or abort() was called."""
+        return self._closing
+
+    @property
+    def connection_count(self) -> int:
+        """Connections currently open."""
+        return len(self._connections)
+
+    @property
+    def in_flight(self) -> int:
+        """Handler tasks still running (including ones whose client has gone)."""
+        return len(self._tasks)
+
+    # ------------------------------------------------------------------ internals
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._untrack)
+
+    def _untrack(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._changed.set()
+
+    def _add_connection(self, conn: _ServerProtocol) -> None:
+        self._connections.add(conn)
+
+    def _remove_connection(self, conn: _ServerProtocol) -> None:
+        self._connections.discard(conn)
+        self._changed.set()
+
+    def _status_for(self, exc: BaseException) -> Status:
+        try:
+            return self._map_error(exc)
+        except Exception as mapper_exc:
+            log.exception("ttrpc: error mapper failed on %r", exc)
+            return Status(Code.UNKNOWN, f"error mapper failed: {mapper_exc}")
+
+    async def _call(self, request: Request) -> Response:
+        """Run the handler for ``request``; return the response to send."""
+        methods = self._services.get(request.service)
+        if methods is None:
+            return Response(Status(Code.UNIMPLEMENTED, f"service {request.service}"))
+        handler = methods.get(request.method)
+        if handler is None:
+            return Response(Status(Code.UNIMPLEMENTED, f"method {request.method}"))
+        metadata = _metadata(request.metadata)
+        try:
+            if request.timeout_nano > 0:
+                deadline = asyncio.get_running_loop().time() + request.timeout_nano / 1e9
+                ctx = RequestContext(request.service, request.method, metadata, deadline)
+                async with asyncio.timeout_at(deadline):
+                    payload = await handler(ctx, request.payload)
+            else:
+                ctx = RequestContext(request.service, request.method, metadata, None)
+                payload = await handler(ctx, request.payload)
+            if not isinstance(payload, bytes | bytearray | memoryview):
+                raise TypeError(
+                    f"handler {request.service}/{request.method} returned "
+                    f"{type(payload).__name__}, not bytes"
+                )
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # we are being cancelled (abort): answer nothing
+            return Response(self._status_for(exc))
+        except Exception as exc:
+            if not isinstance(exc, TtrpcError):
+                log.debug("ttrpc: %s/%s failed", request.service, request.method, exc_info=exc)
+            return Response(self._status_for(exc))
+        return Response(_OK, bytes(payload))
+
+
+class _ServerProtocol(asyncio.Protocol):
+    """One accepted connection."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._conn = ServerConnection()
+        self._transport: asyncio.Transport | None = None
+        self._in_flight = 0
+        self._paused = False
+        self._drained: asyncio.Future[None] | None = None
+
+    # -------------------------------------------------------------- asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        if self._server._require_same_user and not _same_user(transport):
+            transport.abort()
+            return
+        self._transport = transport
+        self._server._add_connection(self)
+        if self._server._closing:
+            transport.close()  # accepted while the listener was closing
+
+    def data_received(self, data: bytes) -> None:
+        conn = self._conn
+        try:
+            conn.receive_data(data)
+            self._drain_events()
+        except RemoteProtocolError as exc:
+            log.warning("ttrpc: closing connection: %s", exc)
+            self.abort()
+
+    def eof_received(self) -> bool:
+        try:
+            self._conn.receive_data(b"")
+            self._drain_events()
+        except RemoteProtocolError as exc:
+            log.debug("ttrpc: connection ended: %s", exc)
+        return False  # close the transport; pending responses are dropped
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._server._remove_connection(self)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    # -------------------------------------------------------------- internals
+
+    def _drain_events(self) -> None:
+        conn = self._conn
+        while True:
+            event = conn.next_event()
+            if type(event) is RequestReceived:
+                self._in_flight += 1
+                task = asyncio.get_running_loop().create_task(
+                    self._run(event.stream_id, event.request)
+                )
+                self._server._track(task)
+            elif type(event) is StreamRejected:
+                log.debug("ttrpc: rejected stream %d: %s", event.stream_id, event.message)
+                self._write(event.stream_id, Response(Status(event.code, event.message)))
+            else:
+                return  # NEED_DATA or ConnectionClosed
+
+    async def _run(self, stream_id: int, request: Request) -> None:
+        try:
+            response = await self._server._call(request)
+            if self._paused and self._transport is not None:
+                if self._drained is None:
+                    self._drained = asyncio.get_running_loop().create_future()
+                await self._drained
+            self._write(stream_id, response)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0 and self._server._closing:
+                self.close_if_idle()
+
+    def _write(self, stream_id: int, response: Response) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return  # client gone: drop the answer quietly
+        try:
+            frame = self._conn.send(stream_id, response)
+        except MessageTooLargeError as exc:
+            frame = self._conn.send(stream_id, Response(Status(Code.RESOURCE_EXHAUSTED, str(exc))))
+        transport.write(frame)
+
+    def close_if_idle(self) -> None:
+        if self._in_flight == 0 and self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+
+def _same_user(transport: asyncio.Transport) -> bool:
+    sock = transport.get_extra_info("socket")
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        _pid, uid, gid = _PEERCRED.unpack(raw)
+    except OSError as exc:
+        log.warning("ttrpc: refusing connection, no peer credentials: %s", exc)
+        return False
+    if uid != os.geteuid() or gid != os.getegid():
+        log.warning("ttrpc: refusing connection from uid %d gid %d", uid, gid)
+        return False
+    return True
