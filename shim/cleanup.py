@@ -86,4 +86,5 @@ def cleanup(bundle: Path, namespace: str, cid: str) -> bytes:
     resp = shim_pb2.DeleteResponse(pid=pid, exit_status=137)
     resp.exited_at.seconds = int(now)
     resp.exited_at.nanos = int((now - int(now)) * 1e9)
-    return resp.SerializeToString()
+    data: bytes = resp.SerializeToString()
+    return data

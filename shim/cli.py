@@ -186,9 +186,9 @@ def _adjust_daemon(pid: int, options: bytes) -> None:
         Path(f"/proc/{pid}/oom_score_adj").write_text(str(min(score + 1, 1000)))
     if not options:
         return
-    from shim.api.containerd.runc.options import oci_pb2
     from google.protobuf.any_pb2 import Any
 
+    from shim.api.containerd.runc.options import oci_pb2
     from shim.typeurl import unpack
 
     any_ = Any()

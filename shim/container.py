@@ -109,7 +109,16 @@ class ProcessBase:
         if self.io is not None:
             await self.io.wait_output(_OUTPUT_FLUSH_WAIT)
 
-    # Operations a state may call but that only some processes support.
+    # The work states ask for (shim.state.Process); each kind of process supplies its own.
+    async def do_start(self) -> None:
+        raise NotImplementedError
+
+    async def do_delete(self) -> None:
+        raise NotImplementedError
+
+    async def do_kill(self, signal: int, all: bool) -> None:
+        raise NotImplementedError
+
     async def do_restore(self) -> None:
         raise NotImplementedError
 
@@ -148,10 +157,8 @@ class InitProcess(ProcessBase):
 
     async def do_delete(self) -> None:
         c = self.container
-        try:
+        with contextlib.suppress(NotFound):
             await c.runtime.delete(c.id, force=True)
-        except NotFound:
-            pass
         if self.io is not None:
             self.io.close()
         unmount_all(str(c.bundle / "rootfs"))
@@ -322,7 +329,8 @@ class Container:
         p = self.process(exec_id)
         async with self.lock:
             if exec_id and not self.init.state.can_exec():
-                raise FailedPrecondition(f"cannot start an exec in a {self.init.state.name} container")
+                state = self.init.state.name
+                raise FailedPrecondition(f"cannot start an exec in a {state} container")
             await p.state.start(p)
             if exec_id:
                 self.publish(

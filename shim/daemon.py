@@ -16,6 +16,7 @@ import sys
 sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
 
 import asyncio  # noqa: E402
+import contextlib  # noqa: E402
 import ctypes  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
@@ -60,10 +61,9 @@ class FifoHandler(logging.Handler):
         self.fd = fd
 
     def emit(self, record: logging.LogRecord) -> None:
-        try:
+        # containerd not reading (restarting) or the FIFO full: the line is dropped
+        with contextlib.suppress(OSError):
             os.write(self.fd, (self.format(record) + "\n").encode())
-        except OSError:
-            pass  # containerd not reading (restarting) or the FIFO is full: drop the line
 
 
 def _setup_logging(debug: bool) -> None:

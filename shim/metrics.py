@@ -29,7 +29,7 @@ def _controller_paths(cgroups_path: str, pid: int) -> dict[str, Path]:
         for controller in controllers.split(","):
             if controller:
                 paths[controller] = CGROUP_ROOT / controller / rel.lstrip("/")
-    if not paths and cgroups_path and not cgroups_path.count(":") == 2:
+    if not paths and cgroups_path and cgroups_path.count(":") != 2:
         for controller in ("pids", "cpu", "cpuacct", "memory", "blkio", "hugetlb"):
             paths[controller] = CGROUP_ROOT / controller / cgroups_path.lstrip("/")
     return paths
@@ -81,7 +81,8 @@ def collect(cgroups_path: str, pid: int) -> m.Metrics:
     if (cpuacct := paths.get("cpuacct")) is not None and cpuacct.is_dir():
         usage = metrics.cpu.usage
         usage.total = _int(cpuacct / "cpuacct.usage")
-        usage.per_cpu.extend(int(v) for v in (_read(cpuacct / "cpuacct.usage_percpu") or "").split())
+        per_cpu = _read(cpuacct / "cpuacct.usage_percpu") or ""
+        usage.per_cpu.extend(int(v) for v in per_cpu.split())
         stat = _kv(cpuacct / "cpuacct.stat")
         ns_per_tick = 10_000_000  # USER_HZ = 100
         usage.user = stat.get("user", 0) * ns_per_tick

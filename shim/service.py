@@ -247,6 +247,7 @@ def _codec(
         except DecodeError as exc:
             raise InvalidArgument(f"cannot decode {req_type.DESCRIPTOR.full_name}: {exc}") from exc
         reply = await fn(req)
-        return reply.SerializeToString()
+        data: bytes = reply.SerializeToString()
+        return data
 
     return handle

@@ -9,6 +9,7 @@ No ``subprocess`` in the daemon: its ``wait``/``__del__`` would race the reaper 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Mapping, Sequence
@@ -99,7 +100,7 @@ def spawn(
     loop = asyncio.get_running_loop()
     owned: list[int] = []
     captures: list[asyncio.Future[bytes]] = []
-    actions: list[tuple[int, ...] | tuple[int, str, int, int]] = []
+    actions: list[tuple[int, int, int] | tuple[int, int, str, int, int]] = []
     try:
         sources = [stdin, stdout, stderr, *extra_fds]
         for target, src in enumerate(sources):
@@ -109,7 +110,7 @@ def spawn(
             if src == CAPTURE:
                 r, w = os.pipe()
                 owned.append(w)
-                captures.append(loop.create_task(read_all(r)))  # type: ignore[arg-type]
+                captures.append(loop.create_task(read_all(r)))
                 src = w
             # dup first so that a source already numbered like a target keeps its value
             # and loses FD_CLOEXEC only in the child.
@@ -209,7 +210,5 @@ async def _write_all(fd: int, data: bytes) -> None:
 
 
 def _kill(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

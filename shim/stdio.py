@@ -4,8 +4,10 @@ logging binary; or a terminal received through runc's console socket.
 Strategy: mirrors containerd ``pkg/process/io.go`` and ``pkg/process/io_util.go``. The
 container always gets pipes (or a pty), never containerd's FIFOs themselves: pipes are what CRIU
 can dump and re-attach with ``inherit_fd``. Copies run on the event loop with non-blocking fds.
-FIFOs are opened ``O_RDWR`` so opening never blocks and a reader going away never raises EPIPE;
-when a copy reaches EOF it closes its destination, which is how ``ctr`` learns the output ended.
+Output FIFOs are opened ``O_RDWR`` so opening never blocks and a reader going away never
+raises EPIPE; when a copy reaches EOF it closes its destination, which is how ``ctr`` learns
+the output ended. The stdin FIFO is opened read-only and non-blocking: epoll reports it only
+once a writer has come, and its EOF (the writer closed) becomes EOF for the process.
 Everything owning fds is made by a factory (:meth:`ProcessIO.open`) and closed by ``close()``.
 """
 
@@ -72,8 +74,15 @@ async def _write_all(fd: int, data: bytes) -> None:
             await _wait_fd(fd, write=True)
 
 
-async def copy(src: int, dst: int) -> None:
-    """Copy ``src`` to ``dst`` until EOF (or EIO, a closed pty); both must be non-blocking."""
+async def copy(src: int, dst: int, *, wait_first: bool = False) -> None:
+    """Copy ``src`` to ``dst`` until EOF (or EIO, a closed pty); both must be non-blocking.
+
+    Args:
+        wait_first: wait for ``src`` to be readable before the first read; needed for a FIFO
+            whose writer may not have opened it yet (reading it then would say EOF).
+    """
+    if wait_first:
+        await _wait_fd(src, write=False)
     while True:
         try:
             data = os.read(src, _CHUNK)
@@ -144,7 +153,7 @@ class ProcessIO:
             else:
                 await io._open_pipes(reaper, container_id, namespace)
             if config.stdin:
-                io._stdin_src = io._own(os.open(config.stdin, os.O_RDWR | os.O_NONBLOCK))
+                io._stdin_src = io._own(os.open(config.stdin, os.O_RDONLY | os.O_NONBLOCK))
         except BaseException:
             io.close()
             raise
@@ -269,7 +278,13 @@ class ProcessIO:
         for src, dst in self._outputs:
             self._output_tasks.append(loop.create_task(self._copy_output(src, dst)))
         if self._stdin_src is not None and self._stdin_dst is not None:
-            self._stdin_task = loop.create_task(copy(self._stdin_src, self._stdin_dst))
+            self._stdin_task = loop.create_task(self._copy_stdin(self._stdin_src, self._stdin_dst))
+
+    async def _copy_stdin(self, src: int, dst: int) -> None:
+        await copy(src, dst, wait_first=True)
+        if dst != self.master:
+            self._release(dst)  # EOF for the process
+            self._stdin_dst = None
 
     async def _copy_output(self, src: int, dst: int) -> None:
         await copy(src, dst)

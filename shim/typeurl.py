@@ -30,7 +30,8 @@ def pack(message: Message) -> Any:
 
 def type_name(any_: Any) -> str:
     """The full message name of an Any, with or without a ``.../`` prefix."""
-    return any_.type_url.rsplit("/", 1)[-1]
+    url: str = any_.type_url
+    return url.rsplit("/", 1)[-1]
 
 
 def unpack(any_: Any, cls: type[M]) -> M | None:
@@ -41,7 +42,7 @@ def unpack(any_: Any, cls: type[M]) -> M | None:
     """
     if not any_.type_url or type_name(any_) != cls.DESCRIPTOR.full_name:
         return None
-    msg = cls()
+    msg: M = cls()
     try:
         msg.ParseFromString(any_.value)
     except DecodeError as exc:
