@@ -164,7 +164,8 @@ class Client:
                 protocol.conn.abandon(stream_id)
 
     async def close(self) -> None:
-        """Close the connection; pending calls fail with ClosedError. Idempotent."""
+        """Close the connection; pending calls fail with ClosedError at once. Idempotent."""
+        self._protocol.shut()
         self._transport.close()
         await self._protocol.wait_lost()
 
@@ -194,7 +195,7 @@ class _ClientProtocol(asyncio.Protocol):
             self._drain_events()
         except RemoteProtocolError as exc:
             log.warning("ttrpc: client connection broken: %s", exc)
-            self._shut(exc)
+            self.shut(exc)
             if self._transport is not None:
                 self._transport.abort()
 
@@ -203,11 +204,11 @@ class _ClientProtocol(asyncio.Protocol):
             self.conn.receive_data(b"")
             self._drain_events()
         except RemoteProtocolError as exc:
-            self._shut(exc)
+            self.shut(exc)
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._shut(exc)
+        self.shut(exc)
         self._transport = None
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
@@ -251,7 +252,7 @@ class _ClientProtocol(asyncio.Protocol):
                 if future is not None and not future.done():
                     future.set_exception(TtrpcError(event.code, event.message))
             elif type(event) is ConnectionClosed:
-                self._shut(None)
+                self.shut(None)
                 return
             else:
                 return
@@ -262,7 +263,7 @@ class _ClientProtocol(asyncio.Protocol):
         error.__cause__ = self._cause
         return error
 
-    def _shut(self, cause: BaseException | None) -> None:
+    def shut(self, cause: BaseException | None = None) -> None:
         """Mark the connection closed and fail every pending call."""
         if not self.is_closed:
             self.is_closed = True

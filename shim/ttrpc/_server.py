@@ -108,7 +108,7 @@ def _metadata(pairs: tuple[tuple[str, str], ...]) -> Mapping[str, tuple[str, ...
     for key, value in pairs:
         key = key.lower()
         grouped[key] = (*grouped.get(key, ()), value)
-    return grouped
+    return MappingProxyType(grouped)
 
 
 class Server:
@@ -185,6 +185,7 @@ class Server:
         """close(), and also cancel every handler and drop every connection now."""
         self.close()
         for task in list(self._tasks):
+            task.add_done_callback(self._untrack)
             task.cancel()
         for conn in list(self._connections):
             conn.abort()
@@ -213,11 +214,10 @@ class Server:
 
     # ------------------------------------------------------------------ internals
 
-    def _track(self, task: asyncio.Task[None]) -> None:
-        self._tasks.add(task)
-        task.add_done_callback(self._untrack)
-
     def _untrack(self, task: asyncio.Task[None]) -> None:
+        # Handler tasks untrack themselves when they finish (no done-callback, which would
+        # cost an extra loop iteration per request); this is for tasks abort() cancels,
+        # which may never get to run.
         self._tasks.discard(task)
         self._changed.set()
 
@@ -278,6 +278,7 @@ class _ServerProtocol(asyncio.Protocol):
         self._conn = ServerConnection()
         self._transport: asyncio.Transport | None = None
         self._in_flight = 0
+        self._ignored = 0
         self._paused = False
         self._drained: asyncio.Future[None] | None = None
 
@@ -337,15 +338,19 @@ class _ServerProtocol(asyncio.Protocol):
             event = conn.next_event()
             if type(event) is RequestReceived:
                 self._in_flight += 1
-                task = asyncio.get_running_loop().create_task(
-                    self._run(event.stream_id, event.request)
+                self._server._tasks.add(
+                    asyncio.get_running_loop().create_task(
+                        self._run(event.stream_id, event.request)
+                    )
                 )
-                self._server._track(task)
             elif type(event) is StreamRejected:
                 log.debug("ttrpc: rejected stream %d: %s", event.stream_id, event.message)
                 self._write(event.stream_id, Response(Status(event.code, event.message)))
-            else:
-                return  # NEED_DATA or ConnectionClosed
+            else:  # NEED_DATA or ConnectionClosed
+                if conn.frames_ignored != self._ignored:
+                    log.debug("ttrpc: skipped %d frame(s)", conn.frames_ignored - self._ignored)
+                    self._ignored = conn.frames_ignored
+                return
 
     async def _run(self, stream_id: int, request: Request) -> None:
         try:
@@ -357,8 +362,14 @@ class _ServerProtocol(asyncio.Protocol):
             self._write(stream_id, response)
         finally:
             self._in_flight -= 1
-            if self._in_flight == 0 and self._server._closing:
-                self.close_if_idle()
+            server = self._server
+            task = asyncio.current_task()
+            if task is not None:
+                server._tasks.discard(task)
+            if server._closing:
+                server._changed.set()
+                if self._in_flight == 0:
+                    self.close_if_idle()
 
     def _write(self, stream_id: int, response: Response) -> None:
         transport = self._transport

@@ -53,14 +53,21 @@ __all__ = [
 ODD_IDS_MESSAGE: Final = "StreamID must be odd for client initiated streams"
 
 
-class Role(enum.Enum):
+class _Enum(enum.Enum):
+    """Enum hashed by identity (members are singletons compared by identity), sparing the
+    per-frame table lookups Enum's Python-level __hash__."""
+
+    __hash__ = object.__hash__
+
+
+class Role(_Enum):
     """Which end of the connection a table serves."""
 
     CLIENT = "client"
     SERVER = "server"
 
 
-class ConnectionState(enum.Enum):
+class ConnectionState(_Enum):
     """Whole-connection state."""
 
     OPEN = "open"
@@ -68,7 +75,7 @@ class ConnectionState(enum.Enum):
     ERROR = "error"
 
 
-class ConnectionInput(enum.Enum):
+class ConnectionInput(_Enum):
     """Things that happen to a whole connection."""
 
     EOF = "eof"
@@ -82,7 +89,7 @@ CONNECTION_TRANSITIONS: Final[Mapping[tuple[ConnectionState, ConnectionInput], C
 }
 
 
-class StreamState(enum.Enum):
+class StreamState(_Enum):
     """State of one stream id."""
 
     IDLE = "idle"
@@ -90,7 +97,7 @@ class StreamState(enum.Enum):
     CLOSED = "closed"
 
 
-class StreamInput(enum.Enum):
+class StreamInput(_Enum):
     """Things that happen to a stream; ``remote`` tells whose doing it is."""
 
     RECV_REQUEST = "receive request"
@@ -129,6 +136,11 @@ REFUSALS: Final[Mapping[StreamInput, str]] = {
     _I.RECV_DATA: "StreamID is no longer active",
     _I.RECV_RESPONSE: "no call is waiting on this stream",
 }
+
+
+_OPEN, _IDLE, _CLOSED = StreamState.OPEN, StreamState.IDLE, StreamState.CLOSED
+_SEND_RESPONSE = StreamInput.SEND_RESPONSE
+_ODD_ONLY: Final = frozenset({StreamInput.RECV_REQUEST, StreamInput.RECV_DATA})
 
 
 class ConnectionStateMachine:
@@ -182,8 +194,8 @@ class StreamTable:
     def state(self, stream_id: int) -> StreamState:
         """Return the state of ``stream_id``."""
         if stream_id in self._open:
-            return StreamState.OPEN
-        return StreamState.IDLE if stream_id > self._last else StreamState.CLOSED
+            return _OPEN
+        return _IDLE if stream_id > self._last else _CLOSED
 
     def apply(self, stream_id: int, event: StreamInput) -> StreamState:
         """Apply ``event`` to ``stream_id`` and return the stream's new state.
@@ -192,7 +204,7 @@ class StreamTable:
             StreamError: a remote input the role or table refuses (status to answer with).
             LocalProtocolError: a local input the table refuses.
         """
-        if event is StreamInput.SEND_RESPONSE and self._owed:
+        if self._owed and event is _SEND_RESPONSE:
             owed = self._owed.get(stream_id)
             if owed:
                 if owed == 1:
@@ -200,13 +212,10 @@ class StreamTable:
                 else:
                     self._owed[stream_id] = owed - 1
                 return self.state(stream_id)
-        if (
-            self.role is Role.SERVER
-            and (event is StreamInput.RECV_REQUEST or event is StreamInput.RECV_DATA)
-            and stream_id % 2 != 1
-        ):
+        if not stream_id & 1 and self.role is Role.SERVER and event in _ODD_ONLY:
             raise StreamError(stream_id, Code.INVALID_ARGUMENT, ODD_IDS_MESSAGE)
-        state = self.state(stream_id)
+        is_open = stream_id in self._open
+        state = _OPEN if is_open else _IDLE if stream_id > self._last else _CLOSED
         new = self._transitions.get((state, event))
         if new is None:
             if event.remote:
@@ -214,10 +223,11 @@ class StreamTable:
             raise LocalProtocolError(
                 f"{self.role.value} stream {stream_id}: cannot {event.value} in state {state.value}"
             )
-        if new is StreamState.OPEN:
+        if new is _OPEN:
             self._open.add(stream_id)
-            self._last = max(self._last, stream_id)
-        else:
+            if stream_id > self._last:
+                self._last = stream_id
+        elif is_open:
             self._open.discard(stream_id)
         return new
 

@@ -47,6 +47,7 @@ _MAX_FIELD: Final = (1 << 29) - 1
 _WT_VARINT, _WT_I64, _WT_LEN, _WT_SGROUP, _WT_EGROUP, _WT_I32 = 0, 1, 2, 3, 4, 5
 
 _SMALL_VARINTS: Final = tuple(bytes((i,)) for i in range(0x80))
+_OK_EMPTY: Final = Response(Status(), b"")
 
 
 # --------------------------------------------------------------------------- encoding
@@ -132,9 +133,13 @@ def encode_response(response: Response) -> bytes:
     Raises:
         LocalProtocolError: the status message is not encodable as UTF-8.
     """
-    out = b""
-    if response.status is not None:
-        out = _len_field(b"\x0a", encode_status(response.status))
+    status = response.status
+    if status is None:
+        out = b""
+    elif not status.code and not status.message and not status.details:
+        out = b"\x0a\x00"  # the common case: a present, OK status
+    else:
+        out = _len_field(b"\x0a", encode_status(status))
     if response.payload:
         out += _len_field(b"\x12", bytes(response.payload))
     return out
@@ -330,6 +335,8 @@ def decode_response(data: bytes | bytearray | memoryview) -> Response:
         DecodeError: the bytes are not a well-formed Response.
     """
     buf = _bytes(data)
+    if buf == b"\x0a\x00":
+        return _OK_EMPTY  # the common case: OK status, no payload
     pos, end = 0, len(buf)
     status_parts: list[bytes] = []
     payload = b""
