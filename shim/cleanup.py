@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -57,6 +56,8 @@ def _remove_dead_socket(bundle: Path) -> None:
 
 def cleanup(bundle: Path, namespace: str, cid: str) -> bytes:
     """Clean up ``cid``'s bundle and return the serialized DeleteResponse."""
+    import subprocess  # this runs as the short-lived ``delete`` process, never in the daemon
+
     from shim.api.containerd.task.v2 import shim_pb2
 
     options = read_runtime_options(bundle)

@@ -9,7 +9,6 @@ umount2(2) come from libc through ctypes (no mount(8) process per container).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 from collections.abc import Iterable, Sequence
@@ -115,7 +114,7 @@ _libc: ctypes.CDLL | None = None
 def _lib() -> ctypes.CDLL:
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        _libc = ctypes.CDLL(None, use_errno=True)  # libc is already mapped into the process
     return _libc
 
 

@@ -21,7 +21,6 @@ from typing import TypeVar
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.message import DecodeError, Message
 
-from shim import metrics
 from shim.api.containerd.runc.options import oci_pb2
 from shim.api.containerd.task.v2 import shim_pb2 as api
 from shim.api.containerd.types.task import task_pb2
@@ -211,6 +210,8 @@ class TaskService:
         return api.WaitResponse(exit_status=p.exit_status, exited_at=_timestamp(p.exited_at))
 
     async def stats(self, req: api.StatsRequest) -> api.StatsResponse:
+        from shim import metrics  # cgroup stats types load only when stats are asked for
+
         container = self._get(req.id)
         data = metrics.collect(container.cgroups_path(), container.init.pid)
         return api.StatsResponse(stats=pack(data))

@@ -19,7 +19,6 @@ import fcntl
 import os
 import socket
 import struct
-import tempfile
 import termios
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,7 +221,10 @@ class ProcessIO:
         return out_w, err_w
 
     def _listen_console(self) -> None:
-        self._console_dir = tempfile.mkdtemp(prefix="pty", dir="/tmp")
+        # A short private directory (socket paths are limited to 107 bytes); not tempfile,
+        # which would pull random, shutil, bz2 and lzma into every shim.
+        self._console_dir = f"/tmp/pty{os.urandom(6).hex()}"
+        os.mkdir(self._console_dir, 0o700)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(os.path.join(self._console_dir, "pty.sock"))
         sock.listen(1)
