@@ -9,7 +9,7 @@ import shutil
 import socket
 import struct
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
 
 from shim.ttrpc import (
@@ -115,6 +115,3 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[int, int, int, bytes
     header = await reader.readexactly(HEADER.size)
     length, stream_id, mtype, flags = HEADER.unpack(header)
     return stream_id, mtype, flags, await reader.readexactly(length)
-
-
-Handler = Callable[[Any, bytes], Awaitable[bytes]]

@@ -23,6 +23,7 @@ from shim.ttrpc import (
 from shim.ttrpc._wire import decode_response, encode_request
 
 from .helpers import frame, raw_connect, read_frame, run, serving
+from .test_connection import GO_EVEN_ID, GO_UNKNOWN_SERVICE, XY_REQUEST
 
 SVC = "test.v1.Svc"
 REQ, RESP, DATA = 1, 2, 3
@@ -92,6 +93,33 @@ def test_success_and_error_frames_on_the_wire() -> None:
             # Success: an OK status present (0a 00) plus the payload. Error: status only.
             assert got[1] == bytes.fromhex("0a0012070a057265646973")
             assert got[3] == bytes.fromhex("0a1908051215636f6e7461696e6572206e6f742063726561746564")
+            writer.close()
+
+    run(main())
+
+
+def test_answers_match_go_ttrpc_byte_for_byte() -> None:
+    # The frames containerd 1.6.20's own ttrpc server (Go ttrpc v1.1.1) sent back for the
+    # same three requests (see test_connection.py for how they were captured).
+    go_answers = {
+        1: GO_UNKNOWN_SERVICE,
+        3: bytes.fromhex("000000110000000302000a0f080c120b6d6574686f64204e6f7065"),
+        4: GO_EVEN_ID,
+    }
+
+    async def main() -> None:
+        server = Server()
+        server.register("containerd.services.events.ttrpc.v1.Events", {"Forward": echo})
+        async with serving(server) as path:
+            reader, writer = await raw_connect(path)
+            writer.write(frame(1, REQ, XY_REQUEST))
+            events = Request("containerd.services.events.ttrpc.v1.Events", "Nope")
+            writer.write(frame(3, REQ, encode_request(events)))
+            writer.write(frame(4, REQ, XY_REQUEST))
+            for _ in range(3):
+                header = await reader.readexactly(10)
+                data = header + await reader.readexactly(int.from_bytes(header[:4], "big"))
+                assert data == go_answers[int.from_bytes(header[4:8], "big")]
             writer.close()
 
     run(main())
