@@ -4,88 +4,132 @@ Strategy: mirrors the runc shim manager's ``Stop``/``Cleanup``: force-delete the
 the runtime (errors only warned on stderr, which containerd logs as cleanup warnings), unmount
 the rootfs, remove the shim socket if nothing serves it any more, and answer with the init pid
 and exit status 137 (128 + SIGKILL). Idempotent and fast: containerd runs it after every task
-delete too. This runs as a short-lived process, not in the daemon, so ``subprocess`` is fine.
+delete too, on the critical path of ``ctr run --rm``, so it imports neither protobuf nor json:
+the three-field DeleteResponse is encoded here (a unit test checks it against the generated
+message) and the runtime selection is kept as ``key=value`` lines.
+This runs as a short-lived process, not in the daemon, so it may wait for its own child.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import socket
 import sys
 import time
-from pathlib import Path
 
 from shim.mount import unmount_all
 
-__all__ = ["cleanup", "read_runtime_options", "write_runtime_options"]
+__all__ = ["cleanup", "encode_delete_response", "read_runtime_options", "write_runtime_options"]
 
-OPTIONS_FILE = "options.json"
+OPTIONS_FILE = "runtime-options"
+_RUNC_DELETE_TIMEOUT = 4.0
 
 
-def write_runtime_options(bundle: Path, options: dict[str, str | bool]) -> None:
+def write_runtime_options(bundle: str, options: dict[str, str]) -> None:
     """Keep the runtime selection beside the bundle, for ``delete`` after a crash."""
-    tmp = bundle / f".{OPTIONS_FILE}"
-    tmp.write_text(json.dumps(options))
-    tmp.rename(bundle / OPTIONS_FILE)
+    tmp = os.path.join(bundle, f".{OPTIONS_FILE}")
+    with open(tmp, "w") as f:
+        f.writelines(f"{key}={value}\n" for key, value in sorted(options.items()))
+    os.rename(tmp, os.path.join(bundle, OPTIONS_FILE))
 
 
-def read_runtime_options(bundle: Path) -> dict[str, str | bool]:
+def read_runtime_options(bundle: str) -> dict[str, str]:
     try:
-        data = json.loads((bundle / OPTIONS_FILE).read_text())
-    except (OSError, ValueError):
+        with open(os.path.join(bundle, OPTIONS_FILE)) as f:
+            lines = f.read().splitlines()
+    except OSError:
         return {}
-    return data if isinstance(data, dict) else {}
+    return dict(line.split("=", 1) for line in lines if "=" in line)
 
 
-def _remove_dead_socket(bundle: Path) -> None:
+def _varint(value: int) -> bytes:
+    value &= (1 << 64) - 1  # negative int64 values are sent as 10-byte two's complement
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def encode_delete_response(pid: int, exit_status: int, exited_at: float) -> bytes:
+    """``containerd.task.v2.DeleteResponse{pid=1, exit_status=2, exited_at=3 Timestamp}``."""
+    seconds = int(exited_at)
+    nanos = int((exited_at - seconds) * 1e9)
+    timestamp = b"\x08" + _varint(seconds) + (b"\x10" + _varint(nanos) if nanos else b"")
+    out = b""
+    if pid:
+        out += b"\x08" + _varint(pid)
+    if exit_status:
+        out += b"\x10" + _varint(exit_status)
+    return out + b"\x1a" + _varint(len(timestamp)) + timestamp
+
+
+def _remove_dead_socket(bundle: str) -> None:
+    import socket
+
     try:
-        path = (bundle / "address").read_text().strip().removeprefix("unix://")
+        with open(os.path.join(bundle, "address")) as f:
+            path = f.read().strip().removeprefix("unix://")
     except OSError:
         return
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)
     except OSError:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
     finally:
         probe.close()
 
 
-def cleanup(bundle: Path, namespace: str, cid: str) -> bytes:
-    """Clean up ``cid``'s bundle and return the serialized DeleteResponse."""
-    import subprocess  # this runs as the short-lived ``delete`` process, never in the daemon
-
-    from shim.api.containerd.task.v2 import shim_pb2
-
-    options = read_runtime_options(bundle)
-    binary = str(options.get("binary") or "runc")
-    root = str(options.get("root") or "/run/containerd/runc")
-    argv = [binary, "--root", os.path.join(root, namespace)]
-    if options.get("systemd_cgroup"):
-        argv.append("--systemd-cgroup")
+def _runtime_delete(argv: list[str]) -> None:
+    """Run ``runc delete --force`` with a deadline; warn on failure."""
+    null = os.open(os.devnull, os.O_RDWR)
     try:
-        proc = subprocess.run(
-            [*argv, "delete", "--force", cid], capture_output=True, timeout=4, check=False
+        pid = os.posix_spawnp(
+            argv[0], argv, dict(os.environ), file_actions=[(os.POSIX_SPAWN_DUP2, null, 1)]
         )
-        if proc.returncode != 0:
-            sys.stderr.write(f"runc delete: {proc.stderr.decode(errors='replace').strip()}\n")
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        sys.stderr.write(f"runc delete: {exc}\n")
+    except OSError as exc:
+        sys.stderr.write(f"{argv[0]} delete: {exc}\n")
+        return
+    finally:
+        os.close(null)
+    deadline = time.monotonic() + _RUNC_DELETE_TIMEOUT
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            if status != 0:
+                sys.stderr.write(f"{argv[0]} delete failed: wait status {status}\n")
+            return
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            sys.stderr.write(f"{argv[0]} delete timed out\n")
+            return
+        time.sleep(0.002)
+
+
+def cleanup(bundle: str, namespace: str, cid: str) -> bytes:
+    """Clean up ``cid``'s bundle and return the serialized DeleteResponse."""
+    options = read_runtime_options(bundle)
+    binary = options.get("binary") or "runc"
+    root = options.get("root") or "/run/containerd/runc"
+    argv = [binary, "--root", os.path.join(root, namespace)]
+    if options.get("systemd_cgroup") == "true":
+        argv.append("--systemd-cgroup")
+    _runtime_delete([*argv, "delete", "--force", cid])
     try:
-        unmount_all(str(bundle / "rootfs"))
+        unmount_all(os.path.join(bundle, "rootfs"))
     except OSError as exc:
         sys.stderr.write(f"unmount rootfs: {exc}\n")
     _remove_dead_socket(bundle)
     try:
-        pid = int((bundle / "init.pid").read_text())
+        with open(os.path.join(bundle, "init.pid")) as f:
+            pid = int(f.read())
     except (OSError, ValueError):
         pid = 0
-    now = time.time()
-    resp = shim_pb2.DeleteResponse(pid=pid, exit_status=137)
-    resp.exited_at.seconds = int(now)
-    resp.exited_at.nanos = int((now - int(now)) * 1e9)
-    data: bytes = resp.SerializeToString()
-    return data
+    return encode_delete_response(pid, 137, time.time())

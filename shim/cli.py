@@ -10,18 +10,18 @@ the interpreter starts once. ``delete`` must print only a serialized DeleteRespo
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import os
-import socket
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 
 from shim import __version__
 
-__all__ = ["Flags", "main", "parse_flags", "socket_address"]
+# Imported lazily where needed: ``start`` and ``delete`` run on every container's critical
+# path. (A local constant: importing typing for TYPE_CHECKING would cost more than it saves.)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+
+__all__ = ["Flags", "UsageError", "main", "parse_flags", "socket_address"]
 
 RUNTIME = "io.containerd.pyrunc.v2"
 SOCKET_DIR = "/run/containerd/s"
@@ -32,17 +32,53 @@ class UsageError(Exception):
     """Bad command-line arguments."""
 
 
-@dataclass(frozen=True, slots=True)
 class Flags:
-    namespace: str = ""
-    id: str = ""
-    address: str = "/run/containerd/containerd.sock"
-    publish_binary: str = "containerd"
-    bundle: str = ""
-    socket: str = ""
-    debug: bool = False
-    version: bool = False
-    action: str = ""
+    """The parsed command line: a value, built once by :func:`parse_flags`.
+
+    A plain slotted class rather than a dataclass: ``start`` and ``delete`` are on the
+    critical path of every ``ctr run`` and must not pay for importing dataclasses/inspect.
+    """
+
+    __slots__ = (
+        "action", "address", "bundle", "debug", "id", "namespace", "publish_binary", "socket",
+        "version",
+    )
+
+    def __init__(
+        self,
+        *,
+        namespace: str = "",
+        id: str = "",
+        address: str = "/run/containerd/containerd.sock",
+        publish_binary: str = "containerd",
+        bundle: str = "",
+        socket: str = "",
+        debug: bool = False,
+        version: bool = False,
+        action: str = "",
+    ) -> None:
+        self.namespace = namespace
+        self.id = id
+        self.address = address
+        self.publish_binary = publish_binary
+        self.bundle = bundle
+        self.socket = socket
+        self.debug = debug
+        self.version = version
+        self.action = action
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Flags) and self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"Flags({fields})"
 
 
 _STRING_FLAGS = {
@@ -54,6 +90,8 @@ _STRING_FLAGS = {
     "socket": "socket",
 }
 _BOOL_FLAGS = {"debug": "debug", "v": "version"}
+_TRUE = ("1", "t", "T", "true", "TRUE", "True")
+_FALSE = ("0", "f", "F", "false", "FALSE", "False")
 
 
 def parse_flags(args: list[str]) -> Flags:
@@ -62,7 +100,8 @@ def parse_flags(args: list[str]) -> Flags:
     Raises:
         UsageError: an unknown flag, a missing value or a bad boolean.
     """
-    values: dict[str, str | bool] = {}
+    values: dict[str, str] = {}
+    bools: dict[str, bool] = {}
     i = 0
     action = ""
     while i < len(args):
@@ -75,9 +114,9 @@ def parse_flags(args: list[str]) -> Flags:
             break
         name, eq, value = arg.lstrip("-").partition("=")
         if name in _BOOL_FLAGS:
-            if eq and value not in ("true", "false", "1", "0", "t", "f", "TRUE", "FALSE"):
+            if eq and value not in _TRUE + _FALSE:
                 raise UsageError(f"invalid boolean value {value!r} for -{name}")
-            values[_BOOL_FLAGS[name]] = not eq or value in ("true", "1", "t", "TRUE")
+            bools[_BOOL_FLAGS[name]] = not eq or value in _TRUE
         elif name in _STRING_FLAGS:
             if not eq:
                 i += 1
@@ -88,20 +127,42 @@ def parse_flags(args: list[str]) -> Flags:
         else:
             raise UsageError(f"flag provided but not defined: -{name}")
         i += 1
-    return Flags(**values, action=action)  # type: ignore[arg-type]
+    return Flags(
+        namespace=values.get("namespace", ""),
+        id=values.get("id", ""),
+        address=values.get("address", "/run/containerd/containerd.sock"),
+        publish_binary=values.get("publish_binary", "containerd"),
+        bundle=values.get("bundle", ""),
+        socket=values.get("socket", ""),
+        debug=bools.get("debug", False),
+        version=bools.get("version", False),
+        action=action,
+    )
 
 
 def socket_address(containerd_address: str, namespace: str, group: str) -> str:
     """The shim's socket address: ``unix://`` + a hash of the containerd address, namespace and
     group, exactly as the runc shim derives it (so one group maps to one socket)."""
+    import hashlib
+
     digest = hashlib.sha256(os.path.join(containerd_address, namespace, group).encode())
     return f"unix://{SOCKET_DIR}/{digest.hexdigest()}"
 
 
-def _group(bundle: Path, cid: str) -> str:
+def _group(bundle: str, cid: str) -> str:
+    """The grouping key: a group annotation of the spec, else the container id."""
     try:
-        spec = json.loads((bundle / "config.json").read_text())
-    except (OSError, ValueError):
+        with open(os.path.join(bundle, "config.json"), "rb") as f:
+            raw = f.read()
+    except OSError:
+        return cid
+    if not any(key.encode() in raw for key in GROUP_ANNOTATIONS):
+        return cid  # no need to pay for json on the common path
+    import json
+
+    try:
+        spec = json.loads(raw)
+    except ValueError:
         return cid
     annotations = spec.get("annotations") or {}
     for key in GROUP_ANNOTATIONS:
@@ -111,13 +172,15 @@ def _group(bundle: Path, cid: str) -> str:
 
 
 def _write_address(address: str) -> None:
-    tmp = Path(".address")
-    tmp.write_text(address)  # no trailing newline: containerd reads it raw
-    tmp.rename("address")
+    with open(".address", "w") as f:
+        f.write(address)  # no trailing newline: containerd reads it raw
+    os.rename(".address", "address")
 
 
 def _listen(path: str) -> socket.socket | None:
     """Bind the shim socket; None if a live shim already serves it."""
+    import socket
+
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -142,7 +205,7 @@ def _listen(path: str) -> socket.socket | None:
 
 def start(flags: Flags) -> int:
     """``start``: bind the socket, fork the daemon, print the address."""
-    bundle = Path.cwd()
+    bundle = os.getcwd()
     address = socket_address(flags.address, flags.namespace, _group(bundle, flags.id))
     path = address.removeprefix("unix://")
     listener = _listen(path)
@@ -164,8 +227,11 @@ def start(flags: Flags) -> int:
                 os.dup2(listener.fileno(), 3)
                 listener.close()
             daemon_flags = Flags(
-                namespace=flags.namespace, id=flags.id, address=flags.address,
-                publish_binary=flags.publish_binary, debug=flags.debug,
+                namespace=flags.namespace,
+                id=flags.id,
+                address=flags.address,
+                publish_binary=flags.publish_binary,
+                debug=flags.debug,
             )
             from shim.daemon import serve
 
@@ -181,9 +247,13 @@ def start(flags: Flags) -> int:
 
 def _adjust_daemon(pid: int, options: bytes) -> None:
     """Put the daemon into the shim cgroup asked for and give it containerd's OOM score + 1."""
-    with contextlib.suppress(OSError, ValueError):
-        score = int(Path(f"/proc/{os.getppid()}/oom_score_adj").read_text())
-        Path(f"/proc/{pid}/oom_score_adj").write_text(str(min(score + 1, 1000)))
+    try:
+        with open(f"/proc/{os.getppid()}/oom_score_adj") as f:
+            score = int(f.read())
+        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+            f.write(str(min(score + 1, 1000)))
+    except (OSError, ValueError):
+        pass  # best effort, as in the runc shim
     if not options:
         return
     from google.protobuf.any_pb2 import Any
@@ -195,17 +265,20 @@ def _adjust_daemon(pid: int, options: bytes) -> None:
     any_.ParseFromString(options)
     opts = unpack(any_, oci_pb2.Options)
     if opts is not None and opts.shim_cgroup:
-        for controller in Path("/sys/fs/cgroup").iterdir():
-            procs = controller / opts.shim_cgroup.lstrip("/") / "cgroup.procs"
-            with contextlib.suppress(OSError):
-                procs.write_text(str(pid))
+        for controller in os.listdir("/sys/fs/cgroup"):
+            procs = os.path.join("/sys/fs/cgroup", controller, opts.shim_cgroup.lstrip("/"))
+            try:
+                with open(os.path.join(procs, "cgroup.procs"), "w") as f:
+                    f.write(str(pid))
+            except OSError:
+                pass  # a controller without that cgroup
 
 
 def delete(flags: Flags) -> int:
     """``delete``: clean up after a dead (or finished) shim; print a DeleteResponse."""
     from shim.cleanup import cleanup
 
-    sys.stdout.buffer.write(cleanup(Path(flags.bundle or os.getcwd()), flags.namespace, flags.id))
+    sys.stdout.buffer.write(cleanup(flags.bundle or os.getcwd(), flags.namespace, flags.id))
     sys.stdout.flush()
     return 0
 

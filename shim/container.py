@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 
 from shim.api.containerd.events import task_pb2 as events
 from shim.errors import AlreadyExists, FailedPrecondition, NotFound
-from shim.mount import Mount, mount_all, unmount_all
+from shim.mount import mount_all, unmount_all
 from shim.reaper import Exit, Reaper
 from shim.runtime import Runc
 from shim.state import (
@@ -36,7 +36,7 @@ from shim.state import (
 )
 from shim.stdio import IOConfig, ProcessIO
 
-__all__ = ["Container", "ContainerConfig", "ExecProcess", "InitProcess", "ProcessBase"]
+__all__ = ["Container", "ContainerConfig", "ExecProcess", "InitProcess", "Mount", "ProcessBase"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,15 @@ Publish = Callable[[str, Message], None]
 
 _EXEC_EXIT_WAIT = 5.0  # how long the init exit waits for the execs' exits
 _OUTPUT_FLUSH_WAIT = 2.0  # how long an exit waits for the last output to be copied
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """One ``containerd.types.Mount`` of the rootfs."""
+
+    type: str
+    source: str
+    options: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +285,7 @@ class Container:
         rootfs = str(config.bundle / "rootfs")
         if config.rootfs:
             os.makedirs(rootfs, exist_ok=True)
-            mount_all(config.rootfs, rootfs)
+            mount_all([(m.type, m.source, m.options) for m in config.rootfs], rootfs)
         try:
             await c.init.do_create()
         except BaseException:

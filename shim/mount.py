@@ -3,7 +3,8 @@
 Strategy: mirrors containerd ``mount/mount_linux.go``: each option is either a known mount
 flag or part of the data string; bind mounts asked to be read-only are remounted, and
 propagation flags are applied in a separate call, as the kernel requires. mount(2) and
-umount2(2) come from libc through ctypes (no mount(8) process per container).
+umount2(2) come from libc through ctypes (no mount(8) process per container). No dataclasses
+here: ``delete`` imports this module on the critical path of ``ctr run --rm``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ import ctypes
 import errno
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
-__all__ = ["Mount", "mount_all", "parse_options", "unmount_all"]
+__all__ = ["mount", "mount_all", "parse_options", "unmount_all"]
 
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -77,24 +77,8 @@ _PROPAGATION_FLAGS: dict[str, int] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Mount:
-    """One ``containerd.types.Mount``."""
-
-    type: str
-    source: str
-    options: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedOptions:
-    flags: int
-    propagation: int
-    data: str
-
-
-def parse_options(options: Iterable[str]) -> ParsedOptions:
-    """Split mount options into flags, propagation flags and the data string."""
+def parse_options(options: Iterable[str]) -> tuple[int, int, str]:
+    """Split mount options into (flags, propagation flags, data string)."""
     flags = propagation = 0
     data: list[str] = []
     for opt in options:
@@ -105,7 +89,7 @@ def parse_options(options: Iterable[str]) -> ParsedOptions:
             propagation |= _PROPAGATION_FLAGS[opt]
         else:
             data.append(opt)
-    return ParsedOptions(flags, propagation, ",".join(data))
+    return flags, propagation, ",".join(data)
 
 
 _libc: ctypes.CDLL | None = None
@@ -128,22 +112,21 @@ def _mount(source: str, target: str, fstype: str, flags: int, data: str) -> None
         raise OSError(err, f"mount {source} on {target} ({fstype}): {os.strerror(err)}")
 
 
-def mount(m: Mount, target: str) -> None:
-    """Mount one entry on ``target``."""
-    opts = parse_options(m.options)
-    flags = opts.flags
-    _mount(m.source, target, m.type, flags, opts.data)
+def mount(fstype: str, source: str, options: Iterable[str], target: str) -> None:
+    """Mount one ``containerd.types.Mount`` (type, source, options) on ``target``."""
+    flags, propagation, data = parse_options(options)
+    _mount(source, target, fstype, flags, data)
     if flags & MS_BIND and flags & MS_RDONLY:
-        _mount("", target, "", flags | MS_REMOUNT, opts.data)
-    if opts.propagation:
-        _mount("", target, "", opts.propagation, "")
+        _mount("", target, "", flags | MS_REMOUNT, data)
+    if propagation:
+        _mount("", target, "", propagation, "")
 
 
-def mount_all(mounts: Sequence[Mount], target: str) -> None:
-    """Mount every entry on ``target`` in order; on failure undo what was mounted."""
+def mount_all(mounts: Sequence[tuple[str, str, Sequence[str]]], target: str) -> None:
+    """Mount every (type, source, options) on ``target`` in order; on failure undo them."""
     try:
-        for m in mounts:
-            mount(m, target)
+        for fstype, source, options in mounts:
+            mount(fstype, source, options, target)
     except OSError:
         unmount_all(target)
         raise

@@ -25,10 +25,9 @@ from shim.api.containerd.runc.options import oci_pb2
 from shim.api.containerd.task.v2 import shim_pb2 as api
 from shim.api.containerd.types.task import task_pb2
 from shim.cleanup import write_runtime_options
-from shim.container import Container, ContainerConfig, _timestamp
+from shim.container import Container, ContainerConfig, Mount, _timestamp
 from shim.errors import InvalidArgument, NotFound, Unimplemented
 from shim.events import Publisher
-from shim.mount import Mount
 from shim.reaper import Reaper
 from shim.runtime import Runc, RuntimeConfig
 from shim.runtime._runc import DEFAULT_ROOT
@@ -101,11 +100,11 @@ class TaskService:
             systemd_cgroup=options.systemd_cgroup,
         )
         write_runtime_options(
-            Path(req.bundle),
+            req.bundle,
             {
                 "binary": runtime_config.binary,
                 "root": runtime_config.root,
-                "systemd_cgroup": runtime_config.systemd_cgroup,
+                "systemd_cgroup": "true" if runtime_config.systemd_cgroup else "false",
             },
         )
         runtime = Runc(self.reaper, runtime_config, Path(req.bundle))

@@ -54,3 +54,29 @@ def test_socket_address_matches_runc_shim() -> None:
     got = socket_address("/run/containerd/containerd.sock", "default", "myid")
     assert got == f"unix:///run/containerd/s/{want}"
     assert len(got.removeprefix("unix://")) < 107
+
+
+def test_delete_response_matches_generated_message() -> None:
+    from shim.api.containerd.task.v2 import shim_pb2
+    from shim.cleanup import encode_delete_response
+
+    for pid, status, at in [(1234, 137, 1764111111.25), (0, 0, 1.0), (2**31 - 1, 255, 2e9 + 0.5)]:
+        msg = shim_pb2.DeleteResponse()
+        msg.ParseFromString(encode_delete_response(pid, status, at))
+        assert (msg.pid, msg.exit_status, msg.exited_at.seconds) == (pid, status, int(at))
+        assert msg.exited_at.nanos == int((at - int(at)) * 1e9)
+        want = shim_pb2.DeleteResponse(pid=pid, exit_status=status)
+        want.exited_at.seconds, want.exited_at.nanos = int(at), int((at - int(at)) * 1e9)
+        assert encode_delete_response(pid, status, at) == want.SerializeToString()
+
+
+def test_runtime_options_round_trip(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from shim.cleanup import read_runtime_options, write_runtime_options
+
+    assert isinstance(tmp_path, Path)
+    opts = {"binary": "crun", "root": "/run/x", "systemd_cgroup": "false"}
+    write_runtime_options(str(tmp_path), opts)
+    assert read_runtime_options(str(tmp_path)) == opts
+    assert read_runtime_options(str(tmp_path / "missing")) == {}

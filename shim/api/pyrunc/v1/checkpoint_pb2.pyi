@@ -51,3 +51,17 @@ class CheckpointOptions(_message.Message):
     network_lock: str
     track_mem: bool
     def __init__(self, exit: bool = ..., open_tcp: bool = ..., external_unix_sockets: bool = ..., terminal: bool = ..., file_locks: bool = ..., empty_namespaces: _Optional[_Iterable[str]] = ..., cgroups_mode: _Optional[str] = ..., image_path: _Optional[str] = ..., work_path: _Optional[str] = ..., parent_path: _Optional[str] = ..., pre_dump: bool = ..., auto_dedup: bool = ..., lazy_pages: bool = ..., page_server: _Optional[str] = ..., status_fd: _Optional[int] = ..., tcp_close: bool = ..., tcp_skip_in_flight: bool = ..., link_remap: bool = ..., ghost_limit: _Optional[int] = ..., network_lock: _Optional[str] = ..., track_mem: bool = ...) -> None: ...
+
+class RestoreOptions(_message.Message):
+    __slots__ = ("image_path", "work_path", "tcp_close", "lazy_pages", "page_server")
+    IMAGE_PATH_FIELD_NUMBER: _ClassVar[int]
+    WORK_PATH_FIELD_NUMBER: _ClassVar[int]
+    TCP_CLOSE_FIELD_NUMBER: _ClassVar[int]
+    LAZY_PAGES_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SERVER_FIELD_NUMBER: _ClassVar[int]
+    image_path: str
+    work_path: str
+    tcp_close: bool
+    lazy_pages: bool
+    page_server: str
+    def __init__(self, image_path: _Optional[str] = ..., work_path: _Optional[str] = ..., tcp_close: bool = ..., lazy_pages: bool = ..., page_server: _Optional[str] = ...) -> None: ...
