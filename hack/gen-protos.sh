@@ -6,7 +6,10 @@
 #                                exit 1 if they differ
 #
 # protos/a/b/c.proto becomes shim/api/a/b/c_pb2.py and c_pb2.pyi, with an __init__.py in
-# every package directory. protoc writes imports relative to the proto root
+# every package directory. The gRPC services of containerd (protos/containerd/services/*,
+# except the ttrpc ones under services/ttrpc/, which the shim serves with its own ttrpc code)
+# also get c_pb2_grpc.py, the grpcio stubs used by the pyrunc command-line tool (shim/ctl)
+# only; nothing else imports them, so the daemon never loads grpc. protoc writes imports relative to the proto root
 # (`from containerd.types import mount_pb2`); they are rewritten to
 # `from shim.api.containerd.types import mount_pb2`. Imports of modules that protoc did not
 # generate here (google.protobuf.*, from the protobuf package) are left alone.
@@ -76,6 +79,20 @@ generate() {
     # (google/protobuf/*.proto) by itself.
     (cd "$ROOT/protos" && "$py" -m grpc_tools.protoc -I. \
         --python_out="$outdir" --pyi_out="$outdir" "${protos[@]}")
+    # grpc stubs: only for containerd's gRPC services (protoc writes a *_pb2_grpc.py for
+    # every file it is given, services or not).
+    local -a grpc_protos=()
+    local p
+    for p in "${protos[@]}"; do
+        case $p in
+            containerd/services/ttrpc/*) ;;
+            containerd/services/*) grpc_protos+=("$p") ;;
+        esac
+    done
+    if [[ ${#grpc_protos[@]} -gt 0 ]]; then
+        (cd "$ROOT/protos" && "$py" -m grpc_tools.protoc -I. \
+            --grpc_python_out="$outdir" "${grpc_protos[@]}")
+    fi
     "$py" - "$outdir" <<'PYEOF'
 """Rewrite protoc's root-relative imports to shim.api.* and add __init__.py files."""
 
@@ -113,11 +130,11 @@ def build(m: re.Match[str]) -> str:
     return f"{m[1]}'{PREFIX}.{m[2]}'"
 
 
-for path in sorted(out.rglob("*_pb2.py*")):
+for path in sorted([*out.rglob("*_pb2.py*"), *out.rglob("*_pb2_grpc.py")]):
     text = path.read_text()
     new = IMPORT.sub(from_import, text)
     new = PLAIN.sub(plain_import, new)
-    if path.suffix == ".py":
+    if path.name.endswith("_pb2.py"):
         new, n = BUILD.subn(build, new)
         if n != 1:
             raise SystemExit(f"gen-protos: {path}: expected one BuildTopDescriptorsAndMessages")
@@ -151,4 +168,5 @@ fi
 
 rm -rf "$ROOT/shim/api"
 cp -R "$out" "$ROOT/shim/api"
-echo "gen-protos: wrote shim/api/ ($(find "$ROOT/shim/api" -name '*_pb2.py' | wc -l) modules)"
+echo "gen-protos: wrote shim/api/ ($(find "$ROOT/shim/api" -name '*_pb2.py' | wc -l) modules," \
+    "$(find "$ROOT/shim/api" -name '*_pb2_grpc.py' | wc -l) gRPC stubs)"
