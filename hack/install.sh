@@ -186,6 +186,9 @@ install_project() {
             2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
         venv_wanted_stamp >"$VENV_STAMP"
     fi
+    # Bytecode for the package: containerd's environment may carry PYTHONDONTWRITEBYTECODE,
+    # and without cached .pyc files every shim start would compile its modules again.
+    "$VENV/bin/python" -m compileall -q "$repo/shim" >/dev/null
     local target=$VENV/bin/$SHIM_NAME
     [[ -e $target ]] || die "pip did not install the console script $target"
     if [[ $(readlink "$SHIM_LINK" 2>/dev/null || true) != "$target" ]]; then
