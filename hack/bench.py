@@ -87,7 +87,9 @@ def new_id(prefix: str) -> str:
 
 def bench_lifecycle(ctr: Ctr, runs: int) -> dict[str, dict[str, float]]:
     """``ctr run -d`` (create + start) and a whole ``ctr run --rm`` of a program that exits."""
-    timings: dict[str, dict[str, list[float]]] = {rt: {"run_d": [], "run_rm": []} for rt in RUNTIMES}
+    timings: dict[str, dict[str, list[float]]] = {
+        rt: {"run_d": [], "run_rm": []} for rt in RUNTIMES
+    }
     for i in range(runs):
         order = RUNTIMES if i % 2 == 0 else RUNTIMES[::-1]
         for rt in order:
