@@ -1,0 +1,5 @@
+"""``python -m shim.ctl`` = ``pyrunc``."""
+
+from shim.ctl import main
+
+main()

@@ -1,0 +1,441 @@
+"""The ``pyrunc`` command line: argparse in, frozen command values out.
+
+Strategy: :func:`parse_args` is pure apart from argparse's own printing: it takes the argv,
+the environment and the working directory, refuses malformed input the way argparse does
+(usage on stderr, ``SystemExit(2)``), and returns one of :class:`CheckpointCommand`,
+:class:`RestoreCommand` or :class:`TasksCommand`. Everything the shim will read as a path
+is made absolute here, against ``cwd``, because the shim runs elsewhere (its cwd is the
+bundle) and refuses relative paths. Option *semantics* (which combinations CRIU allows) are
+the shim's to judge; this module checks form only (choices, HOST:PORT, sizes, URIs), plus
+the one pairing the restore synopsis fixes (``--lazy-pages`` with ``--page-server``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from urllib.parse import urlsplit
+
+__all__ = [
+    "DEFAULT_ADDRESS",
+    "DEFAULT_NAMESPACE",
+    "CgroupsMode",
+    "CheckpointCommand",
+    "Command",
+    "Globals",
+    "LinuxNamespace",
+    "NetworkLock",
+    "RestoreCommand",
+    "TasksCommand",
+    "build_parser",
+    "parse_args",
+    "parse_host_port",
+    "parse_size",
+]
+
+DEFAULT_ADDRESS = "/run/containerd/containerd.sock"
+DEFAULT_NAMESPACE = "default"
+ENV_ADDRESS = "CONTAINERD_ADDRESS"
+ENV_NAMESPACE = "CONTAINERD_NAMESPACE"
+_UINT64_MAX = (1 << 64) - 1
+
+
+class CgroupsMode(enum.Enum):
+    """``--manage-cgroups-mode`` (runc's values; CRIU ``--manage-cgroups=MODE``)."""
+
+    SOFT = "soft"
+    FULL = "full"
+    STRICT = "strict"
+    IGNORE = "ignore"
+
+
+class NetworkLock(enum.Enum):
+    """``--network-lock`` (CRIU's methods)."""
+
+    IPTABLES = "iptables"
+    NFTABLES = "nftables"
+    SKIP = "skip"
+
+
+class LinuxNamespace(enum.Enum):
+    """Namespace names ``--empty-ns`` accepts (the shim decides which it supports)."""
+
+    CGROUP = "cgroup"
+    IPC = "ipc"
+    MOUNT = "mount"
+    NETWORK = "network"
+    PID = "pid"
+    USER = "user"
+    UTS = "uts"
+
+
+@dataclass(frozen=True, slots=True)
+class Globals:
+    """Where containerd is and which namespace to use."""
+
+    address: str = DEFAULT_ADDRESS
+    namespace: str = DEFAULT_NAMESPACE
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointCommand:
+    """``pyrunc checkpoint``: fields named after the flags; paths are absolute or ""."""
+
+    globals: Globals
+    container_id: str
+    image_path: str = ""
+    work_path: str = ""
+    exit: bool = False
+    tcp_established: bool = False
+    ext_unix_sk: bool = False
+    shell_job: bool = False
+    file_locks: bool = False
+    empty_ns: tuple[LinuxNamespace, ...] = ()
+    manage_cgroups_mode: CgroupsMode | None = None
+    auto_dedup: bool = False
+    pre_dump: bool = False
+    parent_path: str = ""
+    lazy_pages: bool = False
+    page_server: str = ""
+    tcp_close: bool = False
+    tcp_skip_in_flight: bool = False
+    link_remap: bool = False
+    ghost_limit: int = 0
+    network_lock: NetworkLock | None = None
+    quiet: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreCommand:
+    """``pyrunc restore``. ``stdout``/``stderr`` are what the task's Create gets ("" = none)."""
+
+    globals: Globals
+    container_id: str
+    image_path: str
+    work_path: str = ""
+    tcp_close: bool = False
+    lazy_pages: bool = False
+    page_server: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    detach: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TasksCommand:
+    """``pyrunc tasks``: list the namespace's tasks (ids only with ``quiet``)."""
+
+    globals: Globals
+    quiet: bool = False
+
+
+Command = CheckpointCommand | RestoreCommand | TasksCommand
+
+
+# --- argument types (argparse calls them; ValueError/ArgumentTypeError = usage error) ------
+
+
+def _nonempty(value: str) -> str:
+    if not value:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
+
+
+def _path(value: str) -> str:
+    if not value:
+        raise argparse.ArgumentTypeError("path must not be empty")
+    if "\0" in value:
+        raise argparse.ArgumentTypeError("path must not contain NUL")
+    return value
+
+
+_HOST = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)$")
+
+
+def parse_host_port(value: str) -> str:
+    """Check ``HOST:PORT`` (``[v6addr]:PORT`` for IPv6) and return it unchanged.
+
+    Raises:
+        argparse.ArgumentTypeError: no port, a port outside 1..65535, or a malformed host.
+    """
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not _HOST.match(host):
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r}: port must be a number in 1..65535")
+    return value
+
+
+_SIZE = re.compile(r"^(\d+)\s*(?:([KMGT])(?:i?B)?|B)?$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(value: str) -> int:
+    """A byte count: a number, optionally with a binary suffix (``512K``, ``1M``, ``2GiB``).
+
+    Raises:
+        argparse.ArgumentTypeError: not of that form, or over 2**64 - 1.
+    """
+    m = _SIZE.match(value.strip())
+    if m is None:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a size in bytes (e.g. 1048576, 1M)")
+    size = int(m[1]) * _UNITS[(m[2] or "").upper()]
+    if size > _UINT64_MAX:
+        raise argparse.ArgumentTypeError(f"{value!r} is too large")
+    return size
+
+
+def _log_uri(value: str) -> str:
+    parts = urlsplit(value)
+    if not parts.scheme or "://" not in value:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a URI (e.g. file:///var/log/c.log or binary:///usr/bin/logger)"
+        )
+    if parts.scheme == "file" and (parts.netloc or not parts.path.startswith("/")):
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: a file URI needs an absolute path and no host: file:///PATH"
+        )
+    return value
+
+
+# --- the parser ----------------------------------------------------------------------------
+
+_DESCRIPTION = """\
+Checkpoint and restore containers run by containerd with the io.containerd.pyrunc.v2
+runtime, through containerd's gRPC API (which `ctr` cannot do: it drops checkpoint options
+for runtimes other than runc's and cannot send our options at all).
+"""
+
+_EPILOG = """\
+Relative paths given on the command line (--image-path, --work-path, --parent-path,
+--stdout, --stderr) are made absolute against the current directory before they are sent:
+the shim runs in another directory and accepts absolute paths only.
+
+environment:
+  CONTAINERD_ADDRESS    default for --address
+  CONTAINERD_NAMESPACE  default for --namespace
+"""
+
+
+def _add_globals(parser: argparse.ArgumentParser, environ: Mapping[str, str], top: bool) -> None:
+    # On subcommands the defaults are SUPPRESS so a global given before the command is kept.
+    address = environ.get(ENV_ADDRESS) or DEFAULT_ADDRESS
+    namespace = environ.get(ENV_NAMESPACE) or DEFAULT_NAMESPACE
+    parser.add_argument(
+        "-a", "--address", type=_nonempty, metavar="PATH",
+        default=address if top else argparse.SUPPRESS,
+        help=f"containerd's gRPC socket (default: ${ENV_ADDRESS} or {DEFAULT_ADDRESS})"
+        if top else argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "-n", "--namespace", type=_nonempty, metavar="NS",
+        default=namespace if top else argparse.SUPPRESS,
+        help=f"containerd namespace (default: ${ENV_NAMESPACE} or {DEFAULT_NAMESPACE})"
+        if top else argparse.SUPPRESS,
+    )
+
+
+def _checkpoint_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                       environ: Mapping[str, str]) -> None:
+    p = sub.add_parser(
+        "checkpoint",
+        help="checkpoint a running task (Tasks/Checkpoint with pyrunc.v1.CheckpointOptions)",
+        description="Checkpoint the task of container ID with CRIU, through containerd and "
+        "the pyrunc shim. By default the task keeps running (--exit stops it). containerd "
+        "archives the checkpoint into its content store and returns the blobs it wrote; "
+        "they are printed unless --quiet.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_globals(p, environ, top=False)
+    p.add_argument("container_id", metavar="ID", type=_nonempty, help="container id")
+    p.add_argument("--image-path", type=_path, metavar="DIR",
+                   help="write the CRIU images to DIR (default: containerd's temporary dir)")
+    p.add_argument("--work-path", type=_path, metavar="DIR",
+                   help="CRIU work dir for logs (default: the shim's choice)")
+    p.add_argument("--exit", action="store_true", help="stop the task once it is dumped")
+    p.add_argument("--tcp-established", action="store_true",
+                   help="dump established TCP connections")
+    p.add_argument("--ext-unix-sk", action="store_true", help="allow external unix sockets")
+    p.add_argument("--shell-job", action="store_true",
+                   help="allow a task attached to a terminal (shell job)")
+    p.add_argument("--file-locks", action="store_true", help="dump file locks")
+    p.add_argument("--empty-ns", action="append", default=[], metavar="NS",
+                   choices=[ns.value for ns in LinuxNamespace],
+                   help="do not dump namespace NS, it is recreated empty (repeatable; the shim "
+                   "supports 'network')")
+    p.add_argument("--manage-cgroups-mode", choices=[m.value for m in CgroupsMode],
+                   help="CRIU's cgroup handling")
+    p.add_argument("--auto-dedup", action="store_true",
+                   help="punch holes in parent images for pages dumped again")
+    p.add_argument("--pre-dump", action="store_true",
+                   help="dump memory only and leave the task running")
+    p.add_argument("--parent-path", type=_path, metavar="DIR",
+                   help="images of a previous pre-dump to build on")
+    p.add_argument("--lazy-pages", action="store_true",
+                   help="leave memory pages to be served on demand after the dump")
+    p.add_argument("--page-server", type=parse_host_port, metavar="HOST:PORT",
+                   help="send memory pages to the CRIU page server at HOST:PORT")
+    p.add_argument("--tcp-close", action="store_true",
+                   help="restore established TCP connections closed")
+    p.add_argument("--tcp-skip-in-flight", action="store_true",
+                   help="skip TCP connections not yet fully established")
+    p.add_argument("--link-remap", action="store_true",
+                   help="dump open but unlinked files by linking them back")
+    p.add_argument("--ghost-limit", type=parse_size, metavar="BYTES",
+                   help="largest deleted file CRIU copies into the images (suffix K/M/G ok)")
+    p.add_argument("--network-lock", choices=[m.value for m in NetworkLock],
+                   help="how CRIU locks the network during the dump")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="do not print the checkpoint's content-store descriptors")
+
+
+def _restore_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                    environ: Mapping[str, str]) -> None:
+    p = sub.add_parser(
+        "restore",
+        help="restore a task from CRIU images on disk (Tasks/Create with "
+        "pyrunc.v1.RestoreOptions, then Tasks/Start)",
+        description="Create and start the task of an existing container ID from the CRIU "
+        "images in --image-path (written by `pyrunc checkpoint --image-path`). The "
+        "container record must exist (`ctr c create --runtime io.containerd.pyrunc.v2 "
+        "IMAGE ID`, or left over after the task was deleted); its snapshot is the root "
+        "filesystem. Prints the restored pid; without --detach, waits for the task to "
+        "exit, deletes the task and exits with its status.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_globals(p, environ, top=False)
+    p.add_argument("container_id", metavar="ID", type=_nonempty, help="container id")
+    p.add_argument("--image-path", type=_path, metavar="DIR", required=True,
+                   help="directory holding the CRIU images")
+    p.add_argument("--work-path", type=_path, metavar="DIR",
+                   help="CRIU work dir for logs (default: the shim's choice)")
+    p.add_argument("--tcp-close", action="store_true",
+                   help="restore established TCP connections closed")
+    p.add_argument("--lazy-pages", action="store_true",
+                   help="fetch memory pages on demand (needs --page-server)")
+    p.add_argument("--page-server", type=parse_host_port, metavar="HOST:PORT",
+                   help="the source's page server (with --lazy-pages)")
+    io = p.add_mutually_exclusive_group()
+    io.add_argument("--log-uri", type=_log_uri, metavar="URI",
+                    help="send stdout and stderr to URI (file:///PATH, binary:///PATH?ARGS)")
+    io.add_argument("--stdout", type=_path, metavar="PATH",
+                    help="append the task's stdout to file PATH (sent as a file:// URI)")
+    p.add_argument("--stderr", type=_path, metavar="PATH",
+                   help="append the task's stderr to file PATH (sent as a file:// URI)")
+    p.add_argument("-d", "--detach", action="store_true",
+                   help="do not wait for the task to exit")
+
+
+def _tasks_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                  environ: Mapping[str, str]) -> None:
+    p = sub.add_parser("tasks", help="list tasks (id, pid, status)",
+                       description="List the tasks of the namespace (Tasks/List).")
+    _add_globals(p, environ, top=False)
+    p.add_argument("-q", "--quiet", action="store_true", help="print task ids only")
+
+
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The ``pyrunc`` parser; global defaults come from ``environ`` (default ``os.environ``)."""
+    env = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(
+        prog="pyrunc",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_globals(parser, env, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _checkpoint_parser(sub, env)
+    _restore_parser(sub, env)
+    _tasks_parser(sub, env)
+    return parser
+
+
+def _absolute(path: str | None, cwd: str) -> str:
+    if not path:
+        return ""
+    return os.path.normpath(os.path.join(cwd, path))
+
+
+def _file_uri(path: str | None, cwd: str) -> str:
+    if not path:
+        return ""
+    return PurePosixPath(_absolute(path, cwd)).as_uri()
+
+
+def parse_args(
+    argv: Sequence[str],
+    *,
+    environ: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> Command:
+    """Parse ``argv`` (without the program name) into a command value.
+
+    Args:
+        argv: the arguments.
+        environ: where ``CONTAINERD_ADDRESS``/``CONTAINERD_NAMESPACE`` are read
+            (default ``os.environ``).
+        cwd: the directory relative paths are taken against (default ``os.getcwd()``).
+
+    Returns:
+        The command, with absolute paths.
+
+    Raises:
+        SystemExit: usage error (status 2, message on stderr) or ``--help`` (status 0).
+    """
+    parser = build_parser(environ)
+    ns = parser.parse_args(list(argv))
+    here = os.getcwd() if cwd is None else cwd
+    glob = Globals(address=_absolute(ns.address, here) if "://" not in ns.address
+                   else ns.address, namespace=ns.namespace)
+    if ns.command == "checkpoint":
+        return CheckpointCommand(
+            globals=glob,
+            container_id=ns.container_id,
+            image_path=_absolute(ns.image_path, here),
+            work_path=_absolute(ns.work_path, here),
+            exit=ns.exit,
+            tcp_established=ns.tcp_established,
+            ext_unix_sk=ns.ext_unix_sk,
+            shell_job=ns.shell_job,
+            file_locks=ns.file_locks,
+            empty_ns=tuple(LinuxNamespace(v) for v in ns.empty_ns),
+            manage_cgroups_mode=(CgroupsMode(ns.manage_cgroups_mode)
+                                 if ns.manage_cgroups_mode else None),
+            auto_dedup=ns.auto_dedup,
+            pre_dump=ns.pre_dump,
+            parent_path=_absolute(ns.parent_path, here),
+            lazy_pages=ns.lazy_pages,
+            page_server=ns.page_server or "",
+            tcp_close=ns.tcp_close,
+            tcp_skip_in_flight=ns.tcp_skip_in_flight,
+            link_remap=ns.link_remap,
+            ghost_limit=ns.ghost_limit or 0,
+            network_lock=NetworkLock(ns.network_lock) if ns.network_lock else None,
+            quiet=ns.quiet,
+        )
+    if ns.command == "restore":
+        if ns.lazy_pages != bool(ns.page_server):
+            parser.error("restore: --lazy-pages and --page-server go together")
+        if ns.log_uri and ns.stderr:
+            parser.error("restore: argument --stderr: not allowed with argument --log-uri")
+        return RestoreCommand(
+            globals=glob,
+            container_id=ns.container_id,
+            image_path=_absolute(ns.image_path, here),
+            work_path=_absolute(ns.work_path, here),
+            tcp_close=ns.tcp_close,
+            lazy_pages=ns.lazy_pages,
+            page_server=ns.page_server or "",
+            stdout=ns.log_uri or _file_uri(ns.stdout, here),
+            stderr=ns.log_uri or _file_uri(ns.stderr, here),
+            detach=ns.detach,
+        )
+    return TasksCommand(globals=glob, quiet=ns.quiet)

@@ -1,0 +1,112 @@
+"""What each ``pyrunc`` command does, in terms of containerd API calls.
+
+Strategy: each ``run_*`` takes a command value (``_args``), an :class:`API` (the real
+``_client.Client`` or a fake in tests) and the output stream, and returns the exit status.
+Failures propagate as :class:`~shim.ctl._errors.CtlError`; ``main`` prints them. The only
+clean-up done here is the one containerd's own client does: a restored task that was
+created but could not be started is deleted again, and without ``--detach`` the task is
+deleted after it exited (as ``ctr run`` does), so the container can be restored again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any, Protocol, TextIO
+
+from google.protobuf import any_pb2
+
+from ._args import CheckpointCommand, RestoreCommand, TasksCommand
+from ._client import ContainerInfo, Descriptor, TaskInfo
+from ._errors import CtlError
+from ._options import checkpoint_any, restore_any
+
+__all__ = ["API", "run_checkpoint", "run_restore", "run_tasks"]
+
+
+class API(Protocol):
+    """The containerd calls the commands make (see ``shim.ctl._client.Client``)."""
+
+    def list_tasks(self) -> list[TaskInfo]: ...
+
+    def checkpoint(self, container_id: str, options: any_pb2.Any) -> list[Descriptor]: ...
+
+    def get_container(self, container_id: str) -> ContainerInfo: ...
+
+    def mounts(self, snapshotter: str, key: str) -> list[Any]: ...
+
+    def create_task(
+        self,
+        container_id: str,
+        *,
+        rootfs: Sequence[Any],
+        stdout: str,
+        stderr: str,
+        options: any_pb2.Any,
+    ) -> int: ...
+
+    def start(self, container_id: str) -> int: ...
+
+    def wait(self, container_id: str) -> int: ...
+
+    def delete_task(self, container_id: str) -> int: ...
+
+
+def _table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+        print("    ".join(cells).rstrip(), file=out)
+
+
+def run_tasks(cmd: TasksCommand, api: API, out: TextIO) -> int:
+    """``pyrunc tasks``: ``TASK PID STATUS`` table (like ``ctr t ls``), or ids with -q."""
+    tasks = sorted(api.list_tasks(), key=lambda t: t.id)
+    if cmd.quiet:
+        for t in tasks:
+            print(t.id, file=out)
+        return 0
+    _table([("TASK", "PID", "STATUS"), *((t.id, str(t.pid), t.status.value) for t in tasks)], out)
+    return 0
+
+
+def run_checkpoint(cmd: CheckpointCommand, api: API, out: TextIO) -> int:
+    """``pyrunc checkpoint``: Tasks/Checkpoint; prints ``MEDIA TYPE DIGEST SIZE`` rows."""
+    descriptors = api.checkpoint(cmd.container_id, checkpoint_any(cmd))
+    if not cmd.quiet and descriptors:
+        rows = [(d.media_type, d.digest, str(d.size)) for d in descriptors]
+        _table([("MEDIA TYPE", "DIGEST", "SIZE"), *rows], out)
+    return 0
+
+
+def exit_code(status: int) -> int:
+    """A task exit status as a process exit code (0..255; larger values become 255)."""
+    return status if 0 <= status <= 255 else 255
+
+
+def run_restore(cmd: RestoreCommand, api: API, out: TextIO) -> int:
+    """``pyrunc restore``: Containers/Get, Snapshots/Mounts, Tasks/Create, Tasks/Start.
+
+    Prints the pid. Without ``--detach`` then waits (Tasks/Wait), deletes the task and
+    returns its exit status; a KeyboardInterrupt stops the waiting only (the task runs on).
+    """
+    container = api.get_container(cmd.container_id)
+    rootfs: list[Any] = []
+    if container.snapshot_key:
+        rootfs = api.mounts(container.snapshotter, container.snapshot_key)
+    api.create_task(
+        cmd.container_id, rootfs=rootfs, stdout=cmd.stdout, stderr=cmd.stderr,
+        options=restore_any(cmd),
+    )
+    try:
+        pid = api.start(cmd.container_id)
+    except CtlError:
+        with contextlib.suppress(CtlError):  # the start error is the one to report
+            api.delete_task(cmd.container_id)
+        raise
+    print(pid, file=out, flush=True)
+    if cmd.detach:
+        return 0
+    status = api.wait(cmd.container_id)
+    api.delete_task(cmd.container_id)
+    return exit_code(status)
