@@ -12,31 +12,48 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import replace as dataclasses_replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from google.protobuf.message import Message
 
+from shim import bundle as oci
 from shim.api.containerd.events import task_pb2 as events
+from shim.cgroups import FreezerState, freezer_state
 from shim.errors import AlreadyExists, FailedPrecondition, NotFound
 from shim.mount import mount_all, unmount_all
 from shim.reaper import Exit, Reaper
 from shim.runtime import Runc
 from shim.state import (
     Created,
+    CreatedFromCheckpoint,
     Deleted,
     ExecCreated,
+    Paused,
     State,
     TaskStatus,
     check_transition,
 )
 from shim.stdio import IOConfig, ProcessIO
 
-__all__ = ["Container", "ContainerConfig", "ExecProcess", "InitProcess", "Mount", "ProcessBase"]
+if TYPE_CHECKING:
+    from shim.checkpoint.plan import CheckpointPlan
+    from shim.checkpoint.runner import LazyDump
+
+__all__ = [
+    "Container",
+    "ContainerConfig",
+    "ExecProcess",
+    "InitProcess",
+    "Mount",
+    "ProcessBase",
+    "RestoreSource",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +73,21 @@ class Mount:
 
 
 @dataclass(frozen=True, slots=True)
+class RestoreSource:
+    """A checkpoint to create the container from (restored at Start, as runc-v2 does).
+
+    ``images_dir`` is containerd's unpacked checkpoint (``CreateTaskRequest.checkpoint``) or
+    the ``image_path`` of ``pyrunc.v1.RestoreOptions``; the rest come from those options.
+    """
+
+    images_dir: str
+    work_dir: str = ""
+    tcp_close: bool = False
+    lazy_pages: bool = False
+    page_server: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ContainerConfig:
     """What Create asks for, decoded by the service."""
 
@@ -66,6 +98,7 @@ class ContainerConfig:
     rootfs: tuple[Mount, ...] = ()
     no_pivot: bool = False
     no_new_keyring: bool = False
+    restore: RestoreSource | None = None
 
 
 class ProcessBase:
@@ -137,7 +170,7 @@ class ProcessBase:
     async def do_resume(self) -> None:
         raise NotImplementedError
 
-    async def do_checkpoint(self, request: object) -> None:
+    async def do_checkpoint(self, plan: CheckpointPlan) -> None:
         raise NotImplementedError
 
 
@@ -163,6 +196,92 @@ class InitProcess(ProcessBase):
 
     async def do_start(self) -> None:
         await self.container.runtime.start(self.container.id)
+
+    async def do_restore(self) -> None:
+        """Start of a container created from a checkpoint: ``runc restore --detach``."""
+        from shim.checkpoint import runner
+        from shim.checkpoint.plan import STORED_PLAN, PageServer, plan_restore
+
+        c = self.container
+        source = c.config.restore
+        assert source is not None and self.io is not None
+        try:
+            with open(os.path.join(source.images_dir, STORED_PLAN), "rb") as f:
+                stored: bytes | None = f.read()
+        except FileNotFoundError:
+            stored = None  # a checkpoint made elsewhere: options from annotations alone
+        plan = plan_restore(
+            source.images_dir,
+            stored,
+            oci.spec_annotations(c.spec),
+            work_dir=source.work_dir or str(c.bundle / "work" / "criu-work"),
+        )
+        page_server = plan.page_server
+        if source.page_server:
+            page_server = PageServer.parse(source.page_server)
+        plan = dataclasses_replace(
+            plan,
+            tcp_close=plan.tcp_close or source.tcp_close,
+            lazy_pages=source.lazy_pages,
+            page_server=page_server if source.lazy_pages else None,
+        )
+        self.pid = await runner.restore(
+            c.runtime,
+            c.reaper,
+            c.id,
+            c.bundle,
+            plan,
+            self.io.runtime_stdio(),
+            console_socket=self.io.console_socket,
+            no_pivot=c.config.no_pivot,
+        )
+        self._watch()
+        await self.io.started()
+
+    async def do_checkpoint(self, plan: CheckpointPlan) -> None:
+        """Dump the container; whatever happens, leave it as it was (running or paused)
+        unless the plan says exit and the dump succeeded."""
+        from shim.checkpoint import runner
+
+        c = self.container
+        was_paused = isinstance(self.state, Paused)
+        try:
+            lazy = await runner.checkpoint(c.runtime, c.reaper, c.id, c.bundle, plan)
+        except BaseException:
+            await self._restore_freezer(was_paused)
+            raise
+        if lazy is not None:
+            c.track(self._finish_lazy_dump(lazy, was_paused))
+        elif plan.leave_running:
+            await self._restore_freezer(was_paused)
+        c.publish(
+            "/tasks/checkpointed",
+            events.TaskCheckpointed(container_id=c.id, checkpoint=plan.images_dir),
+        )
+
+    async def _finish_lazy_dump(self, lazy: LazyDump, was_paused: bool) -> None:
+        """A lazy dump ends when the restoring side has fetched every page."""
+        ex = await lazy.child.exited
+        if ex.status != 0:
+            log.error("lazy-pages dump of %s ended with status %d", self.container.id, ex.status)
+        if lazy.plan.leave_running:
+            async with self.container.lock:
+                await self._restore_freezer(was_paused)
+
+    async def _restore_freezer(self, was_paused: bool) -> None:
+        """Put the freezer back as it was before a dump: CRIU thaws what it froze, but a
+        killed or failed CRIU can leave the container frozen, and a dump of a paused
+        container must not resume it."""
+        c = self.container
+        state = freezer_state(oci.cgroups_path(c.spec), self.pid)
+        if state is None:
+            return
+        frozen = state is not FreezerState.THAWED
+        if was_paused and not frozen:
+            await c.runtime.pause(c.id)
+        elif not was_paused and frozen:
+            log.warning("container %s was left frozen after a checkpoint; thawing it", c.id)
+            await c.runtime.resume(c.id)
 
     async def do_delete(self) -> None:
         c = self.container
@@ -269,6 +388,7 @@ class Container:
         self.reaper = reaper
         self.publish = publish
         self.lock = asyncio.Lock()
+        self.spec: oci.Spec = {}
         self.init = InitProcess(self, config.id, config.io, Created())
         self.execs: dict[str, ExecProcess] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -287,7 +407,12 @@ class Container:
             os.makedirs(rootfs, exist_ok=True)
             mount_all([(m.type, m.source, m.options) for m in config.rootfs], rootfs)
         try:
-            await c.init.do_create()
+            c.spec = oci.name_criu_config(config.bundle)
+            if config.restore is None:
+                await c.init.do_create()
+            else:  # nothing runs until Start restores it
+                await c.init._open_io()
+                c.init.state = CreatedFromCheckpoint()
         except BaseException:
             if c.init.io is not None:
                 c.init.io.close()
@@ -307,6 +432,7 @@ class Container:
                     stderr=config.io.stderr,
                     terminal=config.io.terminal,
                 ),
+                checkpoint=config.restore.images_dir if config.restore else "",
                 pid=c.init.pid,
             ),
         )
@@ -410,6 +536,10 @@ class Container:
         by_pid = {e.pid: e.id for e in self.execs.values() if e.pid}
         return [(pid, by_pid.get(pid, "")) for pid in await self.runtime.ps(self.id)]
 
+    async def checkpoint(self, plan: CheckpointPlan) -> None:
+        async with self.lock:
+            await self.init.state.checkpoint(self.init, plan)
+
     async def update(self, resources_json: bytes) -> None:
         async with self.lock:
             await self.runtime.update(self.id, resources_json)
@@ -423,8 +553,10 @@ class Container:
         return isinstance(self.init.state, Deleted)
 
     def cgroups_path(self) -> str:
-        spec = json.loads((self.bundle / "config.json").read_text())
-        return str(spec.get("linux", {}).get("cgroupsPath", ""))
+        return oci.cgroups_path(self.spec)
+
+    def annotations(self) -> dict[str, str]:
+        return oci.spec_annotations(self.spec)
 
 
 def _mount_pb(m: Mount) -> Message:

@@ -1,9 +1,8 @@
 """cgroup v1 statistics of a container as ``io.containerd.cgroups.v1.Metrics``.
 
 Strategy: mirrors containerd/cgroups ``stats/v1`` as the runc shim fills it. The container's
-cgroup is found per controller from ``/proc/<init pid>/cgroup`` (so systemd-style paths work
-too), falling back to the spec's ``cgroupsPath`` under each controller's mount. Files that a
-kernel does not offer are skipped, never guessed.
+cgroup directories come from :mod:`shim.cgroups`. Files that a kernel does not offer are
+skipped, never guessed.
 """
 
 from __future__ import annotations
@@ -11,29 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from shim.api.cgroups.v1 import metrics_pb2 as m
+from shim.cgroups import controller_paths
 from shim.errors import NotFound
 
 __all__ = ["collect"]
-
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-
-def _controller_paths(cgroups_path: str, pid: int) -> dict[str, Path]:
-    paths: dict[str, Path] = {}
-    try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines() if pid else []
-    except OSError:
-        lines = []
-    for line in lines:
-        _, controllers, rel = line.split(":", 2)
-        for controller in controllers.split(","):
-            if controller:
-                paths[controller] = CGROUP_ROOT / controller / rel.lstrip("/")
-    if not paths and cgroups_path and cgroups_path.count(":") != 2:
-        for controller in ("pids", "cpu", "cpuacct", "memory", "blkio", "hugetlb"):
-            paths[controller] = CGROUP_ROOT / controller / cgroups_path.lstrip("/")
-    return paths
-
 
 def _read(path: Path) -> str | None:
     try:
@@ -70,7 +50,7 @@ def collect(cgroups_path: str, pid: int) -> m.Metrics:
     Raises:
         NotFound: the container's cgroup does not exist (any more).
     """
-    paths = _controller_paths(cgroups_path, pid)
+    paths = controller_paths(cgroups_path, pid)
     memory = paths.get("memory")
     if memory is None or not memory.is_dir():
         raise NotFound("cgroup does not exist")

@@ -25,15 +25,15 @@ from shim.api.containerd.runc.options import oci_pb2
 from shim.api.containerd.task.v2 import shim_pb2 as api
 from shim.api.containerd.types.task import task_pb2
 from shim.cleanup import write_runtime_options
-from shim.container import Container, ContainerConfig, Mount, _timestamp
-from shim.errors import InvalidArgument, NotFound, Unimplemented
+from shim.container import Container, ContainerConfig, Mount, RestoreSource, _timestamp
+from shim.errors import InvalidArgument, NotFound
 from shim.events import Publisher
 from shim.reaper import Reaper
 from shim.runtime import Runc, RuntimeConfig
 from shim.runtime._runc import DEFAULT_ROOT
 from shim.stdio import IOConfig
 from shim.ttrpc import RequestContext
-from shim.typeurl import OCI_RESOURCES, pack, unpack
+from shim.typeurl import OCI_RESOURCES, pack, type_name, unpack
 
 __all__ = ["SERVICE", "TaskService"]
 
@@ -89,8 +89,6 @@ class TaskService:
     async def create(self, req: api.CreateTaskRequest) -> api.CreateTaskResponse:
         if req.id in self.containers:
             raise InvalidArgument(f"container {req.id} already exists in this shim")
-        if req.checkpoint:
-            raise Unimplemented("restore from a checkpoint is not supported yet")
         options = _runtime_options(req)
         runtime_config = RuntimeConfig(
             binary=options.binary_name or "runc",
@@ -116,6 +114,7 @@ class TaskService:
             rootfs=tuple(Mount(m.type, m.source, tuple(m.options)) for m in req.rootfs),
             no_pivot=options.no_pivot_root,
             no_new_keyring=options.no_new_keyring,
+            restore=_restore_source(req),
         )
         container = await Container.create(config, runtime, self.reaper, self.publisher.publish)
         self.containers[req.id] = container
@@ -169,8 +168,17 @@ class TaskService:
         return Empty()
 
     async def checkpoint(self, req: api.CheckpointTaskRequest) -> Empty:
-        self._get(req.id)
-        raise Unimplemented("checkpoint is not supported yet")
+        from shim.checkpoint.plan import plan_checkpoint
+
+        container = self._get(req.id)
+        plan = plan_checkpoint(
+            req.path,
+            req.options if req.HasField("options") else None,
+            container.annotations(),
+            default_work_dir=str(container.bundle / "work" / "criu-work"),
+        )
+        await container.checkpoint(plan)
+        return Empty()
 
     async def kill(self, req: api.KillRequest) -> Empty:
         await self._get(req.id).kill(req.exec_id, req.signal, req.all)
@@ -228,11 +236,45 @@ class TaskService:
 
 
 def _runtime_options(req: api.CreateTaskRequest) -> oci_pb2.Options:
-    """containerd.runc.v1.Options from the request; anything else is ignored (see docs)."""
+    """containerd.runc.v1.Options from the request; other types are ignored (as documented in
+    config.toml.example), except pyrunc.v1.RestoreOptions (see :func:`_restore_source`)."""
     options = unpack(req.options, oci_pb2.Options)
-    if options is None and req.options.type_url:
+    if options is None and req.options.type_url and type_name(req.options) != _RESTORE_OPTIONS:
         log.info("ignoring runtime options of type %s", req.options.type_url)
     return options or oci_pb2.Options()
+
+
+_RESTORE_OPTIONS = "pyrunc.v1.RestoreOptions"
+
+
+def _restore_source(req: api.CreateTaskRequest) -> RestoreSource | None:
+    """What to restore from: containerd's unpacked checkpoint (``ctr c restore --live``) or
+    ``pyrunc.v1.RestoreOptions`` (the ``pyrunc restore`` tool); None for a fresh container.
+
+    Raises:
+        InvalidArgument: both given, or a relative image path.
+    """
+    if type_name(req.options) != _RESTORE_OPTIONS:
+        return RestoreSource(req.checkpoint) if req.checkpoint else None
+    from shim.api.pyrunc.v1 import checkpoint_pb2
+
+    opts = unpack(req.options, checkpoint_pb2.RestoreOptions)
+    assert opts is not None
+    if req.checkpoint and opts.image_path:
+        raise InvalidArgument("both a checkpoint and RestoreOptions.image_path were given")
+    images = req.checkpoint or opts.image_path
+    if not images:
+        raise InvalidArgument("RestoreOptions without image_path")
+    for name, path in (("image_path", images), ("work_path", opts.work_path)):
+        if path and not os.path.isabs(path):
+            raise InvalidArgument(f"{name} must be absolute: {path!r}")
+    return RestoreSource(
+        images_dir=images,
+        work_dir=opts.work_path,
+        tcp_close=opts.tcp_close,
+        lazy_pages=opts.lazy_pages,
+        page_server=opts.page_server,
+    )
 
 
 def _codec(

@@ -12,9 +12,12 @@ containerd's cleanup can repeat safely.
 from __future__ import annotations
 
 import enum
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from shim.errors import FailedPrecondition, Internal, NotFound
+
+if TYPE_CHECKING:
+    from shim.checkpoint.plan import CheckpointPlan
 
 __all__ = [
     "TRANSITIONS",
@@ -61,7 +64,7 @@ class Process(Protocol):
     async def do_kill(self, signal: int, all: bool) -> None: ...
     async def do_pause(self) -> None: ...
     async def do_resume(self) -> None: ...
-    async def do_checkpoint(self, request: object) -> None: ...
+    async def do_checkpoint(self, plan: CheckpointPlan) -> None: ...
 
 
 class State:
@@ -88,7 +91,7 @@ class State:
     async def resume(self, p: Process) -> None:
         raise self._refuse("resume")
 
-    async def checkpoint(self, p: Process, request: object) -> None:
+    async def checkpoint(self, p: Process, plan: CheckpointPlan) -> None:
         raise self._refuse("checkpoint")
 
     def can_exec(self) -> bool:
@@ -144,8 +147,8 @@ class Running(State):
         await p.do_pause()
         p.transition(Paused)
 
-    async def checkpoint(self, p: Process, request: object) -> None:
-        await p.do_checkpoint(request)
+    async def checkpoint(self, p: Process, plan: CheckpointPlan) -> None:
+        await p.do_checkpoint(plan)
 
     def can_exec(self) -> bool:
         return True
@@ -161,8 +164,8 @@ class Paused(State):
         await p.do_resume()
         p.transition(Running)
 
-    async def checkpoint(self, p: Process, request: object) -> None:
-        await p.do_checkpoint(request)
+    async def checkpoint(self, p: Process, plan: CheckpointPlan) -> None:
+        await p.do_checkpoint(plan)
 
 
 class Stopped(State):

@@ -15,15 +15,17 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from shim.errors import FailedPrecondition, NotFound, ShimError
 from shim.reaper import Reaper
-from shim.spawn import Result, run
+from shim.spawn import Child, Result, run, spawn
 
 __all__ = ["Runc", "RuntimeConfig", "Stdio", "classify_error", "last_log_error"]
 
 DEFAULT_ROOT = "/run/containerd/runc"
 _TIMEOUT = 60.0
+_CRIU_TIMEOUT = 600.0  # a dump or restore of a large container takes a while
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +48,13 @@ class Stdio:
     stderr: int | None = None
 
 
-def last_log_error(log_path: Path) -> str:
-    """Return the message of the last error line of a runtime's JSON log, or ""."""
+def last_log_error(log_path: Path, offset: int = 0) -> str:
+    """Return the message of the last error line of a runtime's JSON log after byte
+    ``offset`` (so an old failure is never reported for a new one), or ""."""
     try:
-        lines = log_path.read_bytes().splitlines()
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            lines = f.read().splitlines()
     except OSError:
         return ""
     for line in reversed(lines):
@@ -111,11 +116,15 @@ class Runc:
         *,
         stdio: Stdio | None = None,
         input: bytes | None = None,
+        extra_fds: Sequence[int] = (),
         timeout: float = _TIMEOUT,
     ) -> Result:
         argv = [*self.globals(), *args]
+        offset = self.log_offset()
         if stdio is None:
-            result = await run(self._reaper, argv, input=input, timeout=timeout)
+            result = await run(
+                self._reaper, argv, input=input, extra_fds=extra_fds, timeout=timeout
+            )
         else:
             # The container process inherits these fds; nothing of ours to capture.
             result = await run(
@@ -124,14 +133,24 @@ class Runc:
                 stdin=stdio.stdin,
                 stdout=stdio.stdout,
                 stderr=stdio.stderr,
+                extra_fds=extra_fds,
                 timeout=timeout,
             )
         if result.status != 0:
-            self._raise(args[0], result)
+            self.raise_for(args[0], result, offset)
         return result
 
-    def _raise(self, command: str, result: Result) -> None:
-        message = last_log_error(self.log_path) or (
+    def log_offset(self) -> int:
+        """Where the runtime's log ends now; errors are read from there after a call."""
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def raise_for(self, command: str, result: Result, log_offset: int) -> NoReturn:
+        """Raise the typed error for a failed runtime call (see :func:`classify_error`),
+        with the runtime's own last error from its log after ``log_offset``."""
+        message = last_log_error(self.log_path, log_offset) or (
             result.stderr.decode(errors="replace").strip().splitlines() or [""]
         )[-1]
         message = message or f"exit status {result.status}"
@@ -190,6 +209,25 @@ class Runc:
 
     async def update(self, cid: str, resources_json: bytes) -> None:
         await self._run(["update", "--resources", "-", cid], input=resources_json)
+
+    async def checkpoint(
+        self, cid: str, args: Sequence[str], *, extra_fds: Sequence[int] = ()
+    ) -> None:
+        """``runc checkpoint``: ``args`` as rendered by the checkpoint plan (from
+        ``checkpoint`` up to, not including, the id); ``extra_fds`` become fds 3, 4, ..."""
+        await self._run([*args, cid], extra_fds=extra_fds, timeout=_CRIU_TIMEOUT)
+
+    def spawn_checkpoint(
+        self, cid: str, args: Sequence[str], *, extra_fds: Sequence[int] = ()
+    ) -> Child:
+        """Start ``runc checkpoint`` without waiting: a lazy-pages dump serves memory until
+        the restoring side has fetched it all, long after the dump is ready."""
+        return spawn(self._reaper, [*self.globals(), *args, cid], extra_fds=extra_fds)
+
+    async def restore(self, cid: str, args: Sequence[str], stdio: Stdio) -> None:
+        """``runc restore``: ``args`` as rendered by the plan; ``stdio`` is re-attached by
+        CRIU to the restored process in place of the pipes it had at dump time."""
+        await self._run([*args, cid], stdio=stdio, timeout=_CRIU_TIMEOUT)
 
     async def ps(self, cid: str) -> list[int]:
         result = await self._run(["ps", "--format", "json", cid])

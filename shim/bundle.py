@@ -1,0 +1,67 @@
+"""The OCI bundle containerd prepares for each container: its spec, read and (once) amended.
+
+Strategy: containerd writes ``config.json`` before Create; the shim reads the annotations and
+cgroups path from it, and adds one annotation before ``runc create``/``runc restore``:
+``org.criu.config`` naming ``<bundle>/criu.conf``. runc keeps the annotations as labels and
+hands that file to CRIU on every checkpoint and restore (a missing file is ignored), which is
+how options runc has no flag for reach CRIU (see ``shim.checkpoint.runner``). A spec that
+already names its own CRIU configuration is left alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import cast
+
+__all__ = [
+    "CRIU_CONFIG",
+    "CRIU_CONFIG_ANNOTATION",
+    "Spec",
+    "cgroups_path",
+    "name_criu_config",
+    "read_spec",
+    "spec_annotations",
+]
+
+CRIU_CONFIG_ANNOTATION = "org.criu.config"
+CRIU_CONFIG = "criu.conf"
+
+Spec = dict[str, object]
+"""A parsed OCI runtime spec (config.json)."""
+
+
+def read_spec(bundle: Path) -> Spec:
+    """The bundle's ``config.json`` ({} if it is missing or unreadable)."""
+    try:
+        spec = json.loads((bundle / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return cast(Spec, spec) if isinstance(spec, dict) else {}
+
+
+def spec_annotations(spec: Spec) -> dict[str, str]:
+    raw = spec.get("annotations")
+    if not isinstance(raw, dict):
+        return {}
+    return {str(k): str(v) for k, v in raw.items()}
+
+
+def cgroups_path(spec: Spec) -> str:
+    linux = spec.get("linux")
+    return str(linux.get("cgroupsPath", "")) if isinstance(linux, dict) else ""
+
+
+def name_criu_config(bundle: Path) -> Spec:
+    """Add ``org.criu.config: <bundle>/criu.conf`` to the spec unless it names a file already;
+    return the (possibly amended) spec."""
+    spec = read_spec(bundle)
+    current = spec_annotations(spec)
+    if CRIU_CONFIG_ANNOTATION in current:
+        return spec
+    current[CRIU_CONFIG_ANNOTATION] = str(bundle / CRIU_CONFIG)
+    spec["annotations"] = current
+    tmp = bundle / ".config.json.pyrunc"
+    tmp.write_text(json.dumps(spec))
+    tmp.rename(bundle / "config.json")
+    return spec

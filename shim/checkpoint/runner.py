@@ -1,0 +1,236 @@
+"""Checkpointing and restoring one container with runc and CRIU, without ever losing it.
+
+Strategy: mirrors containerd ``pkg/process/init.go`` (``checkpoint``, ``createCheckpointedState``)
+and runc's own handling of ``org.criu.config``. The plan (:mod:`shim.checkpoint.plan`) says what
+to do; this module does it in a fixed order:
+
+1. ask CRIU (over its RPC) whether it can do what the plan needs, before the container is
+   touched (:func:`shim.checkpoint.criu.ensure_capable`);
+2. create the images and work directories 0700; refuse to overwrite a finished checkpoint;
+3. write the CRIU configuration file for options runc has no flag for into the bundle; the
+   container's ``org.criu.config`` annotation (set by :func:`shim.bundle.name_criu_config`
+   before ``runc create``/``restore``) makes runc hand that file to CRIU;
+4. run runc;
+5. on success store the plan beside the images: its presence is what marks a complete
+   checkpoint. On failure keep CRIU's log as ``<bundle>/criu-dump.log`` (or
+   ``criu-restore.log``), remove what this dump wrote, and raise an error naming the log.
+
+Whether a failed dump left the container frozen is the container's business (it knows whether
+it was paused before); see ``Container.checkpoint``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from shim.bundle import CRIU_CONFIG, CRIU_CONFIG_ANNOTATION, read_spec, spec_annotations
+from shim.checkpoint.criu import Criu, Requirements, criu_binary, ensure_capable
+from shim.checkpoint.plan import (
+    STORED_PLAN,
+    CheckpointPlan,
+    checkpoint_args,
+    criu_config,
+    dump_plan,
+    restore_args,
+)
+from shim.errors import AlreadyExists, FailedPrecondition, ShimError
+from shim.reaper import Reaper
+from shim.runtime import Runc, Stdio
+from shim.spawn import Child, Result
+
+__all__ = ["LazyDump", "checkpoint", "restore"]
+
+log = logging.getLogger(__name__)
+
+RUNC_DEFAULT_CRIU_CONFIG = "/etc/criu/runc.conf"
+DUMP_LOG = "dump.log"
+RESTORE_LOG = "restore.log"
+_LAZY_READY_TIMEOUT = 600.0
+
+
+def _write_criu_config(bundle: Path, text: str) -> None:
+    """Write the per-operation CRIU config. Since the annotation replaces runc's default
+    file, that file's settings (if any) are kept in front of ours."""
+    named = spec_annotations(read_spec(bundle)).get(CRIU_CONFIG_ANNOTATION)
+    ours = str(bundle / CRIU_CONFIG)
+    if named != ours:
+        if text:
+            raise FailedPrecondition(
+                f"the container names its own CRIU configuration ({CRIU_CONFIG_ANNOTATION}="
+                f"{named!r}), so options runc has no flag for cannot be passed: {text.strip()!r}"
+            )
+        return
+    try:
+        base = Path(RUNC_DEFAULT_CRIU_CONFIG).read_text()
+    except OSError:
+        base = ""
+    if base and not base.endswith("\n"):
+        base += "\n"
+    tmp = bundle / f".{CRIU_CONFIG}"
+    tmp.write_text(base + text)
+    tmp.rename(ours)
+
+
+def _mkdir_private(path: str) -> bool:
+    """Create ``path`` (and parents) 0700; True if it did not exist."""
+    if os.path.isdir(path):
+        return False
+    os.makedirs(path, mode=0o700)
+    os.chmod(path, 0o700)
+    return True
+
+
+def _keep_log(work_dir: str, name: str, bundle: Path) -> Path:
+    """Copy CRIU's log out of the work dir into the bundle; return where it is kept."""
+    kept = bundle / f"criu-{name}"
+    with contextlib.suppress(OSError):
+        shutil.copyfile(os.path.join(work_dir, name), kept)
+    return kept
+
+
+def _discard_images(images_dir: str, *, created: bool) -> None:
+    """Remove what a failed dump wrote, so nothing looks like a usable checkpoint."""
+    if created:
+        shutil.rmtree(images_dir, ignore_errors=True)
+        return
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(images_dir):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+
+
+def _store_plan(plan: CheckpointPlan) -> None:
+    tmp = os.path.join(plan.images_dir, f".{STORED_PLAN}")
+    with open(tmp, "wb") as f:
+        f.write(dump_plan(plan))
+    os.rename(tmp, os.path.join(plan.images_dir, STORED_PLAN))
+
+
+@dataclass(slots=True)
+class LazyDump:
+    """A lazy-pages dump whose images are ready while runc still serves the memory."""
+
+    child: Child
+    plan: CheckpointPlan
+
+
+async def _ensure_capable(runtime: Runc, reaper: Reaper, req: Requirements) -> None:
+    criu = Criu(reaper, criu_binary(runtime.config.criu_path))
+    await ensure_capable(criu, req)
+
+
+async def checkpoint(
+    runtime: Runc, reaper: Reaper, cid: str, bundle: Path, plan: CheckpointPlan
+) -> LazyDump | None:
+    """Dump ``cid`` as ``plan`` says.
+
+    Returns:
+        None when the dump is complete; for lazy pages, the still running runc once the images
+        are ready (its exit ends the page transfer).
+    Raises:
+        FailedPrecondition: CRIU or the host cannot do what the plan needs (nothing touched).
+        AlreadyExists: the images directory already holds a checkpoint.
+        ShimError: runc or CRIU failed; the message names the kept CRIU log.
+    """
+    await _ensure_capable(
+        runtime, reaper, Requirements(mem_track=plan.track_mem, lazy_pages=plan.lazy_pages)
+    )
+    if os.path.exists(os.path.join(plan.images_dir, STORED_PLAN)):
+        raise AlreadyExists(f"{plan.images_dir} already holds a checkpoint")
+    created = _mkdir_private(plan.images_dir)
+    _mkdir_private(plan.work_dir)
+    try:
+        _write_criu_config(bundle, criu_config(plan, restore=False))
+        if plan.lazy_pages:
+            child = await _start_lazy_dump(runtime, cid, plan)
+            _store_plan(plan)
+            return LazyDump(child, plan)
+        await runtime.checkpoint(cid, checkpoint_args(plan))
+    except ShimError as exc:
+        kept = _keep_log(plan.work_dir, DUMP_LOG, bundle)
+        _discard_images(plan.images_dir, created=created)
+        raise type(exc)(f"checkpoint failed: {exc} (CRIU log kept at {kept})") from exc
+    _store_plan(plan)
+    return None
+
+
+async def _start_lazy_dump(runtime: Runc, cid: str, plan: CheckpointPlan) -> Child:
+    """Start runc with a status pipe as fd 3; return once CRIU reports the images ready."""
+    read_end, write_end = os.pipe()
+    try:
+        offset = runtime.log_offset()
+        child = runtime.spawn_checkpoint(cid, checkpoint_args(plan), extra_fds=[write_end])
+    finally:
+        os.close(write_end)
+    try:
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(read_end, readable)
+        child.exited.add_done_callback(lambda _: readable())  # runc gave up: pipe stays empty
+        try:
+            async with asyncio.timeout(_LAZY_READY_TIMEOUT):
+                await ready
+        finally:
+            loop.remove_reader(read_end)
+        os.set_blocking(read_end, False)
+        try:
+            status = os.read(read_end, 1)
+        except BlockingIOError:
+            status = b""
+    finally:
+        os.close(read_end)
+    if status == b"\0":
+        return child
+    ex = await child.exited  # runc failed (or closed the pipe) before the images were ready
+    runtime.raise_for("checkpoint", Result(tuple(checkpoint_args(plan)), ex.status), offset)
+
+
+async def restore(
+    runtime: Runc,
+    reaper: Reaper,
+    cid: str,
+    bundle: Path,
+    plan: CheckpointPlan,
+    stdio: Stdio,
+    *,
+    console_socket: str | None,
+    no_pivot: bool,
+) -> int:
+    """Restore ``cid`` from ``plan.images_dir``; return the restored init's pid.
+
+    Raises:
+        FailedPrecondition: CRIU or the host cannot do it (nothing started).
+        ShimError: runc or CRIU failed; the message names the kept CRIU log.
+    """
+    await _ensure_capable(runtime, reaper, Requirements(lazy_pages=plan.lazy_pages))
+    _mkdir_private(plan.work_dir)
+    pid_file = bundle / "init.pid"
+    try:
+        _write_criu_config(bundle, criu_config(plan, restore=True))
+        args = restore_args(
+            plan,
+            bundle=str(bundle),
+            pid_file=str(pid_file),
+            console_socket=console_socket,
+            no_pivot=no_pivot,
+            work_dir=plan.work_dir,
+        )
+        await runtime.restore(cid, args, stdio)
+    except ShimError as exc:
+        kept = _keep_log(plan.work_dir, RESTORE_LOG, bundle)
+        raise type(exc)(f"restore failed: {exc} (CRIU log kept at {kept})") from exc
+    return int(pid_file.read_text())
+
