@@ -22,6 +22,7 @@ readonly VENV=$PREFIX/venv
 readonly VENV_STAMP=$VENV/.containerd-shim-pyrunc-install
 readonly SHIM_NAME=containerd-shim-pyrunc-v2
 readonly SHIM_LINK=/usr/local/bin/$SHIM_NAME
+readonly TOOL_LINK=/usr/local/bin/pyrunc
 readonly CONTAINERD_SOCK=/run/containerd/containerd.sock
 readonly CONTAINERD_LOG=/var/log/containerd.log
 readonly IMAGE_REF=localhost/pyrunc-test:latest
@@ -194,6 +195,13 @@ install_project() {
     if [[ $(readlink "$SHIM_LINK" 2>/dev/null || true) != "$target" ]]; then
         log "linking $SHIM_LINK -> $target"
         ln -sfn "$target" "$SHIM_LINK"
+    fi
+    # pyrunc: the command-line tool for every checkpoint/restore option (containerd's API).
+    local tool=$VENV/bin/pyrunc
+    [[ -e $tool ]] || die "pip did not install the console script $tool"
+    if [[ $(readlink "$TOOL_LINK" 2>/dev/null || true) != "$tool" ]]; then
+        log "linking $TOOL_LINK -> $tool"
+        ln -sfn "$tool" "$TOOL_LINK"
     fi
 }
 

@@ -29,6 +29,7 @@ from shim.errors import AlreadyExists, FailedPrecondition, NotFound
 from shim.mount import mount_all, unmount_all
 from shim.reaper import Exit, Reaper
 from shim.runtime import Runc
+from shim.spawn import Child
 from shim.state import (
     Created,
     CreatedFromCheckpoint,
@@ -225,7 +226,7 @@ class InitProcess(ProcessBase):
             lazy_pages=source.lazy_pages,
             page_server=page_server if source.lazy_pages else None,
         )
-        self.pid = await runner.restore(
+        restored = await runner.restore(
             c.runtime,
             c.reaper,
             c.id,
@@ -235,8 +236,11 @@ class InitProcess(ProcessBase):
             console_socket=self.io.console_socket,
             no_pivot=c.config.no_pivot,
         )
+        self.pid = restored.pid
         self._watch()
         await self.io.started()
+        if restored.lazy_daemon is not None:
+            c.track(_log_exit(restored.lazy_daemon, f"criu lazy-pages for {c.id}"))
 
     async def do_checkpoint(self, plan: CheckpointPlan) -> None:
         """Dump the container; whatever happens, leave it as it was (running or paused)
@@ -261,9 +265,7 @@ class InitProcess(ProcessBase):
 
     async def _finish_lazy_dump(self, lazy: LazyDump, was_paused: bool) -> None:
         """A lazy dump ends when the restoring side has fetched every page."""
-        ex = await lazy.child.exited
-        if ex.status != 0:
-            log.error("lazy-pages dump of %s ended with status %d", self.container.id, ex.status)
+        await _log_exit(lazy.child, f"lazy-pages dump of {self.container.id}")
         if lazy.plan.leave_running:
             async with self.container.lock:
                 await self._restore_freezer(was_paused)
@@ -557,6 +559,15 @@ class Container:
 
     def annotations(self) -> dict[str, str]:
         return oci.spec_annotations(self.spec)
+
+
+async def _log_exit(child: Child, what: str) -> None:
+    """Wait for a helper process the container started in the background; log a failure."""
+    ex = await child.exited
+    if ex.status != 0:
+        log.error("%s ended with status %d", what, ex.status)
+    else:
+        log.info("%s finished", what)
 
 
 def _mount_pb(m: Mount) -> Message:

@@ -42,9 +42,9 @@ from shim.checkpoint.plan import (
 from shim.errors import AlreadyExists, FailedPrecondition, ShimError
 from shim.reaper import Reaper
 from shim.runtime import Runc, Stdio
-from shim.spawn import Child, Result
+from shim.spawn import Child, Result, spawn
 
-__all__ = ["LazyDump", "checkpoint", "restore"]
+__all__ = ["LazyDump", "Restored", "checkpoint", "restore"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ RUNC_DEFAULT_CRIU_CONFIG = "/etc/criu/runc.conf"
 DUMP_LOG = "dump.log"
 RESTORE_LOG = "restore.log"
 _LAZY_READY_TIMEOUT = 600.0
+_LAZY_DAEMON_TIMEOUT = 10.0
+LAZY_PAGES_SOCKET = "lazy-pages.socket"  # created by `criu lazy-pages` in its work dir
 
 
 def _write_criu_config(bundle: Path, text: str) -> None:
@@ -198,6 +200,58 @@ async def _start_lazy_dump(runtime: Runc, cid: str, plan: CheckpointPlan) -> Chi
     runtime.raise_for("checkpoint", Result(tuple(checkpoint_args(plan)), ex.status), offset)
 
 
+@dataclass(slots=True)
+class Restored:
+    """A restored container: its init pid and, for lazy pages, the ``criu lazy-pages``
+    daemon that keeps fetching memory from the page server until it has all of it."""
+
+    pid: int
+    lazy_daemon: Child | None = None
+
+
+async def _start_lazy_pages_daemon(
+    runtime: Runc, reaper: Reaper, plan: CheckpointPlan
+) -> Child:
+    """``criu lazy-pages --page-server --address A --port P -D images -W work``: it serves
+    page faults of the restored process from the source's page server. runc's restore finds
+    it through ``lazy-pages.socket`` in the shared work dir, so wait for that socket."""
+    assert plan.page_server is not None
+    socket_path = os.path.join(plan.work_dir, LAZY_PAGES_SOCKET)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(socket_path)  # a stale one would make runc connect to nobody
+    argv = [
+        criu_binary(runtime.config.criu_path),
+        "lazy-pages",
+        "--page-server",
+        "--address",
+        plan.page_server.address,
+        "--port",
+        str(plan.page_server.port),
+        "--images-dir",
+        plan.images_dir,
+        "--work-dir",
+        plan.work_dir,
+        "--log-file",
+        "lazy-pages.log",
+        "-v4",
+    ]
+    child = spawn(reaper, argv)
+    try:
+        async with asyncio.timeout(_LAZY_DAEMON_TIMEOUT):
+            while not os.path.exists(socket_path):
+                if child.exited.done():
+                    raise FailedPrecondition(
+                        f"criu lazy-pages exited with status {child.exited.result().status} "
+                        f"(log: {plan.work_dir}/lazy-pages.log)"
+                    )
+                await asyncio.sleep(0.005)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, 9)
+        raise
+    return child
+
+
 async def restore(
     runtime: Runc,
     reaper: Reaper,
@@ -208,8 +262,8 @@ async def restore(
     *,
     console_socket: str | None,
     no_pivot: bool,
-) -> int:
-    """Restore ``cid`` from ``plan.images_dir``; return the restored init's pid.
+) -> Restored:
+    """Restore ``cid`` from ``plan.images_dir``.
 
     Raises:
         FailedPrecondition: CRIU or the host cannot do it (nothing started).
@@ -218,8 +272,11 @@ async def restore(
     await _ensure_capable(runtime, reaper, Requirements(lazy_pages=plan.lazy_pages))
     _mkdir_private(plan.work_dir)
     pid_file = bundle / "init.pid"
+    daemon: Child | None = None
     try:
         _write_criu_config(bundle, criu_config(plan, restore=True))
+        if plan.lazy_pages:
+            daemon = await _start_lazy_pages_daemon(runtime, reaper, plan)
         args = restore_args(
             plan,
             bundle=str(bundle),
@@ -229,8 +286,13 @@ async def restore(
             work_dir=plan.work_dir,
         )
         await runtime.restore(cid, args, stdio)
-    except ShimError as exc:
+    except BaseException as exc:
+        if daemon is not None and not daemon.exited.done():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(daemon.pid, 9)
+        if not isinstance(exc, ShimError):
+            raise
         kept = _keep_log(plan.work_dir, RESTORE_LOG, bundle)
         raise type(exc)(f"restore failed: {exc} (CRIU log kept at {kept})") from exc
-    return int(pid_file.read_text())
+    return Restored(int(pid_file.read_text()), daemon)
 
