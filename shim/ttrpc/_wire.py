@@ -170,8 +170,10 @@ def _tag(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
     if tag < 0x80:
         pos += 1
     else:
+        start = pos
         tag, pos = _varint(buf, pos, end)
-        if tag > 0xFFFFFFFF:
+        # protoc (upb) reads tags as 32-bit varints: at most 5 bytes, even if overlong
+        if tag > 0xFFFFFFFF or pos - start > 5:
             raise DecodeError("field tag does not fit in 32 bits")
     field = tag >> 3
     if field == 0 or field > _MAX_FIELD:
