@@ -81,6 +81,20 @@ def memory_kib(pid: int) -> dict[str, int]:
     return {"rss_kib": rss, "pss_kib": pss}
 
 
+def forkserver_rss_kib() -> int:
+    """RSS of pyrunc's fork server (one per host, shared by every shim it forked)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[:2] == [b"containerd-shim-pyrunc-v2", b"forkserver"]:
+            return memory_kib(int(entry.name))["rss_kib"]
+    return 0
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
@@ -135,6 +149,7 @@ def bench_memory(ctr: Ctr, group_size: int) -> dict[str, dict[str, int]]:
                 ctr.remove(cid)
         out[rt] = {
             **single,
+            **({"forkserver_rss_kib": forkserver_rss_kib()} if rt == PYRUNC else {}),
             "group_rss_kib": grouped["rss_kib"],
             "group_pss_kib": grouped["pss_kib"],
         }
@@ -171,6 +186,11 @@ def table(results: dict[str, object]) -> str:
     n = results["group_size"]
     row(f"shim RSS, {n} containers in one group", mem[PYRUNC]["group_rss_kib"],
         mem[RUNC]["group_rss_kib"], mib)
+    if mem[PYRUNC].get("forkserver_rss_kib"):
+        rows.append(
+            f"| pyrunc fork server RSS (one per host) | "
+            f"{mib(mem[PYRUNC]['forkserver_rss_kib'])} | - | - |"
+        )
     ttrpc = results.get("ttrpc")
     if isinstance(ttrpc, dict):
         rows.append("")

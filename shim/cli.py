@@ -204,7 +204,12 @@ def _listen(path: str) -> socket.socket | None:
 
 
 def start(flags: Flags) -> int:
-    """``start``: bind the socket, fork the daemon, print the address."""
+    """``start``: bind the socket, get a daemon to serve it, print the address.
+
+    The daemon comes from the fork server (:mod:`shim.forkserver`), which has everything
+    imported already; without one (or with ``PYRUNC_FORKSERVER=0`` in containerd's
+    environment) this process forks the daemon itself, and starts a fork server for next time.
+    """
     bundle = os.getcwd()
     address = socket_address(flags.address, flags.namespace, _group(bundle, flags.id))
     path = address.removeprefix("unix://")
@@ -215,34 +220,63 @@ def start(flags: Flags) -> int:
         return 0
     _write_address(address)
     options = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
-    pid = os.fork()
-    if pid == 0:  # the daemon
-        try:
-            os.setpgid(0, 0)
-            null = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(null, fd)
-            os.close(null)
-            if listener.fileno() != 3:
-                os.dup2(listener.fileno(), 3)
-                listener.close()
-            daemon_flags = Flags(
-                namespace=flags.namespace,
-                id=flags.id,
-                address=flags.address,
-                publish_binary=flags.publish_binary,
-                debug=flags.debug,
-            )
-            from shim.daemon import serve
+    argv = _daemon_argv(flags)
+    if os.environ.get("PYRUNC_FORKSERVER", "1") == "0":
+        pid = _fork_daemon(listener, argv)
+    else:
+        from shim import forkserver
 
-            code = serve(daemon_flags)
-        except BaseException:
-            code = 1
-        os._exit(code)
+        try:
+            pid = forkserver.request_daemon(listener, argv)
+        except forkserver.Unavailable as exc:
+            pid = _fork_daemon(listener, argv)
+            if exc.restart:
+                forkserver.spawn_server()
     listener.close()
     _adjust_daemon(pid, options)
     print(address, end="")
     return 0
+
+
+def _daemon_argv(flags: Flags) -> list[str]:
+    """The daemon's command line, as the runc shim re-execs itself (no action)."""
+    argv = [
+        sys.argv[0],
+        "-namespace",
+        flags.namespace,
+        "-id",
+        flags.id,
+        "-address",
+        flags.address,
+        "-publish-binary",
+        flags.publish_binary,
+    ]
+    return [*argv, "-debug"] if flags.debug else argv
+
+
+def _fork_daemon(listener: socket.socket, argv: list[str]) -> int:
+    """Fork the daemon from this process: stdio to /dev/null, the socket as fd 3, its own
+    process group; it shows ``argv`` as its command line."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        os.setpgid(0, 0)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
+        if listener.fileno() != 3:
+            os.dup2(listener.fileno(), 3)
+            listener.close()
+        from shim.daemon import serve
+        from shim.proctitle import set_cmdline
+
+        set_cmdline(argv)
+        code = serve(parse_flags(argv[1:]))
+    finally:
+        os._exit(code)
 
 
 def _adjust_daemon(pid: int, options: bytes) -> None:
