@@ -14,6 +14,9 @@ Rules:
 * A request carries a stamp of the code ``start`` runs (interpreter, package files and their
   mtimes); a fork server that was started from other code refuses it and exits, and ``start``
   falls back to forking the daemon itself and starts a fresh fork server in the background.
+* A daemon must live where containerd put ``start``: same namespaces (a containerd in its own
+  network namespace stands for another host) and same cgroups. The request carries them and
+  the fork server serves only callers that share its own; others fork their daemon themselves.
 * Anything unexpected makes ``start`` fall back to forking the daemon itself: the fork server
   only ever makes starting faster, never possible or impossible.
 No protobuf and no dataclasses here: ``start`` imports this module.
@@ -33,6 +36,7 @@ __all__ = [
     "request_daemon",
     "serve_forever",
     "spawn_server",
+    "where_am_i",
 ]
 
 SOCKET_DIR = "/run/containerd-shim-pyrunc"
@@ -68,6 +72,22 @@ def code_stamp(root: str = PACKAGE_DIR) -> str:
     return digest.hexdigest()
 
 
+_NAMESPACES = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
+
+
+def where_am_i() -> dict[str, str]:
+    """This process's namespaces and cgroups: what a forked daemon would inherit."""
+    place: dict[str, str] = {}
+    for ns in _NAMESPACES:
+        try:
+            place[ns] = os.readlink(f"/proc/self/ns/{ns}")
+        except OSError:
+            place[ns] = ""
+    with open("/proc/self/cgroup") as f:
+        place["cgroups"] = f.read()
+    return place
+
+
 def request_daemon(listener: socket.socket, argv: list[str]) -> int:
     """Ask the fork server for a daemon serving ``listener`` that runs as ``argv`` (the
     daemon's flags; see :func:`shim.cli.parse_flags`) in this directory and environment.
@@ -79,7 +99,13 @@ def request_daemon(listener: socket.socket, argv: list[str]) -> int:
             itself (and starts a new server if ``restart``).
     """
     request = json.dumps(
-        {"stamp": code_stamp(), "cwd": os.getcwd(), "env": dict(os.environ), "argv": argv}
+        {
+            "stamp": code_stamp(),
+            "place": where_am_i(),
+            "cwd": os.getcwd(),
+            "env": dict(os.environ),
+            "argv": argv,
+        }
     ).encode()
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
@@ -203,6 +229,7 @@ def serve_forever() -> None:
 
     set_cmdline(["containerd-shim-pyrunc-v2", "forkserver"])
     stamp = code_stamp()
+    place = where_am_i()
     bound = _bind()
     if bound is None:
         return
@@ -230,6 +257,9 @@ def serve_forever() -> None:
                     sock.close()
                     _unlink_if_ours(inode)
                     return
+                if request.get("place") != place:
+                    conn.sendall(b'{"error": "elsewhere"}')  # other namespaces or cgroups
+                    continue
                 _fork_daemon(conn, request, fds[0])
             except (OSError, KeyError, ValueError):
                 continue
