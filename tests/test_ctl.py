@@ -433,6 +433,31 @@ def test_checkpoint_prints_descriptors_unless_quiet() -> None:
     assert out.getvalue() == ""
 
 
+def test_checkpoint_done_although_containerd_already_holds_the_blob() -> None:
+    # containerd 1.6 fails Tasks/Checkpoint after the shim's dump when its content store
+    # already has an identical blob (the empty archive of --image-path checkpoints)
+    details = "content sha256:" + "5f70bf18" * 8 + ": already exists"
+    api, out, err = FakeAPI(fail={"checkpoint": CtlError("ALREADY_EXISTS", details)}), \
+        io.StringIO(), io.StringIO()
+    assert run_checkpoint(checkpoint("--image-path", "/i"), api, out, err) == 0
+    assert out.getvalue() == ""
+    assert err.getvalue() == (f"pyrunc: note: c1 was checkpointed; containerd stored no new "
+                              f"blob ({details})\n")
+
+
+@pytest.mark.parametrize(("code", "details"), [
+    ("ALREADY_EXISTS", "/i already holds a checkpoint"),  # the shim refused: nothing done
+    ("ALREADY_EXISTS", "content sha256:abc: already exists"),
+    ("INTERNAL", "content sha256:" + "a" * 64 + ": already exists"),
+])
+def test_checkpoint_other_errors_propagate(code: str, details: str) -> None:
+    error = CtlError(code, details)
+    with pytest.raises(CtlError) as info:
+        run_checkpoint(checkpoint("--image-path", "/i"), FakeAPI(fail={"checkpoint": error}),
+                       io.StringIO(), io.StringIO())
+    assert info.value is error
+
+
 def test_tasks_table_and_quiet() -> None:
     out = io.StringIO()
     assert run_tasks(TasksCommand(Globals()), FakeAPI(), out) == 0

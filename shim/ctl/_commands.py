@@ -11,6 +11,8 @@ deleted after it exited (as ``ctr run`` does), so the container can be restored 
 from __future__ import annotations
 
 import contextlib
+import re
+import sys
 from collections.abc import Sequence
 from typing import Any, Protocol, TextIO
 
@@ -70,9 +72,31 @@ def run_tasks(cmd: TasksCommand, api: API, out: TextIO) -> int:
     return 0
 
 
-def run_checkpoint(cmd: CheckpointCommand, api: API, out: TextIO) -> int:
-    """``pyrunc checkpoint``: Tasks/Checkpoint; prints ``MEDIA TYPE DIGEST SIZE`` rows."""
-    descriptors = api.checkpoint(cmd.container_id, checkpoint_any(cmd))
+# containerd's content store refusing a blob it already holds ("content <digest>: already
+# exists"); the shim's own AlreadyExists errors read differently.
+_DUPLICATE_BLOB = re.compile(r"content sha256:[0-9a-f]{64}: already exists")
+
+
+def run_checkpoint(
+    cmd: CheckpointCommand, api: API, out: TextIO, err: TextIO | None = None
+) -> int:
+    """``pyrunc checkpoint``: Tasks/Checkpoint; prints ``MEDIA TYPE DIGEST SIZE`` rows.
+
+    containerd 1.6 archives the checkpoint (its own temporary directory, empty when
+    ``--image-path`` sends the images elsewhere) and the container's spec into its content
+    store only after the shim's checkpoint succeeded, and fails with AlreadyExists when an
+    identical blob is already there (the same empty archive every time, the same spec when a
+    container is checkpointed again). That error means the checkpoint itself is done: a note
+    goes to ``err`` (default stderr) and the status is 0, with no descriptors to print.
+    """
+    try:
+        descriptors = api.checkpoint(cmd.container_id, checkpoint_any(cmd))
+    except CtlError as exc:
+        if exc.code != "ALREADY_EXISTS" or not _DUPLICATE_BLOB.fullmatch(exc.details.strip()):
+            raise
+        print(f"pyrunc: note: {cmd.container_id} was checkpointed; containerd stored no new "
+              f"blob ({exc.details.strip()})", file=sys.stderr if err is None else err)
+        return 0
     if not cmd.quiet and descriptors:
         rows = [(d.media_type, d.digest, str(d.size)) for d in descriptors]
         _table([("MEDIA TYPE", "DIGEST", "SIZE"), *rows], out)
