@@ -436,19 +436,22 @@ def test_checkpoint_prints_descriptors_unless_quiet() -> None:
 def test_checkpoint_done_although_containerd_already_holds_the_blob() -> None:
     # containerd 1.6 fails Tasks/Checkpoint after the shim's dump when its content store
     # already has an identical blob (the empty archive of --image-path checkpoints)
+    # (unconverted, so its gRPC code is UNKNOWN)
     details = "content sha256:" + "5f70bf18" * 8 + ": already exists"
-    api, out, err = FakeAPI(fail={"checkpoint": CtlError("ALREADY_EXISTS", details)}), \
-        io.StringIO(), io.StringIO()
-    assert run_checkpoint(checkpoint("--image-path", "/i"), api, out, err) == 0
-    assert out.getvalue() == ""
-    assert err.getvalue() == (f"pyrunc: note: c1 was checkpointed; containerd stored no new "
-                              f"blob ({details})\n")
+    for code in ("UNKNOWN", "ALREADY_EXISTS"):
+        api, out, err = FakeAPI(fail={"checkpoint": CtlError(code, details)}), \
+            io.StringIO(), io.StringIO()
+        assert run_checkpoint(checkpoint("--image-path", "/i"), api, out, err) == 0
+        assert out.getvalue() == ""
+        assert err.getvalue() == (f"pyrunc: note: c1 was checkpointed; containerd stored no "
+                                  f"new blob ({details})\n")
 
 
 @pytest.mark.parametrize(("code", "details"), [
     ("ALREADY_EXISTS", "/i already holds a checkpoint"),  # the shim refused: nothing done
     ("ALREADY_EXISTS", "content sha256:abc: already exists"),
     ("INTERNAL", "content sha256:" + "a" * 64 + ": already exists"),
+    ("UNKNOWN", "runc checkpoint failed: content sha256:" + "a" * 64 + ": already exists"),
 ])
 def test_checkpoint_other_errors_propagate(code: str, details: str) -> None:
     error = CtlError(code, details)

@@ -73,8 +73,10 @@ def run_tasks(cmd: TasksCommand, api: API, out: TextIO) -> int:
 
 
 # containerd's content store refusing a blob it already holds ("content <digest>: already
-# exists"); the shim's own AlreadyExists errors read differently.
+# exists"); the shim's own AlreadyExists errors read differently. containerd 1.6 returns that
+# error unconverted, so it arrives as UNKNOWN.
 _DUPLICATE_BLOB = re.compile(r"content sha256:[0-9a-f]{64}: already exists")
+_DUPLICATE_BLOB_CODES = frozenset({"UNKNOWN", "ALREADY_EXISTS"})
 
 
 def run_checkpoint(
@@ -92,7 +94,9 @@ def run_checkpoint(
     try:
         descriptors = api.checkpoint(cmd.container_id, checkpoint_any(cmd))
     except CtlError as exc:
-        if exc.code != "ALREADY_EXISTS" or not _DUPLICATE_BLOB.fullmatch(exc.details.strip()):
+        if exc.code not in _DUPLICATE_BLOB_CODES or not _DUPLICATE_BLOB.fullmatch(
+            exc.details.strip()
+        ):
             raise
         print(f"pyrunc: note: {cmd.container_id} was checkpointed; containerd stored no new "
               f"blob ({exc.details.strip()})", file=sys.stderr if err is None else err)
