@@ -21,7 +21,9 @@ __all__ = [
     "cgroups_path",
     "name_criu_config",
     "read_spec",
+    "set_restore_hook",
     "spec_annotations",
+    "write_spec",
 ]
 
 CRIU_CONFIG_ANNOTATION = "org.criu.config"
@@ -52,6 +54,39 @@ def cgroups_path(spec: Spec) -> str:
     return str(linux.get("cgroupsPath", "")) if isinstance(linux, dict) else ""
 
 
+def write_spec(bundle: Path, spec: Spec) -> None:
+    tmp = bundle / ".config.json.pyrunc"
+    tmp.write_text(json.dumps(spec))
+    tmp.rename(bundle / "config.json")
+
+
+HOOK_MARK = "PYRUNC_HOOK=network"
+"""In the env of the shim's own hook entry, so a later restore replaces it, not adds one."""
+
+
+def set_restore_hook(bundle: Path, argv: list[str] | None, timeout: int = 30) -> None:
+    """Make ``argv`` the shim's ``createRuntime`` hook (runc runs it at CRIU's
+    ``setup-namespaces`` step of a restore, with the restored init's pid in the state), or
+    remove it (``None``). The container's own hooks are kept, and run first."""
+    spec = read_spec(bundle)
+    raw = spec.get("hooks")
+    hooks: dict[str, object] = dict(raw) if isinstance(raw, dict) else {}
+    current = hooks.get("createRuntime")
+    entries = [
+        h
+        for h in (current if isinstance(current, list) else [])
+        if not (isinstance(h, dict) and HOOK_MARK in (h.get("env") or []))
+    ]
+    if argv is not None:
+        entries.append({"path": argv[0], "args": argv, "env": [HOOK_MARK], "timeout": timeout})
+    if entries:
+        hooks["createRuntime"] = entries
+    else:
+        hooks.pop("createRuntime", None)
+    spec["hooks"] = hooks
+    write_spec(bundle, spec)
+
+
 def name_criu_config(bundle: Path) -> Spec:
     """Add ``org.criu.config: <bundle>/criu.conf`` to the spec unless it names a file already;
     return the (possibly amended) spec."""
@@ -61,7 +96,5 @@ def name_criu_config(bundle: Path) -> Spec:
         return spec
     current[CRIU_CONFIG_ANNOTATION] = str(bundle / CRIU_CONFIG)
     spec["annotations"] = current
-    tmp = bundle / ".config.json.pyrunc"
-    tmp.write_text(json.dumps(spec))
-    tmp.rename(bundle / "config.json")
+    write_spec(bundle, spec)
     return spec

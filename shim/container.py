@@ -250,7 +250,7 @@ class InitProcess(ProcessBase):
         c = self.container
         was_paused = isinstance(self.state, Paused)
         try:
-            lazy = await runner.checkpoint(c.runtime, c.reaper, c.id, c.bundle, plan)
+            lazy = await runner.checkpoint(c.runtime, c.reaper, c.id, self.pid, c.bundle, plan)
         except BaseException:
             await self._restore_freezer(was_paused)
             raise

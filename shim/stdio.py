@@ -22,7 +22,7 @@ import struct
 import termios
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import ParseResult, parse_qs, urlparse
+from urllib.parse import ParseResult, parse_qs, unquote, urlparse
 
 from shim.errors import InvalidArgument
 from shim.reaper import Reaper
@@ -168,19 +168,24 @@ class ProcessIO:
         return r, w
 
     async def _open_pipes(self, reaper: Reaper, container_id: str, namespace: str) -> None:
-        stdin = stdout = stderr = None
+        """Pipes for all three streams, also those containerd left empty: a stream nobody
+        asked for reads EOF / is drained to /dev/null by the shim. The process never holds a
+        host file (like /dev/null from the shim's mount namespace), which CRIU could not dump
+        from inside the container's."""
+        r, w = self._pipe()
+        stdin: int | None = r
+        stdout = stderr = None
+        self._child_ends.append(r)
         if self.config.stdin:
-            r, w = self._pipe()
-            stdin, self._stdin_dst = r, _nonblocking(w)
-            self._child_ends.append(r)
+            self._stdin_dst = _nonblocking(w)
+        else:
+            self._release(w)  # EOF at once, as /dev/null would give
         out_uri = urlparse(self.config.stdout) if self.config.stdout else None
         if out_uri is not None and out_uri.scheme == "binary":
             stdout, stderr = await self._start_logger(out_uri, reaper, container_id, namespace)
         else:
             for name, path in (("stdout", self.config.stdout), ("stderr", self.config.stderr)):
-                if not path:
-                    continue
-                dst = self._own(_nonblocking(_open_destination(path)))
+                dst = self._own(_nonblocking(_open_destination(path or os.devnull)))
                 r, w = self._pipe()
                 self._outputs.append((_nonblocking(r), dst))
                 self._child_ends.append(w)
@@ -376,7 +381,8 @@ def _open_destination(uri: str) -> int:
         path = parsed.path if parsed.scheme else uri
         return os.open(path, os.O_RDWR | os.O_NONBLOCK)
     if parsed.scheme == "file":
-        Path(parsed.path).parent.mkdir(parents=True, exist_ok=True)
-        return os.open(parsed.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        path = unquote(parsed.path)  # containerd's cio percent-encodes the path
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     raise InvalidArgument(f"unsupported stdio URI scheme {parsed.scheme!r} in {uri!r}")
 

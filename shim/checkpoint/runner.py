@@ -26,23 +26,33 @@ import contextlib
 import logging
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from shim.bundle import CRIU_CONFIG, CRIU_CONFIG_ANNOTATION, read_spec, spec_annotations
+from shim.bundle import (
+    CRIU_CONFIG,
+    CRIU_CONFIG_ANNOTATION,
+    read_spec,
+    set_restore_hook,
+    spec_annotations,
+)
 from shim.checkpoint.criu import Criu, Requirements, criu_binary, ensure_capable
+from shim.checkpoint.network import SNAPSHOT, has_own_netns
 from shim.checkpoint.plan import (
     STORED_PLAN,
     CheckpointPlan,
+    Namespace,
     checkpoint_args,
     criu_config,
     dump_plan,
     restore_args,
 )
 from shim.errors import AlreadyExists, FailedPrecondition, ShimError
+from shim.nethook import hook_argv
 from shim.reaper import Reaper
 from shim.runtime import Runc, Stdio
-from shim.spawn import Child, Result, spawn
+from shim.spawn import Child, Result, run, spawn
 
 __all__ = ["LazyDump", "Restored", "checkpoint", "restore"]
 
@@ -53,6 +63,8 @@ DUMP_LOG = "dump.log"
 RESTORE_LOG = "restore.log"
 _LAZY_READY_TIMEOUT = 600.0
 _LAZY_DAEMON_TIMEOUT = 10.0
+_NETWORK_TIMEOUT = 30.0
+_HOOK_SOCKET_DIR = "/run/containerd-shim-pyrunc"  # short: socket paths end at 107 bytes
 LAZY_PAGES_SOCKET = "lazy-pages.socket"  # created by `criu lazy-pages` in its work dir
 
 
@@ -130,9 +142,10 @@ async def _ensure_capable(runtime: Runc, reaper: Reaper, req: Requirements) -> N
 
 
 async def checkpoint(
-    runtime: Runc, reaper: Reaper, cid: str, bundle: Path, plan: CheckpointPlan
+    runtime: Runc, reaper: Reaper, cid: str, pid: int, bundle: Path, plan: CheckpointPlan
 ) -> LazyDump | None:
-    """Dump ``cid`` as ``plan`` says.
+    """Dump ``cid`` (init ``pid``) as ``plan`` says; with an empty network namespace, record
+    the container's network beside the images first (:mod:`shim.checkpoint.network`).
 
     Returns:
         None when the dump is complete; for lazy pages, the still running runc once the images
@@ -151,6 +164,7 @@ async def checkpoint(
     _mkdir_private(plan.work_dir)
     try:
         _write_criu_config(bundle, criu_config(plan, restore=False))
+        await _record_network(reaper, pid, plan)
         if plan.lazy_pages:
             child = await _start_lazy_dump(runtime, cid, plan)
             _store_plan(plan)
@@ -162,6 +176,35 @@ async def checkpoint(
         raise type(exc)(f"checkpoint failed: {exc} (CRIU log kept at {kept})") from exc
     _store_plan(plan)
     return None
+
+
+async def _record_network(reaper: Reaper, pid: int, plan: CheckpointPlan) -> None:
+    """With ``--empty-ns network`` CRIU leaves the network namespace out: record it (in a
+    child process, so the shim never loads pyroute2)."""
+    if Namespace.NETWORK not in plan.empty_ns or not has_own_netns(pid):
+        return
+    out = os.path.join(plan.images_dir, SNAPSHOT)
+    argv = [sys.executable, "-m", "shim.nethook", "snapshot", str(pid), out]
+    result = await run(reaper, argv, timeout=_NETWORK_TIMEOUT)
+    if result.status != 0:
+        lines = result.stderr.decode(errors="replace").strip().splitlines() or ["no output"]
+        raise FailedPrecondition(f"recording the container's network failed: {lines[-1]}")
+
+
+async def _start_network_service(
+    reaper: Reaper, bundle: Path, plan: CheckpointPlan
+) -> tuple[Child, str] | None:
+    """For a checkpoint with a recorded network: start the rebuild service and name its hook
+    in the spec (runc runs it at ``setup-namespaces``); otherwise make sure no hook is left."""
+    snapshot = os.path.join(plan.images_dir, SNAPSHOT)
+    if Namespace.NETWORK not in plan.empty_ns or not os.path.exists(snapshot):
+        set_restore_hook(bundle, None)
+        return None
+    os.makedirs(_HOOK_SOCKET_DIR, mode=0o700, exist_ok=True)
+    sock = os.path.join(_HOOK_SOCKET_DIR, f"net-{os.urandom(6).hex()}.sock")
+    child = spawn(reaper, [sys.executable, "-m", "shim.nethook", "serve", sock, snapshot])
+    set_restore_hook(bundle, hook_argv(sock))
+    return child, sock
 
 
 async def _start_lazy_dump(runtime: Runc, cid: str, plan: CheckpointPlan) -> Child:
@@ -273,6 +316,7 @@ async def restore(
     _mkdir_private(plan.work_dir)
     pid_file = bundle / "init.pid"
     daemon: Child | None = None
+    network = await _start_network_service(reaper, bundle, plan)
     try:
         _write_criu_config(bundle, criu_config(plan, restore=True))
         if plan.lazy_pages:
@@ -294,5 +338,13 @@ async def restore(
             raise
         kept = _keep_log(plan.work_dir, RESTORE_LOG, bundle)
         raise type(exc)(f"restore failed: {exc} (CRIU log kept at {kept})") from exc
+    finally:
+        if network is not None:
+            server, sock = network
+            if not server.exited.done():  # the hook never came: runc failed before it
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(server.pid, 9)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(sock)
     return Restored(int(pid_file.read_text()), daemon)
 

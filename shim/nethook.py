@@ -1,0 +1,111 @@
+"""Entry points around the network snapshot: ``snapshot`` (run by the shim at checkpoint),
+``serve`` (started by the shim at restore) and ``hook`` (run by runc at CRIU's
+``setup-namespaces`` step).
+
+Strategy: importing pyroute2 takes ~100 ms, more than the whole time budget of the restore
+hook. So the shim starts ``serve`` when a restore begins: it imports pyroute2, loads and checks
+the snapshot, and listens on a unix socket while runc and CRIU do the early restore work. The
+hook runc runs is tiny: it forwards the OCI state (the restored init's pid) to that socket and
+exits with the rebuild's result, so a failure fails the restore (runc reports the hook's
+stderr). ``serve`` handles one rebuild and exits. The hook runs as a plain script without the
+site machinery (``python -I -S .../shim/nethook.py hook SOCKET``): it needs only the standard
+library, and this module imports the package lazily for the other two commands. Usage:
+
+    python -m shim.nethook snapshot PID OUT.json
+    python -m shim.nethook serve SOCKET SNAPSHOT.json
+    python -I -S /path/to/shim/nethook.py hook SOCKET      (OCI state on stdin)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+
+__all__ = ["hook", "hook_argv", "main", "serve", "snapshot"]
+
+_HOOK_CONNECT_TIMEOUT = 10.0  # serve may still be importing pyroute2 when the hook runs
+
+
+def hook_argv(socket_path: str) -> list[str]:
+    """The OCI hook command that forwards to ``serve`` on ``socket_path``."""
+    return [sys.executable, "-I", "-S", os.path.abspath(__file__), "hook", socket_path]
+
+
+def snapshot(pid: int, out: str) -> None:
+    from shim.checkpoint.network import dump_snapshot, take_snapshot
+
+    data = dump_snapshot(take_snapshot(pid))
+    tmp = f"{out}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.rename(tmp, out)
+
+
+def serve(socket_path: str, snapshot_path: str) -> None:
+    from shim.checkpoint.network import load_snapshot, rebuild
+
+    with open(snapshot_path, "rb") as f:
+        snap = load_snapshot(f.read())
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    tmp = f"{socket_path}.tmp"
+    listener.bind(tmp)
+    listener.listen(1)
+    os.rename(tmp, socket_path)  # appears only once everything is imported and loaded
+    conn, _ = listener.accept()
+    with conn, listener:
+        state = json.loads(_read_all(conn))
+        try:
+            rebuild(snap, int(state["pid"]))
+            conn.sendall(b"ok")
+        except Exception as exc:
+            conn.sendall(f"rebuilding the network failed: {exc}".encode())
+
+
+def hook(socket_path: str) -> int:
+    state = sys.stdin.buffer.read()
+    deadline = time.monotonic() + _HOOK_CONNECT_TIMEOUT
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    while True:
+        try:
+            conn.connect(socket_path)
+            break
+        except (FileNotFoundError, ConnectionRefusedError):
+            if time.monotonic() > deadline:
+                sys.stderr.write(f"network rebuild service {socket_path} did not come up\n")
+                return 1
+            time.sleep(0.002)
+    with conn:
+        conn.sendall(state)
+        conn.shutdown(socket.SHUT_WR)
+        answer = _read_all(conn).decode(errors="replace")
+    if answer != "ok":
+        sys.stderr.write((answer or "network rebuild service gave no answer") + "\n")
+        return 1
+    return 0
+
+
+def _read_all(conn: socket.socket) -> bytes:
+    data = b""
+    while chunk := conn.recv(65536):
+        data += chunk
+    return data
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 3 and argv[0] == "snapshot":
+        snapshot(int(argv[1]), argv[2])
+        return 0
+    if len(argv) == 3 and argv[0] == "serve":
+        serve(argv[1], argv[2])
+        return 0
+    if len(argv) == 2 and argv[0] == "hook":
+        return hook(argv[1])
+    sys.stderr.write(__doc__ or "")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
