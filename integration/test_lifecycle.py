@@ -95,6 +95,29 @@ def test_run_reports_signalled_init_as_128_plus_signal(containers: Containers) -
     wait_until(lambda: cid not in containers.ctr.containers(), 10, message=f"--rm of {cid}")
 
 
+def test_oom_kill_is_reported(containers: Containers) -> None:
+    """A program over its memory limit is OOM-killed: exit 137 and a /tasks/oom event."""
+    events = containers.popen("events")
+    try:
+        cid = containers.new_id("oom")
+        proc = containers.run(
+            cid,
+            "/usr/bin/memfill",
+            "64",
+            "1",
+            rm=True,
+            check=False,
+            extra=["--memory-limit", str(32 << 20)],
+        )
+        assert proc.returncode == 128 + signal.SIGKILL, proc.stderr
+        wait_until(lambda: cid not in containers.ctr.containers(), 10, message=f"--rm of {cid}")
+    finally:
+        events.kill()
+        out, _ = events.communicate(timeout=10)
+    oom = [line for line in out.splitlines() if "/tasks/oom" in line and f'"{cid}"' in line]
+    assert len(oom) >= 1, out
+
+
 def test_stdin_reaches_the_program(containers: Containers) -> None:
     # ctr 1.6 forwards stdin but does not close it at EOF: read one line, not to EOF
     cid = containers.new_id("stdin")

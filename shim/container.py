@@ -24,9 +24,11 @@ from google.protobuf.message import Message
 
 from shim import bundle as oci
 from shim.api.containerd.events import task_pb2 as events
-from shim.cgroups import FreezerState, freezer_state
+from shim.cgroups import FreezerState, controller_paths, freezer_state
 from shim.errors import AlreadyExists, FailedPrecondition, NotFound
 from shim.mount import mount_all, unmount_all
+from shim.oom import OomWatch
+from shim.oom import watch as watch_oom
 from shim.reaper import Exit, Reaper
 from shim.runtime import Runc
 from shim.spawn import Child
@@ -178,6 +180,20 @@ class ProcessBase:
 class InitProcess(ProcessBase):
     """The container's init process, created by ``runc create``."""
 
+    def __init__(self, container: Container, id: str, io_config: IOConfig, state: State) -> None:
+        super().__init__(container, id, io_config, state)
+        self._oom: OomWatch | None = None
+
+    def _watch(self) -> None:
+        """Watch the init's exit and its memory cgroup's OOMs (``/tasks/oom``)."""
+        super()._watch()
+        c = self.container
+        memory = controller_paths(oci.cgroups_path(c.spec), self.pid).get("memory")
+        if memory is not None and self._oom is None:
+            self._oom = watch_oom(
+                memory, lambda: c.publish("/tasks/oom", events.TaskOOM(container_id=c.id))
+            )
+
     async def do_create(self) -> None:
         c = self.container
         io = await self._open_io()
@@ -287,6 +303,9 @@ class InitProcess(ProcessBase):
 
     async def do_delete(self) -> None:
         c = self.container
+        if self._oom is not None:
+            self._oom.close()
+            self._oom = None
         with contextlib.suppress(NotFound):
             await c.runtime.delete(c.id, force=True)
         if self.io is not None:
