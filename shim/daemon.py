@@ -111,9 +111,10 @@ async def _serve(flags: Flags) -> None:
     await asyncio.sleep(0.05)  # let the Shutdown reply leave
     server.close()
     try:
-        await asyncio.wait_for(server.wait_closed(), _SHUTDOWN_DRAIN)
+        await asyncio.wait_for(asyncio.shield(server.wait_closed()), _SHUTDOWN_DRAIN)
     except TimeoutError:
-        log.warning("requests still in flight at shutdown")
+        log.warning("requests still in flight at shutdown; cancelling them")
+        server.abort()
     serving.cancel()
     await publisher.close(_SHUTDOWN_DRAIN)
     _remove_socket()
