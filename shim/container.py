@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from dataclasses import replace as dataclasses_replace
 from pathlib import Path
@@ -35,7 +35,6 @@ from shim.spawn import Child
 from shim.state import (
     Created,
     CreatedFromCheckpoint,
-    Deleted,
     ExecCreated,
     Paused,
     State,
@@ -459,9 +458,9 @@ class Container:
         )
         return c
 
-    def track(self, coro: object) -> None:
-        """Run an exit handler as a task the container keeps a reference to."""
-        assert asyncio.iscoroutine(coro)
+    def track(self, coro: Coroutine[object, object, None]) -> None:
+        """Run background work (exit handlers, lazy transfers) as a task the container keeps
+        a reference to, so it is not garbage-collected while it runs."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -569,9 +568,6 @@ class Container:
         p = self.process(exec_id)
         await p.exited.wait()
         return p
-
-    def is_deleted(self) -> bool:
-        return isinstance(self.init.state, Deleted)
 
     def cgroups_path(self) -> str:
         return oci.cgroups_path(self.spec)
