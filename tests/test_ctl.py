@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import pathlib
+import stat
 import subprocess
 import sys
 import threading
@@ -208,6 +209,13 @@ def test_restore_defaults() -> None:
     assert restore("--image-path", "/i", "-d").detach
 
 
+def test_restore_tty() -> None:
+    cmd = restore("--image-path", "/i", "-d", "--tty")
+    assert (cmd.tty, cmd.fifo_dir, cmd.stdout, cmd.stderr) == (
+        True, "/run/containerd/fifo", "", "")
+    assert restore("--image-path", "/i", "-dt", "--fifo-dir", "f").fifo_dir == "/work/dir/f"
+
+
 def test_globals_defaults_env_and_flags() -> None:
     def glob(argv: list[str], env: dict[str, str]) -> Globals:
         return parse_args(argv, environ=env, cwd=CWD).globals
@@ -255,6 +263,10 @@ BAD: list[tuple[list[str], str]] = [
     (["restore", "c1", "--image-path", "/i", "--log-uri", "file:///x", "--stderr", "e"],
      "not allowed"),
     (["restore", "c1", "--image-path", "/i", "--exit"], "unrecognized"),
+    (["restore", "c1", "--image-path", "/i", "--tty"], "needs --detach"),
+    (["restore", "c1", "--image-path", "/i", "-dt", "--log-uri", "file:///x"], "terminal"),
+    (["restore", "c1", "--image-path", "/i", "-dt", "--stdout", "o"], "terminal"),
+    (["restore", "c1", "--image-path", "/i", "-d", "--fifo-dir", "/f"], "goes with --tty"),
     (["-n", "", "tasks"], "must not be empty"),
 ]
 
@@ -320,6 +332,7 @@ class FakeAPI:
     exit_status: int = 0
     fail: dict[str, CtlError] = field(default_factory=dict)
     calls: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    terminal_io: tuple[str, bool] | None = None  # (stdin, terminal) of the last create_task
 
     def _record(self, name: str, *args: Any) -> None:
         self.calls.append((name, args))
@@ -344,8 +357,9 @@ class FakeAPI:
         return [mount_pb2.Mount(type="overlay", source="overlay", options=["lowerdir=/l"])]
 
     def create_task(self, container_id: str, *, rootfs: Sequence[Any], stdout: str,
-                    stderr: str, options: Any) -> int:
+                    stderr: str, options: Any, stdin: str = "", terminal: bool = False) -> int:
         self._record("create_task", container_id, tuple(rootfs), stdout, stderr, options)
+        self.terminal_io = (stdin, terminal)
         return 0
 
     def start(self, container_id: str) -> int:
@@ -419,6 +433,45 @@ def test_restore_stops_at_first_failure(failing: str) -> None:
         run_restore(restore("--image-path", "/i"), api, io.StringIO())
     assert names(api)[-1] == failing
     assert "start" not in names(api)
+
+
+def test_restore_without_tty_sends_no_stdin_and_no_terminal() -> None:
+    api = FakeAPI()
+    run_restore(restore("--image-path", "/i", "-d"), api, io.StringIO())
+    assert api.terminal_io == ("", False)
+
+
+def test_restore_tty_makes_fifos_and_asks_for_a_terminal(tmp_path: pathlib.Path) -> None:
+    api, out, err = FakeAPI(), io.StringIO(), io.StringIO()
+    cmd = restore("--image-path", "/i", "-d", "-t", "--fifo-dir", str(tmp_path / "f"))
+    assert run_restore(cmd, api, out, err) == 0
+    _, (_, _, stdout, stderr, _) = api.calls[2]
+    assert api.terminal_io is not None
+    stdin, terminal = api.terminal_io
+    assert terminal and stderr == ""
+    [directory] = (tmp_path / "f").iterdir()
+    assert directory.name.startswith("c1-") and stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert (stdin, stdout) == (str(directory / "c1-stdin"), str(directory / "c1-stdout"))
+    assert all(stat.S_ISFIFO(os.stat(p).st_mode) for p in (stdin, stdout))
+    assert out.getvalue() == "4242\n"
+    assert "t attach c1" in err.getvalue() and str(directory) in err.getvalue()
+
+
+@pytest.mark.parametrize("failing", ["create_task", "start"])
+def test_restore_tty_fifos_removed_when_the_task_does_not_start(tmp_path: pathlib.Path,
+                                                               failing: str) -> None:
+    api = FakeAPI(fail={failing: CtlError("FAILED_PRECONDITION", "no")})
+    cmd = restore("--image-path", "/i", "-d", "-t", "--fifo-dir", str(tmp_path))
+    with pytest.raises(CtlError):
+        run_restore(cmd, api, io.StringIO(), io.StringIO())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_restore_tty_fifo_dir_that_cannot_be_made(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "file").write_text("")
+    cmd = restore("--image-path", "/i", "-d", "-t", "--fifo-dir", str(tmp_path / "file"))
+    with pytest.raises(CtlError, match="cannot make FIFOs under"):
+        run_restore(cmd, FakeAPI(), io.StringIO(), io.StringIO())
 
 
 def test_checkpoint_prints_descriptors_unless_quiet() -> None:

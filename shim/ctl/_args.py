@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "DEFAULT_ADDRESS",
+    "DEFAULT_FIFO_DIR",
     "DEFAULT_NAMESPACE",
     "CgroupsMode",
     "CheckpointCommand",
@@ -40,6 +41,7 @@ __all__ = [
 
 DEFAULT_ADDRESS = "/run/containerd/containerd.sock"
 DEFAULT_NAMESPACE = "default"
+DEFAULT_FIFO_DIR = "/run/containerd/fifo"
 ENV_ADDRESS = "CONTAINERD_ADDRESS"
 ENV_NAMESPACE = "CONTAINERD_NAMESPACE"
 _UINT64_MAX = (1 << 64) - 1
@@ -112,7 +114,8 @@ class CheckpointCommand:
 
 @dataclass(frozen=True, slots=True)
 class RestoreCommand:
-    """``pyrunc restore``. ``stdout``/``stderr`` are what the task's Create gets ("" = none)."""
+    """``pyrunc restore``. ``stdout``/``stderr`` are what the task's Create gets ("" = none);
+    with ``tty`` the task gets a terminal and stdin/stdout FIFOs made under ``fifo_dir``."""
 
     globals: Globals
     container_id: str
@@ -124,6 +127,8 @@ class RestoreCommand:
     stdout: str = ""
     stderr: str = ""
     detach: bool = False
+    tty: bool = False
+    fifo_dir: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +336,13 @@ def _restore_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                    help="append the task's stderr to file PATH (sent as a file:// URI)")
     p.add_argument("-d", "--detach", action="store_true",
                    help="do not wait for the task to exit")
+    p.add_argument("-t", "--tty", action="store_true",
+                   help="give the restored task a terminal (for a checkpoint of a task that had "
+                   "one, taken with --shell-job); its input and output are FIFOs in a new "
+                   "directory under --fifo-dir, left there for `ctr t attach ID`; needs "
+                   "--detach")
+    p.add_argument("--fifo-dir", type=_path, metavar="DIR",
+                   help=f"where --tty makes the FIFOs (default: {DEFAULT_FIFO_DIR}, as ctr)")
 
 
 def _tasks_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -426,6 +438,13 @@ def parse_args(
             parser.error("restore: --lazy-pages and --page-server go together")
         if ns.log_uri and ns.stderr:
             parser.error("restore: argument --stderr: not allowed with argument --log-uri")
+        if ns.tty and not ns.detach:
+            parser.error("restore: --tty needs --detach (then attach with `ctr t attach ID`)")
+        if ns.tty and (ns.log_uri or ns.stdout or ns.stderr):
+            parser.error("restore: --tty: the terminal is the output; no --log-uri, --stdout "
+                         "or --stderr")
+        if ns.fifo_dir and not ns.tty:
+            parser.error("restore: --fifo-dir goes with --tty")
         return RestoreCommand(
             globals=glob,
             container_id=ns.container_id,
@@ -437,5 +456,7 @@ def parse_args(
             stdout=ns.log_uri or _file_uri(ns.stdout, here),
             stderr=ns.log_uri or _file_uri(ns.stderr, here),
             detach=ns.detach,
+            tty=ns.tty,
+            fifo_dir=_absolute(ns.fifo_dir or DEFAULT_FIFO_DIR, here) if ns.tty else "",
         )
     return TasksCommand(globals=glob, quiet=ns.quiet)

@@ -154,12 +154,14 @@ class Client:
         stdout: str,
         stderr: str,
         options: any_pb2.Any,
+        stdin: str = "",
+        terminal: bool = False,
     ) -> int:
-        """Tasks/Create (no stdin, no terminal); returns the pid containerd reports (0 for a
-        restore, whose process exists only after Start)."""
+        """Tasks/Create; returns the pid containerd reports (0 for a restore, whose process
+        exists only after Start)."""
         req = tasks_pb2.CreateTaskRequest(
-            container_id=container_id, rootfs=list(rootfs), stdout=stdout, stderr=stderr,
-            options=options,
+            container_id=container_id, rootfs=list(rootfs), stdin=stdin, stdout=stdout,
+            stderr=stderr, terminal=terminal, options=options,
         )
         return int(self._call(self._tasks.Create, req).pid)
 

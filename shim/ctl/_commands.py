@@ -11,8 +11,11 @@ deleted after it exited (as ``ctr run`` does), so the container can be restored 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import Any, Protocol, TextIO
 
@@ -23,7 +26,7 @@ from ._client import ContainerInfo, Descriptor, TaskInfo
 from ._errors import CtlError
 from ._options import checkpoint_any, restore_any
 
-__all__ = ["API", "run_checkpoint", "run_restore", "run_tasks"]
+__all__ = ["API", "make_fifos", "run_checkpoint", "run_restore", "run_tasks"]
 
 
 class API(Protocol):
@@ -45,6 +48,8 @@ class API(Protocol):
         stdout: str,
         stderr: str,
         options: any_pb2.Any,
+        stdin: str = "",
+        terminal: bool = False,
     ) -> int: ...
 
     def start(self, container_id: str) -> int: ...
@@ -112,27 +117,62 @@ def exit_code(status: int) -> int:
     return status if 0 <= status <= 255 else 255
 
 
-def run_restore(cmd: RestoreCommand, api: API, out: TextIO) -> int:
+def make_fifos(fifo_dir: str, container_id: str) -> tuple[str, str, str]:
+    """A new 0700 directory under ``fifo_dir`` (created if missing) holding the FIFOs
+    ``<id>-stdin`` and ``<id>-stdout``, as ctr makes them; returns (directory, stdin, stdout).
+
+    Raises:
+        CtlError: the directory or the FIFOs cannot be made.
+    """
+    try:
+        os.makedirs(fifo_dir, mode=0o700, exist_ok=True)
+        directory = tempfile.mkdtemp(prefix=f"{container_id}-", dir=fifo_dir)
+        paths = [os.path.join(directory, f"{container_id}-{name}") for name in ("stdin", "stdout")]
+        for path in paths:
+            os.mkfifo(path, 0o600)
+    except OSError as exc:
+        raise CtlError("UNKNOWN", str(exc), f"cannot make FIFOs under {fifo_dir}") from None
+    return directory, paths[0], paths[1]
+
+
+def run_restore(cmd: RestoreCommand, api: API, out: TextIO, err: TextIO | None = None) -> int:
     """``pyrunc restore``: Containers/Get, Snapshots/Mounts, Tasks/Create, Tasks/Start.
 
     Prints the pid. Without ``--detach`` then waits (Tasks/Wait), deletes the task and
     returns its exit status; a KeyboardInterrupt stops the waiting only (the task runs on).
+    With ``--tty`` (always detached) the task is created with a terminal and FIFOs made by
+    :func:`make_fifos`, which stay for ``ctr t attach`` (a note on ``err`` says where);
+    they are removed again if the task cannot be created or started.
     """
     container = api.get_container(cmd.container_id)
     rootfs: list[Any] = []
     if container.snapshot_key:
         rootfs = api.mounts(container.snapshotter, container.snapshot_key)
-    api.create_task(
-        cmd.container_id, rootfs=rootfs, stdout=cmd.stdout, stderr=cmd.stderr,
-        options=restore_any(cmd),
-    )
+    stdin, stdout, stderr, fifos = "", cmd.stdout, cmd.stderr, ""
+    if cmd.tty:
+        fifos, stdin, stdout = make_fifos(cmd.fifo_dir, cmd.container_id)
+        stderr = ""  # a terminal has one output
     try:
-        pid = api.start(cmd.container_id)
+        api.create_task(
+            cmd.container_id, rootfs=rootfs, stdin=stdin, stdout=stdout, stderr=stderr,
+            terminal=cmd.tty, options=restore_any(cmd),
+        )
+        try:
+            pid = api.start(cmd.container_id)
+        except CtlError:
+            with contextlib.suppress(CtlError):  # the start error is the one to report
+                api.delete_task(cmd.container_id)
+            raise
     except CtlError:
-        with contextlib.suppress(CtlError):  # the start error is the one to report
-            api.delete_task(cmd.container_id)
+        if fifos:
+            shutil.rmtree(fifos, ignore_errors=True)
         raise
     print(pid, file=out, flush=True)
+    if fifos:
+        attach = (f"ctr -a {cmd.globals.address} -n {cmd.globals.namespace} t attach "
+                  f"{cmd.container_id}")
+        print(f"pyrunc: {cmd.container_id} has a terminal: attach with `{attach}` (FIFOs in "
+              f"{fifos})", file=sys.stderr if err is None else err)
     if cmd.detach:
         return 0
     status = api.wait(cmd.container_id)
