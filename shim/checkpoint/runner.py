@@ -37,7 +37,7 @@ from shim.bundle import (
     set_restore_hook,
     spec_annotations,
 )
-from shim.checkpoint.criu import Criu, Requirements, criu_binary, ensure_capable
+from shim.checkpoint.criu import Criu, Requirements, criu_binary, ensure_capable, log_reason
 from shim.checkpoint.network import SNAPSHOT, has_own_netns
 from shim.checkpoint.plan import (
     STORED_PLAN,
@@ -64,6 +64,7 @@ RESTORE_LOG = "restore.log"
 _LAZY_READY_TIMEOUT = 600.0
 _LAZY_DAEMON_TIMEOUT = 10.0
 _NETWORK_TIMEOUT = 30.0
+_LOG_TAIL = 256 * 1024  # bytes of a kept CRIU log searched for the reason of a failure
 _HOOK_SOCKET_DIR = "/run/containerd-shim-pyrunc"  # short: socket paths end at 107 bytes
 LAZY_PAGES_SOCKET = "lazy-pages.socket"  # created by `criu lazy-pages` in its work dir
 
@@ -106,6 +107,18 @@ def _keep_log(work_dir: str, name: str, bundle: Path) -> Path:
     with contextlib.suppress(OSError):
         shutil.copyfile(os.path.join(work_dir, name), kept)
     return kept
+
+
+def _log_note(kept: Path) -> str:
+    """``CRIU log kept at <kept>``, plus what CRIU gave as the reason, if it logged one."""
+    try:
+        with open(kept, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - _LOG_TAIL))
+            reason = log_reason(f.read().decode("utf-8", "replace"))
+    except OSError:
+        reason = ""
+    return f"CRIU log kept at {kept}" + (f"; CRIU says: {reason}" if reason else "")
 
 
 def _discard_images(images_dir: str, *, created: bool) -> None:
@@ -173,7 +186,7 @@ async def checkpoint(
     except ShimError as exc:
         kept = _keep_log(plan.work_dir, DUMP_LOG, bundle)
         _discard_images(plan.images_dir, created=created)
-        raise type(exc)(f"checkpoint failed: {exc} (CRIU log kept at {kept})") from exc
+        raise type(exc)(f"checkpoint failed: {exc} ({_log_note(kept)})") from exc
     _store_plan(plan)
     return None
 
@@ -337,7 +350,7 @@ async def restore(
         if not isinstance(exc, ShimError):
             raise
         kept = _keep_log(plan.work_dir, RESTORE_LOG, bundle)
-        raise type(exc)(f"restore failed: {exc} (CRIU log kept at {kept})") from exc
+        raise type(exc)(f"restore failed: {exc} ({_log_note(kept)})") from exc
     finally:
         if network is not None:
             server, sock = network
