@@ -204,7 +204,7 @@ class ProcessIO:
         ``NewBinaryIO`` expects.
         """
         args: list[str] = []
-        for key, values in parse_qs(uri.query).items():
+        for key, values in parse_qs(uri.query, keep_blank_values=True).items():
             for value in values:
                 args += [key] if not value else [key, value]
         out_r, out_w = self._pipe()
