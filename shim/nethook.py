@@ -45,10 +45,20 @@ def snapshot(pid: int, out: str) -> None:
 
 
 def serve(socket_path: str, snapshot_path: str) -> None:
-    from shim.checkpoint.network import load_snapshot, rebuild
+    """Load the snapshot, listen, rebuild for the one hook that comes, answer it.
 
-    with open(snapshot_path, "rb") as f:
-        snap = load_snapshot(f.read())
+    A snapshot that cannot be read or parsed is no reason to stay silent: the service listens
+    anyway and gives the hook that error, so the restore fails at once and says why (instead
+    of the hook waiting for a socket that never appears)."""
+    from shim.checkpoint.network import NetworkSnapshot, load_snapshot, rebuild
+    from shim.errors import ShimError
+
+    snap: NetworkSnapshot | Exception
+    try:
+        with open(snapshot_path, "rb") as f:
+            snap = load_snapshot(f.read())
+    except (OSError, ShimError) as exc:
+        snap = exc
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     tmp = f"{socket_path}.tmp"
     listener.bind(tmp)
@@ -56,9 +66,14 @@ def serve(socket_path: str, snapshot_path: str) -> None:
     os.rename(tmp, socket_path)  # appears only once everything is imported and loaded
     conn, _ = listener.accept()
     with conn, listener:
-        state = json.loads(_read_all(conn))
         try:
-            rebuild(snap, int(state["pid"]))
+            state = json.loads(_read_all(conn))
+            pid = state.get("pid") if isinstance(state, dict) else None
+            if type(pid) is not int or pid <= 0:
+                raise ValueError("the OCI state runc gave the hook names no pid")
+            if isinstance(snap, Exception):
+                raise snap
+            rebuild(snap, pid)
             conn.sendall(b"ok")
         except Exception as exc:
             conn.sendall(f"rebuilding the network failed: {exc}".encode())
@@ -78,9 +93,12 @@ def hook(socket_path: str) -> int:
                 return 1
             time.sleep(0.002)
     with conn:
-        conn.sendall(state)
-        conn.shutdown(socket.SHUT_WR)
-        answer = _read_all(conn).decode(errors="replace")
+        try:
+            conn.sendall(state)
+            conn.shutdown(socket.SHUT_WR)
+            answer = _read_all(conn).decode(errors="replace")
+        except OSError as exc:  # the service died mid-way: say so, no traceback
+            answer = f"network rebuild service failed: {exc}"
     if answer != "ok":
         sys.stderr.write((answer or "network rebuild service gave no answer") + "\n")
         return 1

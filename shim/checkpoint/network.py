@@ -111,26 +111,81 @@ def dump_snapshot(snap: NetworkSnapshot) -> bytes:
 
 
 def load_snapshot(data: bytes) -> NetworkSnapshot:
-    """Parse a stored snapshot.
+    """Parse a stored snapshot, checking every field's type and that every address and route
+    names a recorded link (so a rebuild never stops half way on a malformed file).
 
     Raises:
-        InvalidArgument: not a snapshot of a version this code knows.
+        InvalidArgument: not a snapshot of a version this code knows, or malformed.
     """
     try:
         doc = json.loads(data)
-        if doc.get("version") != SNAPSHOT_VERSION:
-            raise InvalidArgument(f"network snapshot version {doc.get('version')!r} unknown")
-        links = tuple(
-            Link(**{**link, "peer": VethPeer(**link["peer"]) if link.get("peer") else None})
-            for link in doc["links"]
-        )
-        return NetworkSnapshot(
-            links,
-            tuple(Address(**a) for a in doc["addresses"]),
-            tuple(Route(**r) for r in doc["routes"]),
-        )
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except ValueError as exc:
         raise InvalidArgument(f"bad network snapshot: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise InvalidArgument("bad network snapshot: not a JSON object")
+    version = doc.get("version")
+    if type(version) is not int or version != SNAPSHOT_VERSION:
+        raise InvalidArgument(f"network snapshot version {version!r} unknown")
+    try:
+        links = tuple(
+            _record(Link, {**link, "peer": _record(VethPeer, link["peer"])})
+            if isinstance(link, dict) and link.get("peer") is not None
+            else _record(Link, link)
+            for link in _list(doc, "links")
+        )
+        snap = NetworkSnapshot(
+            links,
+            tuple(_record(Address, a) for a in _list(doc, "addresses")),
+            tuple(_record(Route, r) for r in _list(doc, "routes")),
+        )
+        _check_references(snap)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidArgument(f"bad network snapshot: {exc}") from exc
+    return snap
+
+
+_FIELD_TYPES: dict[type, dict[str, type]] = {
+    VethPeer: {"name": str, "bridge": str, "mtu": int},
+    Link: {"name": str, "kind": str, "mtu": int, "mac": str, "up": bool, "peer": VethPeer},
+    Address: {"link": str, "family": int, "address": str, "prefixlen": int},
+    Route: {"family": int, "dst": str, "dst_len": int, "gateway": str, "link": str, "metric": int},
+}
+
+
+def _list(doc: dict[str, Any], key: str) -> list[Any]:
+    value = doc[key]
+    if not isinstance(value, list):
+        raise TypeError(f"{key!r} is not a list")
+    return value
+
+
+def _record(cls: type[Any], raw: object) -> Any:
+    """``cls(**raw)`` for a JSON object whose fields all have ``cls``'s types (an int is no
+    bool here; ``peer`` may be null)."""
+    if not isinstance(raw, dict):
+        raise TypeError(f"a {cls.__name__} is not an object: {raw!r}")
+    types = _FIELD_TYPES[cls]
+    for key, value in raw.items():
+        want = types.get(key)
+        if want is None:
+            raise TypeError(f"{cls.__name__} has no field {key!r}")
+        if value is None and want is VethPeer:
+            continue
+        if type(value) is not want:
+            raise TypeError(f"{cls.__name__}.{key} is not a {want.__name__}: {value!r}")
+    return cls(**raw)
+
+
+def _check_references(snap: NetworkSnapshot) -> None:
+    names = [link.name for link in snap.links]
+    if len(set(names)) != len(names):
+        raise ValueError(f"link names repeat: {names}")
+    items: list[Address | Route] = [*snap.addresses, *snap.routes]
+    for item in items:
+        if item.link not in names:
+            raise ValueError(f"{type(item).__name__.lower()} on unknown link {item.link!r}")
+        if item.family not in (socket.AF_INET, socket.AF_INET6):
+            raise ValueError(f"address family {item.family} is neither IPv4 nor IPv6")
 
 
 def has_own_netns(pid: int) -> bool:

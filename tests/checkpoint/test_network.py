@@ -1,0 +1,444 @@
+"""The network snapshot (shim.checkpoint.network) and the hook protocol (shim.nethook).
+
+Unprivileged: the stored JSON (round trips, the version check, malformed files refused before
+any rebuild starts), the host checks against a fake netlink handle, and the hook <-> service
+conversation over a real unix socket with the rebuild replaced by a recorder. Rebuilding a real
+namespace is tested as root in ``integration/test_network.py``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shim import nethook
+from shim.checkpoint import network
+from shim.checkpoint.network import (
+    SNAPSHOT_VERSION,
+    Address,
+    Link,
+    NetworkSnapshot,
+    Route,
+    VethPeer,
+    dump_snapshot,
+    has_own_netns,
+    load_snapshot,
+)
+from shim.errors import FailedPrecondition, InvalidArgument
+
+LO = Link("lo", "loopback", 65536, "00:00:00:00:00:00", True)
+ETH0 = Link("eth0", "veth", 1500, "8e:0d:e3:9b:a2:56", True, VethPeer("pyt-vs0", "pyt-br0", 1500))
+SNAP = NetworkSnapshot(
+    links=(LO, ETH0),
+    addresses=(
+        Address("eth0", socket.AF_INET, "10.213.9.2", 24),
+        Address("eth0", socket.AF_INET6, "fd00:213::2", 64),
+    ),
+    routes=(
+        Route(socket.AF_INET, "", 0, "10.213.9.254", "eth0"),
+        Route(socket.AF_INET, "10.214.0.0", 16, "10.213.9.1", "eth0", metric=100),
+    ),
+)
+
+
+def doc(snap: NetworkSnapshot = SNAP) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(dump_snapshot(snap))
+    return loaded
+
+
+def encode(value: object) -> bytes:
+    return json.dumps(value).encode()
+
+
+# --- the stored file -----------------------------------------------------------------------
+
+
+def test_round_trip() -> None:
+    assert load_snapshot(dump_snapshot(SNAP)) == SNAP
+
+
+def test_the_file_is_versioned_json_with_sorted_keys() -> None:
+    data = dump_snapshot(SNAP)
+    assert data == dump_snapshot(load_snapshot(data))  # stable bytes
+    parsed = json.loads(data)
+    assert parsed["version"] == SNAPSHOT_VERSION == 1
+    assert list(parsed) == sorted(parsed)
+    assert parsed["links"][1]["peer"] == {"name": "pyt-vs0", "bridge": "pyt-br0", "mtu": 1500}
+    assert parsed["links"][0]["peer"] is None
+
+
+def test_a_veth_on_no_bridge_and_an_empty_network_round_trip() -> None:
+    alone = replace(ETH0, peer=VethPeer("pyt-vs1", "", 0))
+    for snap in (NetworkSnapshot((LO, alone), (), ()), NetworkSnapshot((), (), ())):
+        assert load_snapshot(dump_snapshot(snap)) == snap
+
+
+names = st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=15)
+macs = st.lists(st.integers(0, 255), min_size=6, max_size=6).map(
+    lambda b: ":".join(f"{x:02x}" for x in b)
+)
+
+
+@st.composite
+def snapshots(draw: st.DrawFn) -> NetworkSnapshot:
+    link_names = draw(st.lists(names, min_size=1, max_size=4, unique=True))
+    links = tuple(
+        Link(
+            name,
+            draw(st.sampled_from(["veth", "loopback", "dummy"])),
+            draw(st.integers(0, 65536)),
+            draw(macs),
+            draw(st.booleans()),
+            draw(st.none() | st.builds(VethPeer, names, st.just("") | names, st.integers(0, 9000))),
+        )
+        for name in link_names
+    )
+    families = st.sampled_from([socket.AF_INET, socket.AF_INET6])
+    addresses = draw(
+        st.lists(
+            st.builds(
+                Address,
+                st.sampled_from(link_names),
+                families,
+                st.text(max_size=39),
+                st.integers(0, 128),
+            ),
+            max_size=4,
+        )
+    )
+    routes = draw(
+        st.lists(
+            st.builds(
+                Route,
+                families,
+                st.text(max_size=39),
+                st.integers(0, 128),
+                st.text(max_size=39),
+                st.sampled_from(link_names),
+                st.integers(0, 2**32 - 1),
+            ),
+            max_size=4,
+        )
+    )
+    return NetworkSnapshot(links, tuple(addresses), tuple(routes))
+
+
+@given(snapshots())
+def test_any_snapshot_round_trips(snap: NetworkSnapshot) -> None:
+    assert load_snapshot(dump_snapshot(snap)) == snap
+
+
+@pytest.mark.parametrize("version", [0, 2, "1", 1.5, True, None])
+def test_an_unknown_version_is_refused(version: object) -> None:
+    data = {**doc(), "version": version}
+    if version is None:
+        del data["version"]
+    with pytest.raises(InvalidArgument, match=r"network snapshot version .* unknown"):
+        load_snapshot(encode(data))
+
+
+def _drop(key: str) -> dict[str, Any]:
+    data = doc()
+    del data[key]
+    return data
+
+
+def _edit_link(index: int, **fields: object) -> dict[str, Any]:
+    data = doc()
+    data["links"][index].update(fields)
+    return data
+
+
+MALFORMED: dict[str, bytes] = {
+    "not json": b"{links",
+    "empty": b"",
+    "a list": encode([1, 2]),
+    "a string": encode("snapshot"),
+    "no links": encode(_drop("links")),
+    "no addresses": encode(_drop("addresses")),
+    "no routes": encode(_drop("routes")),
+    "links not a list": encode({**doc(), "links": {"eth0": {}}}),
+    "a link not an object": encode({**doc(), "links": ["eth0"]}),
+    "a link without a name": encode(
+        {**doc(), "links": [{k: v for k, v in doc()["links"][1].items() if k != "name"}]}
+    ),
+    "an unknown link field": encode(_edit_link(1, speed=1000)),
+    "mtu a string": encode(_edit_link(1, mtu="1500")),
+    "mtu a bool": encode(_edit_link(1, mtu=True)),
+    "up an int": encode(_edit_link(1, up=1)),
+    "peer a string": encode(_edit_link(1, peer="pyt-vs0")),
+    "peer without a bridge": encode(_edit_link(1, peer={"name": "pyt-vs0", "mtu": 0})),
+    "peer with a bad field": encode(
+        _edit_link(1, peer={"name": "pyt-vs0", "bridge": None, "mtu": 0})
+    ),
+    "two links of one name": encode({**doc(), "links": [doc()["links"][1]] * 2}),
+    "an address on an unknown link": encode(
+        {**doc(), "addresses": [{**doc()["addresses"][0], "link": "eth1"}]}
+    ),
+    "a route on an unknown link": encode(
+        {**doc(), "routes": [{**doc()["routes"][0], "link": "eth1"}]}
+    ),
+    "an address of family 17": encode(
+        {**doc(), "addresses": [{**doc()["addresses"][0], "family": 17}]}
+    ),
+    "prefixlen a string": encode(
+        {**doc(), "addresses": [{**doc()["addresses"][0], "prefixlen": "24"}]}
+    ),
+    "a route without a gateway": encode(
+        {
+            **doc(),
+            "routes": [{k: v for k, v in doc()["routes"][0].items() if k != "gateway"}],
+        }
+    ),
+}
+
+
+@pytest.mark.parametrize("data", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_snapshots_are_refused(data: bytes) -> None:
+    with pytest.raises(InvalidArgument, match=r"network snapshot"):
+        load_snapshot(data)
+
+
+def test_a_route_may_leave_out_its_metric() -> None:
+    data = doc()
+    del data["routes"][0]["metric"]
+    assert load_snapshot(encode(data)).routes[0].metric == 0
+
+
+def test_only_veths_are_rebuildable() -> None:
+    dummy = Link("dummy0", "dummy", 1500, "aa:bb:cc:dd:ee:ff", True)
+    assert NetworkSnapshot((LO, ETH0, dummy), (), ()).rebuildable() == (ETH0,)
+
+
+def test_this_process_has_no_netns_of_its_own() -> None:
+    assert not has_own_netns(os.getpid())
+    assert not has_own_netns(2**22 + 1)  # above pid_max: no such process
+
+
+# --- host checks (before anything is created) ---------------------------------------------
+
+
+class FakeHost:
+    """The part of pyroute2's ``IPRoute`` the host checks use: ``link_lookup(ifname=)``."""
+
+    def __init__(self, *names: str) -> None:
+        self.names = list(names)
+
+    def link_lookup(self, *, ifname: str) -> list[int]:
+        return [self.names.index(ifname) + 1] if ifname in self.names else []
+
+
+def test_host_checks_pass_when_the_bridge_is_there_and_the_name_free() -> None:
+    network._check_host(FakeHost("lo", "eth0", "pyt-br0"), SNAP)
+
+
+@pytest.mark.parametrize(
+    ("host", "snap", "message"),
+    [
+        (FakeHost("lo"), SNAP, "bridge 'pyt-br0' is missing on this host"),
+        (FakeHost("pyt-br0", "pyt-vs0"), SNAP, "host interface 'pyt-vs0' already exists"),
+        (
+            FakeHost("pyt-br0"),
+            NetworkSnapshot((LO, replace(ETH0, peer=None)), (), ()),
+            "cannot rebuild link 'eth0' of kind 'veth'",
+        ),
+        (
+            FakeHost("pyt-br0"),
+            NetworkSnapshot((Link("wg0", "wireguard", 1420, "", True),), (), ()),
+            "cannot rebuild link 'wg0' of kind 'wireguard'",
+        ),
+    ],
+    ids=["bridge missing", "name taken", "veth without peer", "unknown kind"],
+)
+def test_host_checks_refuse(host: FakeHost, snap: NetworkSnapshot, message: str) -> None:
+    with pytest.raises(network.NetworkError, match=message) as info:
+        network._check_host(host, snap)
+    assert isinstance(info.value, FailedPrecondition)
+
+
+# --- the hook and the service ---------------------------------------------------------------
+
+
+def test_hook_argv_runs_the_module_file_isolated() -> None:
+    argv = nethook.hook_argv("/run/x.sock")
+    assert argv[0] == sys.executable
+    assert argv[1:3] == ["-I", "-S"]
+    assert argv[3] == os.path.abspath(nethook.__file__) and argv[3].endswith("shim/nethook.py")
+    assert argv[4:] == ["hook", "/run/x.sock"]
+
+
+def test_main_without_a_command_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    assert nethook.main([]) == 2
+    assert "python -m shim.nethook serve SOCKET SNAPSHOT.json" in capsys.readouterr().err
+
+
+class Rebuilds:
+    """Replaces :func:`shim.checkpoint.network.rebuild`: records calls, fails if told to."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[NetworkSnapshot, int]] = []
+        self.error: Exception | None = None
+
+    def __call__(self, snap: NetworkSnapshot, pid: int) -> None:
+        self.calls.append((snap, pid))
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture
+def rebuilds(monkeypatch: pytest.MonkeyPatch) -> Rebuilds:
+    fake = Rebuilds()
+    monkeypatch.setattr(network, "rebuild", fake)
+    return fake
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory with a short path (unix socket paths end at 107 bytes)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="nh-", dir="/tmp") as d:
+        yield Path(d)
+
+
+def run_hook(monkeypatch: pytest.MonkeyPatch, sock: Path, state: dict[str, object]) -> int:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(encode(state))))
+    return nethook.hook(str(sock))
+
+
+def serve_in_thread(sock: Path, snapshot: Path) -> threading.Thread:
+    thread = threading.Thread(target=nethook.serve, args=(str(sock), str(snapshot)), daemon=True)
+    thread.start()
+    return thread
+
+
+def test_hook_hands_the_pid_to_the_service_which_rebuilds(
+    rebuilds: Rebuilds,
+    short_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (short_dir / "net.json").write_bytes(dump_snapshot(SNAP))
+    sock = short_dir / "s"
+    server = serve_in_thread(sock, short_dir / "net.json")
+    assert run_hook(monkeypatch, sock, {"ociVersion": "1.0.2", "id": "c", "pid": 4242}) == 0
+    server.join(10)
+    assert not server.is_alive()  # one rebuild, then it ends
+    assert rebuilds.calls == [(SNAP, 4242)]
+    assert capsys.readouterr().err == ""
+    assert not sock.exists() or not _listening(sock)
+
+
+def _listening(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+        return True
+
+
+def test_a_failed_rebuild_fails_the_hook_with_its_message(
+    rebuilds: Rebuilds,
+    short_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rebuilds.error = network.NetworkError("bridge 'pyt-br0' is missing on this host")
+    (short_dir / "net.json").write_bytes(dump_snapshot(SNAP))
+    sock = short_dir / "s"
+    server = serve_in_thread(sock, short_dir / "net.json")
+    assert run_hook(monkeypatch, sock, {"pid": 7}) == 1
+    server.join(10)
+    assert capsys.readouterr().err == (
+        "rebuilding the network failed: bridge 'pyt-br0' is missing on this host\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "No such file or directory"),
+        (b'{"version": 9}', "network snapshot version 9 unknown"),
+        (b"{", "bad network snapshot"),
+    ],
+    ids=["missing", "other version", "not json"],
+)
+def test_a_bad_snapshot_is_reported_through_the_hook_at_once(
+    rebuilds: Rebuilds,
+    short_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    content: bytes | None,
+    message: str,
+) -> None:
+    if content is not None:
+        (short_dir / "net.json").write_bytes(content)
+    monkeypatch.setattr(nethook, "_HOOK_CONNECT_TIMEOUT", 0.5)  # it must not come to this
+    sock = short_dir / "s"
+    server = serve_in_thread(sock, short_dir / "net.json")
+    assert run_hook(monkeypatch, sock, {"pid": 7}) == 1
+    server.join(10)
+    err = capsys.readouterr().err
+    assert err.startswith("rebuilding the network failed: ") and message in err
+    assert rebuilds.calls == []
+
+
+def test_a_state_without_a_pid_fails_the_hook(
+    rebuilds: Rebuilds,
+    short_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (short_dir / "net.json").write_bytes(dump_snapshot(SNAP))
+    sock = short_dir / "s"
+    server = serve_in_thread(sock, short_dir / "net.json")
+    assert run_hook(monkeypatch, sock, {"id": "c"}) == 1
+    server.join(10)
+    assert capsys.readouterr().err == (
+        "rebuilding the network failed: the OCI state runc gave the hook names no pid\n"
+    )
+    assert rebuilds.calls == []
+
+
+def test_the_hook_gives_up_when_no_service_comes(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(nethook, "_HOOK_CONNECT_TIMEOUT", 0.1)
+    assert run_hook(monkeypatch, short_dir / "none", {"pid": 7}) == 1
+    assert "did not come up" in capsys.readouterr().err
+
+
+def test_a_service_that_dies_without_answering_fails_the_hook(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sock = short_dir / "s"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(sock))
+    listener.listen(1)
+
+    def die() -> None:
+        conn, _ = listener.accept()
+        conn.close()
+
+    thread = threading.Thread(target=die, daemon=True)
+    thread.start()
+    try:
+        assert run_hook(monkeypatch, sock, {"pid": 7}) == 1
+    finally:
+        thread.join(10)
+        listener.close()
+    err = capsys.readouterr().err  # no answer at all, or a reset: one line either way
+    assert err.startswith("network rebuild service ") and err.count("\n") == 1, err
