@@ -3,8 +3,10 @@
  *
  * A client of a unix socket whose peer is outside the container, for the
  * checkpoint tests of --ext-unix-sk. It connects a SOCK_DGRAM or SOCK_STREAM
- * socket to <path> once and then sends "<n>\n" (n = 1, 2, 3, ...) every
- * interval_ms milliseconds (default 50), printing on stdout (unbuffered):
+ * socket to <path> once (retrying every 20 ms for up to 30 s while <path> does
+ * not exist or refuses, so the peer may come up after the container) and then
+ * sends "<n>\n" (n = 1, 2, 3, ...) every interval_ms milliseconds (default 50),
+ * printing on stdout (unbuffered):
  *
  *   connected <path>     once, at the start
  *   sent <n>             after every send
@@ -72,9 +74,20 @@ int main(int argc, char **argv)
 	addr.sun_family = AF_UNIX;
 	strcpy(addr.sun_path, argv[2]);
 	fd = socket(AF_UNIX, type, 0);
-	if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
-		dprintf(1, "ERROR connect %s: %s\n", argv[2], strerror(errno));
+	if (fd < 0) {
+		dprintf(1, "ERROR socket: %s\n", strerror(errno));
 		return 4;
+	}
+	for (int tries = 1500; connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0; tries--) {
+		struct timespec pause = { 0, 20 * 1000000L };
+
+		if (stop_requested)
+			return 0;
+		if (tries == 0 || (errno != ENOENT && errno != ECONNREFUSED && errno != EINTR)) {
+			dprintf(1, "ERROR connect %s: %s\n", argv[2], strerror(errno));
+			return 4;
+		}
+		nanosleep(&pause, NULL);
 	}
 	dprintf(1, "connected %s\n", argv[2]);
 
