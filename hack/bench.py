@@ -9,7 +9,17 @@ the processes that map them).
 
 Usage (root, containerd running, test image imported by hack/install.sh):
     hack/bench.py [--address SOCK] [--runs N] [--out FILE] [--readme]
-``--readme`` rewrites the table between the BENCH markers in README.md from the results.
+                  [--sections lifecycle,memory,ttrpc,checkpoint]
+                  [--ckpt-sizes 0,64,512] [--ckpt-runs N] [--ckpt-runs-large N]
+``--readme`` rewrites the tables between the BENCH markers (lifecycle, memory, ttrpc) and the
+BENCH-CHECKPOINT markers in README.md from the results; a section that did not run leaves its
+table as it was.
+
+Section ``checkpoint``: a container runs ``memfill N`` (0 MiB: ``sleep``), then
+``ctr c checkpoint --task`` and, once the original is removed, ``ctr c restore --live`` into
+a new container are timed (wall clock of ctr, which includes containerd writing and reading
+the checkpoint in its content store: the same work for both shims). Medians per size; large
+sizes get fewer runs (``--ckpt-runs-large``, from 512 MiB).
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ RUNC = "io.containerd.runc.v2"
 RUNTIMES = (PYRUNC, RUNC)
 NAMESPACE = "pyrunc-bench"
 ROOT = Path(__file__).resolve().parent.parent
+SECTIONS = ("lifecycle", "memory", "ttrpc", "checkpoint")
 
 
 class Ctr:
@@ -45,9 +56,9 @@ class Ctr:
             raise RuntimeError(f"ctr {' '.join(args)}: {proc.stderr.strip()}")
         return proc.stdout
 
-    def timed(self, *args: str) -> float:
+    def timed(self, *args: str, timeout: float = 60) -> float:
         start = time.perf_counter()
-        self(*args)
+        self(*args, timeout=timeout)
         return time.perf_counter() - start
 
     def task_pid(self, cid: str) -> int:
@@ -168,6 +179,94 @@ def bench_ttrpc() -> dict[str, object] | None:
     return data
 
 
+CKPT_LARGE_MIB = 512
+
+
+def rss_kib(pid: int) -> int:
+    return memory_kib(pid)["rss_kib"]
+
+
+def wait_rss(pid: int, mib: int, timeout: float = 120) -> None:
+    """Wait until ``pid`` has ``mib`` MiB resident (memfill touched every page)."""
+    deadline = time.monotonic() + timeout
+    while rss_kib(pid) < mib * 1024:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"pid {pid}: {rss_kib(pid)} KiB resident, expected {mib} MiB")
+        time.sleep(0.02)
+
+
+def checkpoint_restore_once(ctr: Ctr, rt: str, mib: int, seed: int) -> tuple[float, float]:
+    """One ``ctr c checkpoint --task`` and one ``ctr c restore --live``; returns their times."""
+    cid = new_id("ckpt")
+    restored = f"{cid}-r"
+    ref = f"localhost/pyrunc-bench-ckpt:{cid}"
+    command = ["sleep", "100000"] if mib == 0 else ["/usr/bin/memfill", str(mib), str(seed)]
+    try:
+        ctr("run", "-d", "--null-io", "--runtime", rt, IMAGE, cid, *command)
+        wait_rss(ctr.task_pid(cid), mib)
+        checkpoint = ctr.timed("c", "checkpoint", "--task", cid, ref, timeout=600)
+        ctr.remove(cid)  # as in a migration: the original is gone before the restore
+        restore = ctr.timed("c", "restore", "--live", restored, ref, timeout=600)
+        # the restore brought the memory back (CRIU restores every page before it returns)
+        if mib and rss_kib(ctr.task_pid(restored)) < mib * 1024:
+            raise RuntimeError(f"{rt}: restored task has less than {mib} MiB resident")
+        return checkpoint, restore
+    finally:
+        ctr.remove(restored)
+        ctr.remove(cid)
+        ctr("images", "rm", ref, check=False)
+
+
+def bench_checkpoint(
+    ctr: Ctr, sizes: list[int], runs: int, runs_large: int
+) -> dict[str, dict[str, dict[str, object]]]:
+    """Checkpoint and restore times per memfill size and runtime: medians and every run."""
+    for rt in RUNTIMES:  # warm up CRIU, runc and both shims' checkpoint paths
+        checkpoint_restore_once(ctr, rt, 0, 0)
+    out: dict[str, dict[str, dict[str, object]]] = {}
+    for mib in sizes:
+        n = runs_large if mib >= CKPT_LARGE_MIB else runs
+        times: dict[str, dict[str, list[float]]] = {
+            rt: {"checkpoint": [], "restore": []} for rt in RUNTIMES
+        }
+        for i in range(n):
+            order = RUNTIMES if i % 2 == 0 else RUNTIMES[::-1]
+            for rt in order:
+                checkpoint, restore = checkpoint_restore_once(ctr, rt, mib, i + 1)
+                times[rt]["checkpoint"].append(checkpoint)
+                times[rt]["restore"].append(restore)
+        out[str(mib)] = {
+            rt: {
+                "runs": n,
+                "checkpoint_s": statistics.median(per["checkpoint"]),
+                "restore_s": statistics.median(per["restore"]),
+                "checkpoint_all_s": per["checkpoint"],
+                "restore_all_s": per["restore"],
+            }
+            for rt, per in times.items()
+        }
+    return out
+
+
+def checkpoint_table(results: dict[str, object]) -> str:
+    data = results["checkpoint"]
+    assert isinstance(data, dict)
+    rows = [
+        "| checkpoint/restore (median) | pyrunc | runc shim | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for mib, per in data.items():
+        a, b = per[PYRUNC], per[RUNC]
+        what = "`sleep`" if mib == "0" else f"`memfill {mib}`"
+        for key, name in (("checkpoint_s", "`ctr c checkpoint --task`"),
+                          ("restore_s", "`ctr c restore --live`")):
+            rows.append(
+                f"| {name}, {what} ({a['runs']} runs) | {a[key] * 1000:.0f} ms "
+                f"| {b[key] * 1000:.0f} ms | {a[key] / b[key]:.2f}x |"
+            )
+    return "\n".join(rows)
+
+
 def table(results: dict[str, object]) -> str:
     life = results["lifecycle"]
     mem = results["memory"]
@@ -198,17 +297,28 @@ def table(results: dict[str, object]) -> str:
     return "\n".join(rows)
 
 
-def update_readme(text: str) -> None:
+README_PLACEHOLDER = "(filled by hack/bench.py)\n"
+
+
+def update_readme(text: str, marker: str = "BENCH") -> None:
+    """Replace the README block between ``<!-- marker:START/END -->`` with ``text``. A new
+    BENCH block goes right under the Benchmarks heading, any other at the section's end."""
     readme = ROOT / "README.md"
     body = readme.read_text()
-    start, end = "<!-- BENCH:START -->", "<!-- BENCH:END -->"
+    start, end = f"<!-- {marker}:START -->", f"<!-- {marker}:END -->"
     block = f"{start}\n{text}\n{end}"
     if start in body and end in body:
         before, rest = body.split(start, 1)
         after = rest.split(end, 1)[1]
         body = before + block + after
-    else:
+    elif README_PLACEHOLDER in body:
+        body = body.replace(README_PLACEHOLDER, f"{block}\n", 1)
+    elif marker == "BENCH":
         body = body.replace("## Benchmarks\n", f"## Benchmarks\n\n{block}\n", 1)
+    else:
+        head, sep, rest = body.partition("## Benchmarks\n")
+        section, nxt, tail = rest.partition("\n## ")
+        body = f"{head}{sep}{section.rstrip()}\n\n{block}\n{nxt}{tail}"
     readme.write_text(body)
 
 
@@ -220,7 +330,20 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "build" / "bench-results.json"))
     parser.add_argument("--readme", action="store_true", help="update README.md's table")
     parser.add_argument("--skip-ttrpc", action="store_true")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--ckpt-sizes", default="0,64,512",
+                        help="memfill sizes in MiB for the checkpoint section")
+    parser.add_argument("--ckpt-runs", type=int, default=5)
+    parser.add_argument("--ckpt-runs-large", type=int, default=3,
+                        help=f"runs for sizes from {CKPT_LARGE_MIB} MiB")
     args = parser.parse_args()
+    sections = [s for s in args.sections.split(",") if s]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; known: {','.join(SECTIONS)}")
+    if args.skip_ttrpc and "ttrpc" in sections:
+        sections.remove("ttrpc")
     ctr = Ctr(args.address)
     if IMAGE not in ctr("image", "ls", "-q").split():
         ctr("image", "import", str(ROOT / "build" / "pyrunc-test-image.tar"), timeout=120)
@@ -231,17 +354,30 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "runs": args.runs,
         "group_size": args.group_size,
-        "lifecycle": bench_lifecycle(ctr, args.runs),
-        "memory": bench_memory(ctr, args.group_size),
     }
-    if not args.skip_ttrpc:
+    if "lifecycle" in sections:
+        results["lifecycle"] = bench_lifecycle(ctr, args.runs)
+    if "memory" in sections:
+        results["memory"] = bench_memory(ctr, args.group_size)
+    if "ttrpc" in sections:
         results["ttrpc"] = bench_ttrpc()
+    if "checkpoint" in sections:
+        results["checkpoint"] = bench_checkpoint(
+            ctr, [int(v) for v in args.ckpt_sizes.split(",")], args.ckpt_runs,
+            args.ckpt_runs_large,
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    text = table(results)
-    print(text)
-    if args.readme:
-        update_readme(text)
+    if "lifecycle" in results and "memory" in results:
+        text = table(results)
+        print(text)
+        if args.readme:
+            update_readme(text)
+    if "checkpoint" in results:
+        text = checkpoint_table(results)
+        print(text)
+        if args.readme:
+            update_readme(text, "BENCH-CHECKPOINT")
     return 0
 
 
