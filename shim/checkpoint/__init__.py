@@ -1,0 +1,49 @@
+"""Checkpoint/restore: the option translation (:mod:`shim.checkpoint.plan`) and CRIU tooling.
+
+Only the plan's public API is re-exported here; other modules of the package (e.g. the CRIU
+RPC client) are imported by their own names.
+"""
+
+from shim.checkpoint.plan import (
+    ANNOTATION_PREFIX,
+    ANNOTATIONS,
+    GHOST_LIMIT_MAX,
+    OPTION_TYPES,
+    STATUS_FD,
+    STORED_PLAN,
+    STORED_PLAN_VERSION,
+    CgroupMode,
+    CheckpointPlan,
+    Namespace,
+    NetworkLock,
+    PageServer,
+    checkpoint_args,
+    criu_config,
+    dump_plan,
+    load_plan,
+    plan_checkpoint,
+    plan_restore,
+    restore_args,
+)
+
+__all__ = [
+    "ANNOTATIONS",
+    "ANNOTATION_PREFIX",
+    "GHOST_LIMIT_MAX",
+    "OPTION_TYPES",
+    "STATUS_FD",
+    "STORED_PLAN",
+    "STORED_PLAN_VERSION",
+    "CgroupMode",
+    "CheckpointPlan",
+    "Namespace",
+    "NetworkLock",
+    "PageServer",
+    "checkpoint_args",
+    "criu_config",
+    "dump_plan",
+    "load_plan",
+    "plan_checkpoint",
+    "plan_restore",
+    "restore_args",
+]

@@ -1,0 +1,867 @@
+"""Checkpoint options, translated in one place: request + annotations -> CheckpointPlan -> argv.
+
+Strategy (house rule 10): every way of asking for a checkpoint option ends up in **one** frozen
+value, :class:`CheckpointPlan`, whose field names are CRIU's own (``criu_opts`` in CRIU's
+``rpc.proto``). Everything the shim runs is rendered from that value and nothing else:
+
+* :func:`plan_checkpoint` reads ``CheckpointTaskRequest.path`` and ``.options`` (one of three
+  message types, or none) plus the container's ``io.pyrunc.checkpoint.*`` annotations, and
+  refuses bad or contradictory options with :class:`~shim.errors.InvalidArgument` before
+  anything runs;
+* :func:`checkpoint_args` / :func:`restore_args` give the ``runc`` argv (after runc's global
+  flags, before the container id), one flag per plan field in a fixed order;
+* :func:`criu_config` gives a CRIU configuration file for what runc 1.1 has no flag for;
+* :func:`dump_plan` / :func:`load_plan` store the plan beside the images (:data:`STORED_PLAN`)
+  so that :func:`plan_restore` restores with the options the dump used.
+
+Rules: pure functions, no I/O (callers read and write files); absolute, normalised paths only;
+the defaults are containerd's (leave the container running unless ``exit``). Mirrors
+containerd v1.6 ``pkg/process/init.go`` (CheckpointConfig -> go-runc ``CheckpointOpts.args()``)
+and runc 1.1 ``checkpoint.go``/``restore.go`` (which flags exist and what values they accept).
+The option table with every source and target is ``docs/checkpoint-options.md``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import posixpath
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Final, TypeVar
+
+from google.protobuf.any_pb2 import Any as AnyMessage
+from google.protobuf.message import Message
+
+from shim.api.containerd.linux.runctypes import runc_pb2
+from shim.api.containerd.runc.options import oci_pb2
+from shim.api.pyrunc.v1 import checkpoint_pb2
+from shim.errors import InvalidArgument, Unimplemented
+from shim.typeurl import type_name, unpack
+
+__all__ = [
+    "ANNOTATIONS",
+    "ANNOTATION_PREFIX",
+    "GHOST_LIMIT_MAX",
+    "OPTION_TYPES",
+    "STATUS_FD",
+    "STORED_PLAN",
+    "STORED_PLAN_VERSION",
+    "CgroupMode",
+    "CheckpointPlan",
+    "Namespace",
+    "NetworkLock",
+    "PageServer",
+    "checkpoint_args",
+    "criu_config",
+    "dump_plan",
+    "load_plan",
+    "plan_checkpoint",
+    "plan_restore",
+    "restore_args",
+]
+
+ANNOTATION_PREFIX: Final = "io.pyrunc.checkpoint."
+"""Container annotations ``<prefix><name>`` give checkpoint defaults; see :data:`ANNOTATIONS`."""
+
+STORED_PLAN: Final = "pyrunc-checkpoint.json"
+"""File name of the stored plan inside the images directory (travels with containerd's tar)."""
+
+STORED_PLAN_VERSION: Final = 1
+
+STATUS_FD: Final = 3
+"""With lazy pages runc gets ``--status-fd 3``: the runner passes a pipe as runc's fd 3 and
+runc writes one NUL byte to it when CRIU's lazy page server is ready."""
+
+GHOST_LIMIT_MAX: Final = 2**32 - 1
+"""``criu_opts.ghost_limit`` is a uint32."""
+
+OPTION_TYPES: Final[frozenset[str]] = frozenset(
+    {
+        oci_pb2.CheckpointOptions.DESCRIPTOR.full_name,
+        runc_pb2.CheckpointOptions.DESCRIPTOR.full_name,
+        checkpoint_pb2.CheckpointOptions.DESCRIPTOR.full_name,
+    }
+)
+"""Full names of the option messages :func:`plan_checkpoint` accepts in the request's Any."""
+
+
+class CgroupMode(enum.Enum):
+    """CRIU ``--manage-cgroups`` mode (``criu_opts.manage_cgroups_mode``)."""
+
+    SOFT = "soft"
+    FULL = "full"
+    STRICT = "strict"
+    IGNORE = "ignore"  # runc 1.1 has no flag value for it: rendered into the CRIU config
+
+
+class NetworkLock(enum.Enum):
+    """CRIU ``--network-lock`` method (``criu_opts.network_lock``)."""
+
+    IPTABLES = "iptables"  # CRIU's default
+    NFTABLES = "nftables"
+    SKIP = "skip"
+
+
+class Namespace(enum.Enum):
+    """A namespace runc can leave empty on restore (``--empty-ns``): runc 1.1 knows only this."""
+
+    NETWORK = "network"
+
+
+# Namespace names of the OCI runtime spec (linux.namespaces[].type) that runc can't empty.
+_OTHER_NAMESPACES: Final = frozenset({"pid", "mount", "ipc", "uts", "user", "cgroup", "time"})
+
+_PORT = re.compile(r"[0-9]{1,5}")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class PageServer:
+    """Where pages go (``criu page-server`` listening there) or, with lazy pages, where the
+    dumping CRIU serves them. ``str()`` gives runc's ``ADDRESS:PORT`` form."""
+
+    address: str
+    port: int
+
+    def __post_init__(self) -> None:
+        if not self.address or any(c.isspace() or c in "\0[]/" for c in self.address):
+            raise InvalidArgument(f"page_server: bad address {self.address!r}")
+        if ":" in self.address and self.address.count(":") < 2:
+            raise InvalidArgument(f"page_server: bad address {self.address!r}")
+        if isinstance(self.port, bool) or not 1 <= self.port <= 65535:
+            raise InvalidArgument(f"page_server: port {self.port!r} is not in 1..65535")
+
+    @classmethod
+    def parse(cls, text: str, *, option: str = "page_server") -> PageServer:
+        """Parse ``host:port`` (``[v6addr]:port`` for IPv6), as runc's ``net.SplitHostPort``.
+
+        Raises:
+            InvalidArgument: not ``host:port``, or the port is not in 1..65535; the message
+                starts with ``option``.
+        """
+        if text.startswith("["):
+            host, sep, port = text[1:].partition("]:")
+            if not sep or ":" not in host:
+                raise InvalidArgument(f"{option}: {text!r} is not host:port or [ipv6]:port")
+        else:
+            host, sep, port = text.rpartition(":")
+            if not sep or ":" in host:
+                raise InvalidArgument(
+                    f"{option}: {text!r} is not host:port (write IPv6 as [addr]:port)"
+                )
+        if not _PORT.fullmatch(port) or not 1 <= int(port) <= 65535:
+            raise InvalidArgument(f"{option}: port {port!r} of {text!r} is not in 1..65535")
+        try:
+            return cls(host, int(port))
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{option}: {text!r} is not host:port ({exc})") from exc
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointPlan:
+    """One validated checkpoint (and matching restore), named after CRIU's ``criu_opts``.
+
+    Constructing one validates it (the same rules as :func:`plan_checkpoint`), normalises the
+    paths, and turns ``track_mem`` on where CRIU needs it (pre-dump, or a parent image).
+
+    Raises:
+        InvalidArgument: contradictory or malformed fields (the message names the option).
+    """
+
+    images_dir: str  # absolute
+    work_dir: str  # absolute
+    leave_running: bool = True  # containerd's default: leave running unless exit
+    tcp_established: bool = False
+    ext_unix_sk: bool = False
+    shell_job: bool = False
+    file_locks: bool = False
+    empty_ns: frozenset[Namespace] = frozenset()
+    manage_cgroups_mode: CgroupMode | None = None
+    auto_dedup: bool = False
+    pre_dump: bool = False
+    track_mem: bool = False
+    parent_img: str = ""  # absolute path of the parent images dir ("" = none)
+    lazy_pages: bool = False
+    page_server: PageServer | None = None
+    tcp_close: bool = False
+    tcp_skip_in_flight: bool = False
+    link_remap: bool = False
+    ghost_limit: int | None = None
+    network_lock: NetworkLock | None = None
+
+    def __post_init__(self) -> None:
+        images = _abs_path(self.images_dir, "image_path")
+        object.__setattr__(self, "images_dir", images)
+        object.__setattr__(self, "work_dir", _abs_path(self.work_dir, "work_path"))
+        object.__setattr__(self, "empty_ns", frozenset(self.empty_ns))
+        if self.parent_img:
+            parent = _abs_path(self.parent_img, "parent_path")
+            if parent == images:
+                raise InvalidArgument(
+                    f"parent_path: {parent!r} is the images directory itself; the parent must "
+                    "be the images directory of an earlier (pre-)dump"
+                )
+            object.__setattr__(self, "parent_img", parent)
+        if self.pre_dump and not self.leave_running:
+            raise InvalidArgument(
+                "pre_dump cannot be combined with exit: a pre-dump only copies memory and "
+                "always leaves the container running"
+            )
+        if self.lazy_pages and self.page_server is None:
+            raise InvalidArgument(
+                "lazy_pages needs page_server (host:port where the dumping CRIU serves the "
+                "pages to the restoring side)"
+            )
+        if self.lazy_pages and self.pre_dump:
+            raise InvalidArgument("lazy_pages cannot be combined with pre_dump")
+        if self.ghost_limit is not None and (
+            isinstance(self.ghost_limit, bool) or not 1 <= self.ghost_limit <= GHOST_LIMIT_MAX
+        ):
+            raise InvalidArgument(
+                f"ghost_limit: {self.ghost_limit!r} is not in 1..{GHOST_LIMIT_MAX} "
+                "(criu_opts.ghost_limit is a uint32; 0 means CRIU's default)"
+            )
+        if (self.pre_dump or self.parent_img) and not self.track_mem:
+            object.__setattr__(self, "track_mem", True)
+
+    @property
+    def parent_path(self) -> str:
+        """``parent_img`` relative to ``images_dir``, as runc 1.1's ``--parent-path`` wants it."""
+        if not self.parent_img:
+            return ""
+        return posixpath.relpath(self.parent_img, self.images_dir)
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs: one typed record per source (request options, annotations), then merged.
+
+
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """What one source asked for; None / False = not set (the option's default)."""
+
+    exit: bool = False
+    open_tcp: bool = False
+    external_unix_sockets: bool = False
+    terminal: bool = False
+    file_locks: bool = False
+    empty_namespaces: frozenset[Namespace] | None = None
+    cgroups_mode: CgroupMode | None = None
+    image_path: str | None = None
+    work_path: str | None = None
+    parent_path: str | None = None
+    pre_dump: bool = False
+    auto_dedup: bool = False
+    lazy_pages: bool = False
+    page_server: PageServer | None = None
+    tcp_close: bool = False
+    tcp_skip_in_flight: bool = False
+    link_remap: bool = False
+    ghost_limit: int | None = None
+    network_lock: NetworkLock | None = None
+    track_mem: bool = False
+
+
+def _merge(req: _Asked, ann: _Asked) -> _Asked:
+    """The request wins where it sets a non-default value; a bool set in either is on."""
+    return _Asked(
+        exit=req.exit or ann.exit,
+        open_tcp=req.open_tcp or ann.open_tcp,
+        external_unix_sockets=req.external_unix_sockets or ann.external_unix_sockets,
+        terminal=req.terminal or ann.terminal,
+        file_locks=req.file_locks or ann.file_locks,
+        empty_namespaces=_first(req.empty_namespaces, ann.empty_namespaces),
+        cgroups_mode=_first(req.cgroups_mode, ann.cgroups_mode),
+        image_path=_first(req.image_path, ann.image_path),
+        work_path=_first(req.work_path, ann.work_path),
+        parent_path=_first(req.parent_path, ann.parent_path),
+        pre_dump=req.pre_dump or ann.pre_dump,
+        auto_dedup=req.auto_dedup or ann.auto_dedup,
+        lazy_pages=req.lazy_pages or ann.lazy_pages,
+        page_server=_first(req.page_server, ann.page_server),
+        tcp_close=req.tcp_close or ann.tcp_close,
+        tcp_skip_in_flight=req.tcp_skip_in_flight or ann.tcp_skip_in_flight,
+        link_remap=req.link_remap or ann.link_remap,
+        ghost_limit=_first(req.ghost_limit, ann.ghost_limit),
+        network_lock=_first(req.network_lock, ann.network_lock),
+        track_mem=req.track_mem or ann.track_mem,
+    )
+
+
+def _first(a: T | None, b: T | None) -> T | None:
+    return a if a is not None else b
+
+
+def _abs_path(value: str, option: str) -> str:
+    """``value`` as a normalised absolute path; refuses relative, ``..`` and NUL."""
+    if "\0" in value:
+        raise InvalidArgument(f"{option}: path {value!r} contains NUL")
+    if not value.startswith("/"):
+        raise InvalidArgument(f"{option}: path {value!r} is not absolute")
+    if ".." in value.split("/"):
+        raise InvalidArgument(f"{option}: path {value!r} contains '..'")
+    return posixpath.normpath("/" + value.lstrip("/"))
+
+
+def _namespaces(names: list[str], option: str) -> frozenset[Namespace] | None:
+    if not names:
+        return None
+    out: set[Namespace] = set()
+    for name in names:
+        if name == Namespace.NETWORK.value:
+            out.add(Namespace.NETWORK)
+        elif name in _OTHER_NAMESPACES:
+            raise InvalidArgument(
+                f"{option}: runc cannot leave the {name} namespace empty; "
+                "runc accepts only 'network'"
+            )
+        else:
+            raise InvalidArgument(
+                f"{option}: unknown namespace {name!r}; runc accepts only 'network'"
+            )
+    return frozenset(out)
+
+
+def _cgroup_mode(text: str, option: str) -> CgroupMode | None:
+    if not text:
+        return None
+    try:
+        return CgroupMode(text)
+    except ValueError:
+        raise InvalidArgument(
+            f"{option}: {text!r} is not one of soft, full, strict, ignore (or empty)"
+        ) from None
+
+
+def _network_lock(text: str, option: str) -> NetworkLock | None:
+    if not text:
+        return None
+    try:
+        return NetworkLock(text)
+    except ValueError:
+        raise InvalidArgument(
+            f"{option}: unknown method {text!r}; one of iptables, nftables, skip (or empty)"
+        ) from None
+
+
+def _ghost_limit(value: int, option: str) -> int | None:
+    if value == 0:
+        return None
+    if not 0 < value <= GHOST_LIMIT_MAX:
+        raise InvalidArgument(
+            f"{option}: {value} is not in 0..{GHOST_LIMIT_MAX} (criu_opts.ghost_limit is a "
+            "uint32; 0 = CRIU's default)"
+        )
+    return value
+
+
+def _from_message(msg: Any) -> _Asked:
+    """Read one of the three CheckpointOptions messages (shared fields 1-9 by name)."""
+    extended = msg.DESCRIPTOR.full_name == checkpoint_pb2.CheckpointOptions.DESCRIPTOR.full_name
+    common: dict[str, Any] = {
+        "exit": bool(msg.exit),
+        "open_tcp": bool(msg.open_tcp),
+        "external_unix_sockets": bool(msg.external_unix_sockets),
+        "terminal": bool(msg.terminal),
+        "file_locks": bool(msg.file_locks),
+        "empty_namespaces": _namespaces(list(msg.empty_namespaces), "empty_namespaces"),
+        "cgroups_mode": _cgroup_mode(str(msg.cgroups_mode), "cgroups_mode"),
+        "image_path": _abs_path(msg.image_path, "image_path") if msg.image_path else None,
+        "work_path": _abs_path(msg.work_path, "work_path") if msg.work_path else None,
+    }
+    if not extended:
+        return _Asked(**common)
+    status_fd = int(msg.status_fd)
+    if status_fd not in (0, -1):
+        raise InvalidArgument(
+            f"status_fd: {status_fd} names a descriptor of the caller, which cannot cross "
+            "ttrpc; leave it 0 (the shim passes runc its own pipe when lazy_pages is set)"
+        )
+    return _Asked(
+        **common,
+        parent_path=_abs_path(msg.parent_path, "parent_path") if msg.parent_path else None,
+        pre_dump=bool(msg.pre_dump),
+        auto_dedup=bool(msg.auto_dedup),
+        lazy_pages=bool(msg.lazy_pages),
+        page_server=PageServer.parse(msg.page_server) if msg.page_server else None,
+        tcp_close=bool(msg.tcp_close),
+        tcp_skip_in_flight=bool(msg.tcp_skip_in_flight),
+        link_remap=bool(msg.link_remap),
+        ghost_limit=_ghost_limit(int(msg.ghost_limit), "ghost_limit"),
+        network_lock=_network_lock(str(msg.network_lock), "network_lock"),
+        track_mem=bool(msg.track_mem),
+    )
+
+
+def _from_any(options: AnyMessage | None) -> _Asked:
+    if options is None or (not options.type_url and not options.value):
+        return _Asked()
+    for cls in (
+        oci_pb2.CheckpointOptions,
+        runc_pb2.CheckpointOptions,
+        checkpoint_pb2.CheckpointOptions,
+    ):
+        msg: Message | None = unpack(options, cls)
+        if msg is not None:
+            return _from_message(msg)
+    raise InvalidArgument(
+        f"options: unsupported checkpoint options type {type_name(options)!r}; expected one "
+        f"of {', '.join(sorted(OPTION_TYPES))}"
+    )
+
+
+# Annotation name (after ANNOTATION_PREFIX) -> _Asked field; named like the runc flag, or like
+# the CRIU option where runc has none. "leave-running: false" asks for exit.
+_ANNOTATION_FIELDS: Final[Mapping[str, str]] = {
+    "image-path": "image_path",
+    "work-path": "work_path",
+    "parent-path": "parent_path",
+    "leave-running": "exit",
+    "tcp-established": "open_tcp",
+    "ext-unix-sk": "external_unix_sockets",
+    "shell-job": "terminal",
+    "file-locks": "file_locks",
+    "empty-ns": "empty_namespaces",
+    "manage-cgroups-mode": "cgroups_mode",
+    "auto-dedup": "auto_dedup",
+    "pre-dump": "pre_dump",
+    "lazy-pages": "lazy_pages",
+    "page-server": "page_server",
+    "tcp-close": "tcp_close",
+    "skip-in-flight": "tcp_skip_in_flight",
+    "link-remap": "link_remap",
+    "ghost-limit": "ghost_limit",
+    "network-lock": "network_lock",
+    "track-mem": "track_mem",
+}
+
+ANNOTATIONS: Final[frozenset[str]] = frozenset(ANNOTATION_PREFIX + n for n in _ANNOTATION_FIELDS)
+"""Every annotation :func:`plan_checkpoint` understands (others under the prefix are refused)."""
+
+_INT = re.compile(r"[0-9]+")
+
+
+def _bool(text: str, key: str) -> bool:
+    if text == "true":
+        return True
+    if text == "false":
+        return False
+    raise InvalidArgument(f"annotation {key}: {text!r} is not true or false")
+
+
+def _from_annotations(annotations: Mapping[str, str]) -> _Asked:
+    values: dict[str, Any] = {}
+    for key in sorted(annotations):
+        if not key.startswith(ANNOTATION_PREFIX):
+            continue
+        name = key.removeprefix(ANNOTATION_PREFIX)
+        text = annotations[key]
+        field = _ANNOTATION_FIELDS.get(name)
+        if field is None:
+            raise InvalidArgument(
+                f"annotation {key}: unknown checkpoint option; known: "
+                + ", ".join(sorted(_ANNOTATION_FIELDS))
+            )
+        where = f"annotation {key}"
+        value: Any
+        if field == "exit":
+            value = not _bool(text, key)
+        elif field in ("image_path", "work_path", "parent_path"):
+            value = _abs_path(text, where) if text else None
+        elif field == "empty_namespaces":
+            value = _namespaces([n.strip() for n in text.split(",") if n.strip()], where)
+        elif field == "cgroups_mode":
+            value = _cgroup_mode(text, where)
+        elif field == "page_server":
+            value = PageServer.parse(text, option=where) if text else None
+        elif field == "ghost_limit":
+            if not _INT.fullmatch(text):
+                raise InvalidArgument(f"{where}: {text!r} is not a number of bytes")
+            value = _ghost_limit(int(text), where)
+        elif field == "network_lock":
+            value = _network_lock(text, where)
+        else:
+            value = _bool(text, key)
+        values[field] = value
+    return _Asked(**values)
+
+
+def _check_supported(plan: CheckpointPlan) -> None:
+    """Refuse what this runc + CRIU combination cannot carry out at all.
+
+    ``network_lock`` has no runc 1.1 flag, and CRIU releases up to 4.1.1 (the one installed)
+    crash (NULL ``argv`` in ``parse_options``) when ``network-lock`` appears in the
+    configuration file runc hands over RPC (fixed upstream by checkpoint-restore/criu#3051).
+    ``iptables`` is CRIU's default, so it needs no rendering and is accepted.
+    """
+    lock = plan.network_lock
+    if lock is not None and lock is not NetworkLock.IPTABLES:
+        raise Unimplemented(
+            f"network_lock {lock.value!r}: runc 1.1 has no flag for it and CRIU "
+            "(<= 4.1.1) crashes reading network-lock from the RPC configuration file; only "
+            "'iptables' (CRIU's default) is supported"
+        )
+
+
+def plan_checkpoint(
+    path: str,
+    options: AnyMessage | None,
+    annotations: Mapping[str, str],
+    *,
+    default_work_dir: str,
+) -> CheckpointPlan:
+    """Translate a Checkpoint request into a validated plan.
+
+    Args:
+        path: ``CheckpointTaskRequest.path`` (containerd's temporary directory); the images go
+            there unless the options or annotations give ``image_path``.
+        options: ``CheckpointTaskRequest.options``: ``containerd.runc.v1.CheckpointOptions``
+            (what ``ctr`` sends), ``containerd.linux.runc.CheckpointOptions`` (older),
+            ``pyrunc.v1.CheckpointOptions`` (the superset), or None / an empty Any.
+        annotations: the container's OCI annotations; ``io.pyrunc.checkpoint.<runc-flag>``
+            entries are defaults. The request overrides an annotation only where it sets a
+            non-default value; a bool set in either place is on (for ``exit`` that means
+            ``exit=true`` or ``leave-running: "false"``).
+        default_work_dir: CRIU's work directory when neither source gives ``work_path``.
+
+    Returns:
+        The plan; ``track_mem`` is on for pre-dumps and dumps with a parent.
+
+    Raises:
+        InvalidArgument: unknown options type, undecodable options, malformed or
+            contradictory values, unknown or unparsable annotations (the message names the
+            option or annotation).
+        Unimplemented: a known option this runc/CRIU cannot carry out (``network_lock``
+            other than iptables).
+    """
+    asked = _merge(_from_any(options), _from_annotations(annotations))
+    images_dir = asked.image_path or (_abs_path(path, "path") if path else None)
+    if images_dir is None:
+        raise InvalidArgument("path: empty, and no image_path given")
+    plan = CheckpointPlan(
+        images_dir=images_dir,
+        work_dir=asked.work_path or _abs_path(default_work_dir, "default_work_dir"),
+        leave_running=not asked.exit,
+        tcp_established=asked.open_tcp,
+        ext_unix_sk=asked.external_unix_sockets,
+        shell_job=asked.terminal,
+        file_locks=asked.file_locks,
+        empty_ns=asked.empty_namespaces or frozenset(),
+        manage_cgroups_mode=asked.cgroups_mode,
+        auto_dedup=asked.auto_dedup,
+        pre_dump=asked.pre_dump,
+        track_mem=asked.track_mem,
+        parent_img=asked.parent_path or "",
+        lazy_pages=asked.lazy_pages,
+        page_server=asked.page_server,
+        tcp_close=asked.tcp_close,
+        tcp_skip_in_flight=asked.tcp_skip_in_flight,
+        link_remap=asked.link_remap,
+        ghost_limit=asked.ghost_limit,
+        network_lock=asked.network_lock,
+    )
+    _check_supported(plan)
+    return plan
+
+
+def plan_restore(
+    checkpoint: str,
+    stored: bytes | None,
+    annotations: Mapping[str, str],
+    *,
+    work_dir: str,
+) -> CheckpointPlan:
+    """The plan to restore ``checkpoint`` with: the one its dump stored, or a default.
+
+    Args:
+        checkpoint: ``CreateTaskRequest.checkpoint``, the unpacked images directory.
+        stored: the bytes of ``<checkpoint>/STORED_PLAN``, or None if there is none (a
+            checkpoint made by another shim): then the plan comes from ``annotations`` alone,
+            as for a checkpoint request without options.
+        annotations: the restored container's annotations (ignored when ``stored`` is given:
+            restore uses the options the dump used).
+        work_dir: CRIU's work directory for the restore.
+
+    Returns:
+        The plan rebased on ``checkpoint`` and ``work_dir`` (no parent: CRIU follows the
+        images' own ``parent`` link).
+
+    Raises:
+        InvalidArgument: bad stored plan, bad annotations or paths, or a pre-dump image
+            (it holds only memory and cannot be restored).
+    """
+    checkpoint_dir = _abs_path(checkpoint, "checkpoint")
+    if stored is None:
+        plan = plan_checkpoint(checkpoint_dir, None, annotations, default_work_dir=work_dir)
+    else:
+        plan = load_plan(stored)
+    if plan.pre_dump:
+        raise InvalidArgument(
+            f"checkpoint: {checkpoint!r} holds a pre-dump (memory only); restore from the "
+            "final dump that names it as its parent"
+        )
+    return replace(plan, images_dir=checkpoint_dir, work_dir=work_dir, parent_img="")
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs.
+
+
+def checkpoint_args(plan: CheckpointPlan) -> list[str]:
+    """The runc argv after the global flags: ``checkpoint ...``, up to (not incl.) the id.
+
+    One flag per plan field, in this fixed order: ``--image-path --work-path [--parent-path
+    REL] [--leave-running] [--tcp-established] [--ext-unix-sk] [--shell-job] [--file-locks]
+    [--empty-ns network] [--manage-cgroups-mode M] [--auto-dedup] [--pre-dump] [--lazy-pages]
+    [--page-server HOST:PORT] [--status-fd 3]``. ``--parent-path`` is relative to the images
+    directory (runc 1.1 refuses absolute ones); ``--status-fd 3`` comes with lazy pages and
+    the runner must pass a pipe as runc's fd 3. ``manage_cgroups_mode`` ``ignore`` and the
+    options runc has no flag for are in :func:`criu_config` instead.
+    """
+    argv = ["checkpoint", "--image-path", plan.images_dir, "--work-path", plan.work_dir]
+    if plan.parent_img:
+        argv += ["--parent-path", plan.parent_path]
+    if plan.leave_running:
+        argv.append("--leave-running")
+    argv += _shared_flags(plan)
+    if plan.pre_dump:
+        argv.append("--pre-dump")
+    if plan.lazy_pages:
+        argv.append("--lazy-pages")
+    if plan.page_server is not None:
+        argv += ["--page-server", str(plan.page_server)]
+    if plan.lazy_pages:
+        argv += ["--status-fd", str(STATUS_FD)]
+    return argv
+
+
+def _shared_flags(plan: CheckpointPlan) -> list[str]:
+    """Flags both ``runc checkpoint`` and ``runc restore`` take, in their fixed order
+    (``--lazy-pages`` is placed by the callers)."""
+    argv: list[str] = []
+    if plan.tcp_established:
+        argv.append("--tcp-established")
+    if plan.ext_unix_sk:
+        argv.append("--ext-unix-sk")
+    if plan.shell_job:
+        argv.append("--shell-job")
+    if plan.file_locks:
+        argv.append("--file-locks")
+    for ns in sorted(plan.empty_ns, key=lambda n: n.value):
+        argv += ["--empty-ns", ns.value]
+    mode = plan.manage_cgroups_mode
+    if mode is not None and mode is not CgroupMode.IGNORE:
+        argv += ["--manage-cgroups-mode", mode.value]
+    if plan.auto_dedup:
+        argv.append("--auto-dedup")
+    return argv
+
+
+def restore_args(
+    plan: CheckpointPlan,
+    *,
+    bundle: str,
+    pid_file: str,
+    console_socket: str | None,
+    no_pivot: bool,
+    work_dir: str,
+) -> list[str]:
+    """The runc argv after the global flags: ``restore ...``, up to (not incl.) the id.
+
+    ``--image-path <images_dir> --work-path <work_dir>``, then what the dump used that
+    restore needs (``--tcp-established --ext-unix-sk --shell-job --file-locks --empty-ns
+    --manage-cgroups-mode --auto-dedup --lazy-pages``), then ``--detach --pid-file --bundle
+    [--console-socket] [--no-pivot] --no-subreaper``.
+
+    Raises:
+        InvalidArgument: a path that is not absolute, or contains ``..`` or NUL.
+    """
+    argv = [
+        "restore",
+        "--image-path",
+        plan.images_dir,
+        "--work-path",
+        _abs_path(work_dir, "work_dir"),
+    ]
+    argv += _shared_flags(plan)
+    if plan.lazy_pages:
+        argv.append("--lazy-pages")
+    argv += [
+        "--detach",
+        "--pid-file",
+        _abs_path(pid_file, "pid_file"),
+        "--bundle",
+        _abs_path(bundle, "bundle"),
+    ]
+    if console_socket is not None:
+        argv += ["--console-socket", _abs_path(console_socket, "console_socket")]
+    if no_pivot:
+        argv.append("--no-pivot")
+    argv.append("--no-subreaper")
+    return argv
+
+
+def criu_config(plan: CheckpointPlan, *, restore: bool) -> str:
+    """CRIU configuration-file text for what runc 1.1 has no flag for; "" if nothing.
+
+    One long option per line without the dashes, in this order: ``tcp-close`` (dump and
+    restore: CRIU records it in the images and refuses to restore them without it),
+    ``skip-in-flight``, ``link-remap``, ``ghost-limit N``, ``track-mem`` (dump only; the latter
+    only when runc does not already set it for ``--pre-dump``/``--parent-path``),
+    ``manage-cgroups=ignore`` (dump and restore; ``=`` because the argument is optional), and
+    on restore ``manage-cgroups=<mode>`` for the other modes too: runc 1.1 accepts
+    ``restore --manage-cgroups-mode`` but never passes it on to CRIU (fixed in runc 1.2,
+    opencontainers/runc ff3b4f3), so CRIU would restore in its default mode, soft.
+    CRIU reads this file after runc's RPC options, so its lines win. runc hands it to CRIU
+    through the container annotation ``org.criu.config`` (which replaces runc's default
+    ``/etc/criu/runc.conf``).
+
+    Raises:
+        Unimplemented: the plan asks for a ``network_lock`` this can't carry (see
+            :func:`plan_checkpoint`).
+    """
+    _check_supported(plan)
+    lines: list[str] = []
+    if plan.tcp_close:
+        lines.append("tcp-close")
+    if not restore:
+        if plan.tcp_skip_in_flight:
+            lines.append("skip-in-flight")
+        if plan.link_remap:
+            lines.append("link-remap")
+        if plan.ghost_limit is not None:
+            lines.append(f"ghost-limit {plan.ghost_limit}")
+        if plan.track_mem and not (plan.pre_dump or plan.parent_img):
+            lines.append("track-mem")
+    mode = plan.manage_cgroups_mode
+    if mode is CgroupMode.IGNORE or (restore and mode is not None):
+        lines.append(f"manage-cgroups={mode.value}")
+    return "".join(line + "\n" for line in lines)
+
+
+# --------------------------------------------------------------------------------------------
+# The stored plan.
+
+_STORED_KEYS: Final = frozenset({"version"} | set(CheckpointPlan.__dataclass_fields__))
+
+
+def dump_plan(plan: CheckpointPlan) -> bytes:
+    """The plan as versioned JSON (``{"version": 1, ...}``): sorted keys, same bytes for
+    equal plans."""
+    doc: dict[str, object] = {
+        "version": STORED_PLAN_VERSION,
+        "images_dir": plan.images_dir,
+        "work_dir": plan.work_dir,
+        "leave_running": plan.leave_running,
+        "tcp_established": plan.tcp_established,
+        "ext_unix_sk": plan.ext_unix_sk,
+        "shell_job": plan.shell_job,
+        "file_locks": plan.file_locks,
+        "empty_ns": sorted(ns.value for ns in plan.empty_ns),
+        "manage_cgroups_mode": _enum_value(plan.manage_cgroups_mode),
+        "auto_dedup": plan.auto_dedup,
+        "pre_dump": plan.pre_dump,
+        "track_mem": plan.track_mem,
+        "parent_img": plan.parent_img,
+        "lazy_pages": plan.lazy_pages,
+        "page_server": None if plan.page_server is None else str(plan.page_server),
+        "tcp_close": plan.tcp_close,
+        "tcp_skip_in_flight": plan.tcp_skip_in_flight,
+        "link_remap": plan.link_remap,
+        "ghost_limit": plan.ghost_limit,
+        "network_lock": _enum_value(plan.network_lock),
+    }
+    return (json.dumps(doc, sort_keys=True, indent=2) + "\n").encode()
+
+
+def _enum_value(value: enum.Enum | None) -> str | None:
+    return None if value is None else str(value.value)
+
+
+def load_plan(data: bytes) -> CheckpointPlan:
+    """Read a plan written by :func:`dump_plan`.
+
+    Raises:
+        InvalidArgument: not JSON, an unknown version, missing/unknown keys, wrong types or a
+            plan that fails validation (the message starts with ``stored plan``).
+        Unimplemented: as :func:`plan_checkpoint`.
+    """
+    try:
+        plan = _plan_from_json(data)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"stored plan {STORED_PLAN}: {exc}") from exc
+    _check_supported(plan)
+    return plan
+
+
+def _plan_from_json(data: bytes) -> CheckpointPlan:
+    try:
+        doc = json.loads(data.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidArgument(f"not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise InvalidArgument("not a JSON object")
+    version = doc.get("version")
+    if type(version) is not int or version != STORED_PLAN_VERSION:
+        raise InvalidArgument(
+            f"unknown version {version!r} (this shim reads {STORED_PLAN_VERSION})"
+        )
+    keys = set(doc)
+    if keys != _STORED_KEYS:
+        missing, unknown = sorted(_STORED_KEYS - keys), sorted(keys - _STORED_KEYS)
+        raise InvalidArgument(f"missing keys {missing}, unknown keys {unknown}")
+
+    def get(key: str, kind: type[T]) -> T:
+        value = doc[key]
+        if type(value) is not kind:
+            raise InvalidArgument(f"{key} is not a {kind.__name__}: {value!r}")
+        return value
+
+    def opt_str(key: str) -> str | None:
+        if doc[key] is None:
+            return None
+        value = get(key, str)
+        if not value:
+            raise InvalidArgument(f"{key} is empty (write null for none)")
+        return value
+
+    empty_ns = doc["empty_ns"]
+    if not isinstance(empty_ns, list) or not all(type(n) is str for n in empty_ns):
+        raise InvalidArgument(f"empty_ns is not a list of names: {empty_ns!r}")
+    ghost = doc["ghost_limit"]
+    if ghost is not None and type(ghost) is not int:
+        raise InvalidArgument(f"ghost_limit is not a number: {ghost!r}")
+    mode, lock, page_server = (
+        opt_str("manage_cgroups_mode"),
+        opt_str("network_lock"),
+        opt_str("page_server"),
+    )
+    return CheckpointPlan(
+        images_dir=get("images_dir", str),
+        work_dir=get("work_dir", str),
+        leave_running=get("leave_running", bool),
+        tcp_established=get("tcp_established", bool),
+        ext_unix_sk=get("ext_unix_sk", bool),
+        shell_job=get("shell_job", bool),
+        file_locks=get("file_locks", bool),
+        empty_ns=_namespaces(empty_ns, "empty_ns") or frozenset(),
+        manage_cgroups_mode=None if mode is None else _cgroup_mode(mode, "manage_cgroups_mode"),
+        auto_dedup=get("auto_dedup", bool),
+        pre_dump=get("pre_dump", bool),
+        track_mem=get("track_mem", bool),
+        parent_img=get("parent_img", str),
+        lazy_pages=get("lazy_pages", bool),
+        page_server=None if page_server is None else PageServer.parse(page_server),
+        tcp_close=get("tcp_close", bool),
+        tcp_skip_in_flight=get("tcp_skip_in_flight", bool),
+        link_remap=get("link_remap", bool),
+        ghost_limit=ghost,
+        network_lock=None if lock is None else _network_lock(lock, "network_lock"),
+    )
