@@ -252,6 +252,11 @@ def checkpoint_table(results: dict[str, object]) -> str:
     data = results["checkpoint"]
     assert isinstance(data, dict)
     rows = [
+        f"Checkpoint and restore ({results['date']}, `hack/bench.py --sections checkpoint`): "
+        "wall clock of the ctr command, which includes containerd archiving the checkpoint in "
+        "its content store (checkpoint) and unpacking it (restore); the original container is "
+        "removed before the restore.",
+        "",
         "| checkpoint/restore (median) | pyrunc | runc shim | ratio |",
         "|---|---:|---:|---:|",
     ]
