@@ -330,7 +330,8 @@ def test_pyrunc_checkpoint_exit_that_fails_does_not_kill_the_task(
     line = refusal_line(proc)
     kept = containerd.bundle(NAMESPACE, orig.id) / DUMP_LOG
     assert f"CRIU log kept at {kept}" in line, line
-    assert "Can't dump ghost file /tmp/ck.ghost" in kept.read_text()  # CRIU's own reason
+    reason = "Can't dump ghost file /tmp/ck.ghost"
+    assert reason in kept.read_text() and reason in line  # CRIU's own reason, kept and named
     assert_running_untouched(containers.ctr, orig)
     assert not images.exists()
 
@@ -478,7 +479,7 @@ def test_pyrunc_checkpoint_survives_criu_killed_mid_dump(
         assert isinstance(criu, list) and len(criu) == 1, criu
         if phase == "frozen":
             assert kill_at_write(criu[0], str(state_file), b"THAWED"), (
-                "CRIU ended without thawing the cgroup")
+                "CRIU ended before it was seen thawing the cgroup (found too late?)")
             assert state_file.read_text().strip() == "FROZEN"  # as CRIU left it
         else:
             os.kill(criu[0], signal.SIGKILL)
@@ -489,7 +490,7 @@ def test_pyrunc_checkpoint_survives_criu_killed_mid_dump(
             tool.communicate()
     assert tool.returncode == 1, err
     kept = containerd.bundle(NAMESPACE, orig.id) / DUMP_LOG
-    assert re.search(rf"checkpoint failed: .*\(CRIU log kept at {re.escape(str(kept))}\)",
+    assert re.search(rf"checkpoint failed: .*\(CRIU log kept at {re.escape(str(kept))}[;)]",
                      err), err
     assert kept.is_file()
 
