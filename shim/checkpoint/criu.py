@@ -39,7 +39,7 @@ import re
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 from google.protobuf.message import DecodeError, EncodeError
 
@@ -915,15 +915,73 @@ def clear_capability_cache() -> None:
     _probe_cache.clear()
 
 
-async def probe(criu: Criu, *, refresh: bool = False) -> tuple[CriuVersion, CriuFeatures]:
-    """Return CRIU's version and kernel features (mem_track, lazy_pages, pidfd_store),
-    asking CRIU once per binary per process unless ``refresh``.
+PROBE_CACHE_DIR = "/run/containerd-shim-pyrunc"
+"""Where probe results are shared between shims (tmpfs: gone at reboot, like the answers)."""
+
+
+def _probe_key(binary: str) -> str:
+    """What a probe result depends on: the CRIU binary (path, inode, size, mtime), the
+    running kernel and this boot."""
+    st = os.stat(binary)
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        boot = f.read().strip()
+    return f"{binary}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{os.uname().release}:{boot}"
+
+
+def _probe_file(binary: str, cache_dir: str) -> str:
+    import hashlib
+
+    return os.path.join(cache_dir, f"criu-{hashlib.sha256(binary.encode()).hexdigest()[:16]}")
+
+
+def _load_probe(binary: str, cache_dir: str) -> _Probe | None:
+    import json
+
+    try:
+        with open(_probe_file(binary, cache_dir)) as f:
+            doc = json.load(f)
+        if doc.get("key") != _probe_key(binary):
+            return None
+        return _Probe(CriuVersion(**doc["version"]), CriuFeatures(**doc["features"]))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _store_probe(binary: str, cache_dir: str, found: _Probe) -> None:
+    import json
+
+    path = _probe_file(binary, cache_dir)
+    tmp = f"{path}.{os.getpid()}"
+    with contextlib.suppress(OSError):  # a cache that cannot be written is only slower
+        doc = {
+            "key": _probe_key(binary),
+            "version": asdict(found.version),
+            "features": asdict(found.features),
+        }
+        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            json.dump(doc, f)
+        os.rename(tmp, path)
+
+
+async def probe(
+    criu: Criu, *, refresh: bool = False, cache_dir: str | None = None
+) -> tuple[CriuVersion, CriuFeatures]:
+    """Return CRIU's version and kernel features (mem_track, lazy_pages, pidfd_store).
+
+    CRIU is asked (two ``criu swrk`` runs, tens of milliseconds) once per binary per boot:
+    the answer is kept in this process and in ``cache_dir`` (default :data:`PROBE_CACHE_DIR`)
+    for the next shims, keyed by the binary's identity, the kernel release and the boot id.
+    ``refresh`` asks CRIU again.
 
     Raises:
         FailedPrecondition: CRIU cannot be run or does not answer VERSION (older than 3.0).
         CriuError: FEATURE_CHECK failed.
     """
+    cache_dir = cache_dir or PROBE_CACHE_DIR
     cached = None if refresh else _probe_cache.get(criu.binary)
+    if cached is None and not refresh:
+        cached = _load_probe(criu.binary, cache_dir)
     if cached is None:
         try:
             version = await criu.version()
@@ -934,7 +992,8 @@ async def probe(criu: Criu, *, refresh: bool = False) -> tuple[CriuVersion, Criu
             ) from exc
         features = await criu.features(mem_track=True, lazy_pages=True, pidfd_store=True)
         cached = _Probe(version, features)
-        _probe_cache[criu.binary] = cached
+        _store_probe(criu.binary, cache_dir, cached)
+    _probe_cache[criu.binary] = cached
     return cached.version, cached.features
 
 

@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import pytest
 
+import shim.checkpoint.criu as criu_module
 from shim.api.criu import rpc_pb2
 from shim.checkpoint.criu import (
     LAZY_PAGES_PIPE_SIZE,
@@ -376,8 +377,9 @@ def run(coro: Awaitable[T]) -> T:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_cache() -> None:
+def _fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     clear_capability_cache()
+    monkeypatch.setattr(criu_module, "PROBE_CACHE_DIR", str(tmp_path / "probe-cache"))
 
 
 def test_ensure_capable_raises_failed_precondition_naming_what_is_missing() -> None:
@@ -699,3 +701,22 @@ def test_sigkill_name_in_messages() -> None:
     exc = CriuExited(ReqType.DUMP, 128 + signal.SIGKILL, "exited before answering")
     assert str(exc) == "criu swrk exited before answering (DUMP request, killed by SIGKILL)"
     assert exc.status == 137
+
+
+def test_probe_results_are_shared_through_the_cache_dir(tmp_path: Path) -> None:
+    """A second shim (a fresh process: empty memory cache) reads the first one's answer; a
+    changed binary is asked again."""
+    exe = tmp_path / "criu"
+    exe.write_text("#!/bin/sh\n")
+    fake = FakeCriu(CriuVersion(4, 1, 1), CriuFeatures(False, True, True), str(exe))
+    assert run(criu_module.probe(fake)) == (CriuVersion(4, 1, 1), CriuFeatures(False, True, True))
+    assert fake.asked == 2
+    clear_capability_cache()
+    assert run(criu_module.probe(fake)) == (CriuVersion(4, 1, 1), CriuFeatures(False, True, True))
+    assert fake.asked == 2  # from the cache directory
+    exe.write_text("#!/bin/sh\n# another build\n")
+    clear_capability_cache()
+    run(criu_module.probe(fake))
+    assert fake.asked == 4
+    run(criu_module.probe(fake, refresh=True))
+    assert fake.asked == 6
