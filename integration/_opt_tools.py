@@ -35,6 +35,7 @@ __all__ = [
     "criu_facts",
     "flock_holders",
     "free_port",
+    "held_netns",
     "log_lines",
     "netns",
     "pyrunc",
@@ -78,6 +79,20 @@ def free_port() -> int:
 def netns(pid: int) -> str:
     """``readlink /proc/<pid>/ns/net`` (``net:[<inode>]``)."""
     return os.readlink(f"/proc/{pid}/ns/net")
+
+
+@contextlib.contextmanager
+def held_netns(pid: int) -> Iterator[str]:
+    """Keep ``pid``'s network namespace alive (an open fd) for the body; yields its name.
+
+    Namespace inode numbers are reused once a namespace is gone, so "another namespace than
+    the one the dumped process had" can only be checked while that one still exists.
+    """
+    fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        yield os.readlink(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True, order=True)

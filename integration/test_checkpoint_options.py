@@ -37,6 +37,7 @@ scratch directory and its sockets; pyrunc checkpoints create no image records.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -46,7 +47,7 @@ import signal
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,7 @@ from ._opt_tools import (
     criu_facts,
     flock_holders,
     free_port,
+    held_netns,
     log_lines,
     netns,
     pyrunc,
@@ -95,6 +97,14 @@ def scratch() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def hold_netns() -> Iterator[Callable[[int], str]]:
+    """``hold_netns(pid)``: keep ``pid``'s network namespace alive until the test ends (its
+    inode number could be reused for a new namespace otherwise); returns its name."""
+    with contextlib.ExitStack() as stack:
+        yield lambda pid: stack.enter_context(held_netns(pid))
 
 
 def checkpoint(containers: Containers, cid: str, images: Path, work: Path,
@@ -205,14 +215,15 @@ def test_tcp_connection_refused_without_tcp_established(containers: Containers,
     assert not [x for x in src.lines() if re.search(r"GAP|EOF|ERROR", x)], src.output()
 
 
-def test_tcp_established_connection_survives(containers: Containers, scratch: Path) -> None:
+def test_tcp_established_connection_survives(containers: Containers, scratch: Path,
+                                             hold_netns: Callable[[int], str]) -> None:
     src = containers.start("opt-tcp", "/usr/bin/opt-tcp", PORT, "50")
     wait_until(lambda: min(count_lines(src, "server got "), count_lines(src, "client got "))
                >= 10, message="the exchange to start")
     before = tcp_connections(src.pid)
     assert len(before) == 2 and {t.local for t in before} == {t.remote for t in before}
     assert ("127.0.0.1", int(PORT)) in {t.local for t in before}, before
-    source_ns = netns(src.pid)
+    source_ns = hold_netns(src.pid)
     images, work = scratch / "img", scratch / "work"
 
     proc = checkpoint(containers, src.id, images, work,
@@ -258,9 +269,10 @@ def test_ext_unix_sk_peer_in_the_host_netns_is_out_of_reach(containers: Containe
     ext.mkdir()
     path = ext / "d.sock"
     host = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    host.bind(str(path))
-    sink = DatagramSink(host).start()
+    sink = DatagramSink(host)
     try:
+        host.bind(str(path))
+        sink.start()
         src = containers.start("opt-unix-host", "/usr/bin/opt-unix", "dgram", str(path), "50",
                                extra=_bind(ext))
         wait_until(lambda: len(sink.numbers) >= 5, message="datagrams from the container")
@@ -289,9 +301,10 @@ def test_ext_unix_sk_datagram_peer_outside_the_container(containers: Containers,
                            extra=_bind(ext))
     # the listener: this process, outside the container, in the container's network namespace
     listener = socket_in_netns(src.pid, socket.SOCK_DGRAM)
-    listener.bind(str(path))
-    sink = DatagramSink(listener).start()
+    sink = DatagramSink(listener)
     try:
+        listener.bind(str(path))
+        sink.start()
         wait_until(lambda: len(sink.numbers) >= 10, message="datagrams from the container")
 
         line = refused(checkpoint(containers, src.id, scratch / "img0", scratch / "work0"))
@@ -468,11 +481,12 @@ def test_manage_cgroups_mode_reaches_criu(containers: Containers, scratch: Path)
 # --- 6. the network namespace: --empty-ns network --------------------------------------------
 
 
-def test_empty_ns_network_restores_into_a_fresh_namespace(containers: Containers,
-                                                          scratch: Path) -> None:
+def test_empty_ns_network_restores_into_a_fresh_namespace(
+    containers: Containers, scratch: Path, hold_netns: Callable[[int], str]
+) -> None:
     src = containers.start("opt-emptyns", "/usr/bin/counter", "50")
     wait_until(lambda: len(src.lines()) >= 3, message="the counter to count")
-    source_ns = netns(src.pid)
+    source_ns = hold_netns(src.pid)
     assert source_ns != netns(os.getpid())
     images, work = scratch / "img", scratch / "work"
 
