@@ -2,8 +2,10 @@
 # Installs everything containerd-shim-pyrunc needs on a Debian 12 host, as root:
 #   - Debian packages: containerd, runc, iptables, iproute2, busybox-static, a C toolchain,
 #     python3-venv, and what `make criu` needs;
-#   - CRIU 4.1.1 at /usr/local/sbin/criu, built from Debian trixie's source tarball
-#     (bookworm's CRIU 3.17 fails on current kernels);
+#   - CRIU >= 4.2 at /usr/local/sbin/criu, built from Debian unstable's source tarball
+#     (bookworm's CRIU 3.17 fails on current kernels with "vdso: Unexpected rt vDSO area
+#     bounds"; trixie's 4.1.1 cannot dump TCP sockets on Linux >= 6.16: "sockets: Can't get
+#     1:16 opt: Operation not supported", fixed in CRIU 4.2);
 #   - the project in a venv at /opt/containerd-shim-pyrunc/venv (editable install of this
 #     checkout) and /usr/local/bin/containerd-shim-pyrunc-v2 pointing at its console script;
 #   - a running containerd (started by hand when its socket does not answer: no systemd here);
@@ -14,7 +16,8 @@
 # seconds and changes nothing. Needs no network but the package registries.
 set -euo pipefail
 
-readonly CRIU_VERSION=4.1.1
+readonly CRIU_MIN_VERSION=4.2
+readonly CRIU_SUITE=sid
 readonly CRIU_BIN=/usr/local/sbin/criu
 readonly CACHE_DIR=/var/cache/containerd-shim-pyrunc
 readonly PREFIX=/opt/containerd-shim-pyrunc
@@ -29,7 +32,8 @@ readonly IMAGE_REF=localhost/pyrunc-test:latest
 readonly IMAGE_NS=default
 readonly PIPE_MAX=4194304
 readonly SYSCTL_FILE=/etc/sysctl.d/60-containerd-shim-pyrunc.conf
-readonly TRIXIE_SRC_FILE=/etc/apt/sources.list.d/containerd-shim-pyrunc-trixie-src.sources
+readonly CRIU_SRC_FILE=/etc/apt/sources.list.d/containerd-shim-pyrunc-$CRIU_SUITE-src.sources
+readonly OLD_SRC_FILE=/etc/apt/sources.list.d/containerd-shim-pyrunc-trixie-src.sources
 
 # Runtime and build packages. For `make criu` only these are required (criu/Makefile.packages
 # and the link line): pkg-config, libprotobuf-c-dev, protobuf-c-compiler, libnl-3-dev,
@@ -78,17 +82,27 @@ install_packages() {
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
-criu_is_wanted_version() {
-    [[ -x $CRIU_BIN ]] || return 1
-    local out
-    out=$("$CRIU_BIN" --version 2>/dev/null) || return 1
-    grep -qx "Version: $CRIU_VERSION" <<<"$out"
+# version_at_least A B: A >= B as Debian compares versions.
+version_at_least() {
+    dpkg --compare-versions "$1" ge "$2"
 }
 
-criu_source_available() {
-    local out
-    out=$(apt-cache showsrc criu 2>/dev/null) || return 1
-    grep -q "^Version: $CRIU_VERSION-" <<<"$out"
+criu_installed_version() {
+    [[ -x $CRIU_BIN ]] || return 1
+    "$CRIU_BIN" --version 2>/dev/null | awk '$1 == "Version:" {print $2; exit}'
+}
+
+criu_is_wanted_version() {
+    local v
+    v=$(criu_installed_version) && [[ -n $v ]] && version_at_least "$v" "$CRIU_MIN_VERSION"
+}
+
+# The upstream version of the newest criu source package, if it is new enough.
+criu_source_version() {
+    local v
+    v=$(apt-cache showsrc criu 2>/dev/null | awk '$1 == "Version:" {print $2}' \
+        | sed 's/-[^-]*$//; s/^[0-9]*://' | sort -V | tail -n1)
+    [[ -n $v ]] && version_at_least "$v" "$CRIU_MIN_VERSION" && echo "$v"
 }
 
 # The configured apt targets, as apt itself parses them (sources.list and deb822 .sources).
@@ -96,12 +110,14 @@ apt_targets() {
     apt-get indextargets --no-release-info --format '$(TARGET_OF) $(RELEASE) $(SITE)' | sort -u
 }
 
-# Adds a deb-src entry for trixie main on the archive already configured for this release,
-# unless one exists.
-ensure_trixie_sources() {
+# Adds a deb-src entry for $CRIU_SUITE main on the archive already configured for this
+# release, unless one exists (source packages only: nothing from that suite is installed).
+ensure_criu_sources() {
     local targets codename uri signed_by=""
+    rm -f "$OLD_SRC_FILE"  # an earlier install's trixie entry (CRIU 4.1.1)
     targets=$(apt_targets)
-    if awk '$1 == "deb-src" && $2 == "trixie" {found = 1} END {exit !found}' <<<"$targets"; then
+    if awk -v s="$CRIU_SUITE" '$1 == "deb-src" && $2 == s {found = 1} END {exit !found}' \
+        <<<"$targets"; then
         return
     fi
     codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
@@ -112,43 +128,46 @@ ensure_trixie_sources() {
         signed_by=$(awk 'tolower($1) == "signed-by:" {print $2; exit}' \
             /etc/apt/sources.list.d/debian.sources)
     fi
-    log "adding deb-src trixie main from $uri ($TRIXIE_SRC_FILE)"
+    log "adding deb-src $CRIU_SUITE main from $uri ($CRIU_SRC_FILE)"
     {
         echo "Types: deb-src"
         echo "URIs: $uri"
-        echo "Suites: trixie"
+        echo "Suites: $CRIU_SUITE"
         echo "Components: main"
         [[ -n $signed_by ]] && echo "Signed-By: $signed_by"
-    } >"$TRIXIE_SRC_FILE"
+    } >"$CRIU_SRC_FILE"
     apt_updated=0
 }
 
 install_criu() {
     if criu_is_wanted_version; then
-        log "CRIU $CRIU_VERSION: already at $CRIU_BIN"
+        log "CRIU $(criu_installed_version) (>= $CRIU_MIN_VERSION): already at $CRIU_BIN"
     else
-        ensure_trixie_sources
-        if ! criu_source_available; then
+        ensure_criu_sources
+        local version
+        if ! version=$(criu_source_version); then
             apt_updated=0
             apt_update
+            version=$(criu_source_version) \
+                || die "no criu >= $CRIU_MIN_VERSION source package in $CRIU_SUITE (apt-cache showsrc criu)"
         fi
-        criu_source_available || die "no criu $CRIU_VERSION source package in trixie (apt-cache showsrc criu)"
-        local build=$CACHE_DIR/criu tarball=criu_$CRIU_VERSION.orig.tar.xz
+        local build=$CACHE_DIR/criu tarball=criu_$version.orig.tar.xz
         mkdir -p "$build"
         if [[ ! -s $build/$tarball ]]; then
-            log "apt-get source --tar-only criu/trixie"
+            log "apt-get source --tar-only criu/$CRIU_SUITE"
             # The orig tarball is served; the .dsc may not be (hence --tar-only).
             # (_apt cannot write to this root-owned folder: download as root, quietly.)
-            (cd "$build" && apt-get source -qq -o APT::Sandbox::User=root --tar-only criu/trixie)
+            (cd "$build" && apt-get source -qq -o APT::Sandbox::User=root --tar-only \
+                "criu/$CRIU_SUITE")
         fi
         [[ -s $build/$tarball ]] || die "apt-get source did not fetch $tarball"
-        log "building CRIU $CRIU_VERSION in $build"
-        rm -rf "$build/criu-$CRIU_VERSION"
+        log "building CRIU $version in $build"
+        rm -rf "$build/criu-$version"
         tar -C "$build" -xf "$build/$tarball"
-        make -C "$build/criu-$CRIU_VERSION" -j"$(nproc)" criu >"$build/make.log" 2>&1 \
+        make -C "$build/criu-$version" -j"$(nproc)" criu >"$build/make.log" 2>&1 \
             || { tail -n 30 "$build/make.log" >&2; die "make criu failed (log: $build/make.log)"; }
-        install -m0755 "$build/criu-$CRIU_VERSION/criu/criu" "$CRIU_BIN"
-        criu_is_wanted_version || die "$CRIU_BIN --version does not report $CRIU_VERSION"
+        install -m0755 "$build/criu-$version/criu/criu" "$CRIU_BIN"
+        criu_is_wanted_version || die "$CRIU_BIN --version does not report >= $CRIU_MIN_VERSION"
     fi
     criu_check=$("$CRIU_BIN" check 2>&1 || true)
     grep -q "Looks good" <<<"$criu_check" \
