@@ -210,7 +210,8 @@ class ProcessIO:
         out_r, out_w = self._pipe()
         err_r, err_w = self._pipe()
         ready_r, ready_w = os.pipe()
-        env = dict(os.environ, CONTAINER_ID=container_id, CONTAINER_NAMESPACE=namespace)
+        # exactly what containerd's NewBinaryIO gives the program: these two, nothing else
+        env = {"CONTAINER_ID": container_id, "CONTAINER_NAMESPACE": namespace}
         try:
             self._logger = spawn(
                 reaper, [uri.path, *args], extra_fds=(out_r, err_r, ready_w), env=env
