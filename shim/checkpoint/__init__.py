@@ -7,6 +7,8 @@ RPC client) are imported by their own names.
 from shim.checkpoint.plan import (
     ANNOTATION_PREFIX,
     ANNOTATIONS,
+    CRIU_VERSION_FLOOR,
+    CRIU_VERSION_NETWORK_LOCK,
     GHOST_LIMIT_MAX,
     OPTION_TYPES,
     STATUS_FD,
@@ -29,6 +31,8 @@ from shim.checkpoint.plan import (
 __all__ = [
     "ANNOTATIONS",
     "ANNOTATION_PREFIX",
+    "CRIU_VERSION_FLOOR",
+    "CRIU_VERSION_NETWORK_LOCK",
     "GHOST_LIMIT_MAX",
     "OPTION_TYPES",
     "STATUS_FD",

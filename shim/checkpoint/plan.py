@@ -11,6 +11,7 @@ value, :class:`CheckpointPlan`, whose field names are CRIU's own (``criu_opts`` 
 * :func:`checkpoint_args` / :func:`restore_args` give the ``runc`` argv (after runc's global
   flags, before the container id), one flag per plan field in a fixed order;
 * :func:`criu_config` gives a CRIU configuration file for what runc 1.1 has no flag for;
+* :attr:`CheckpointPlan.required_criu_version` is the oldest CRIU that can carry the plan out;
 * :func:`dump_plan` / :func:`load_plan` store the plan beside the images (:data:`STORED_PLAN`)
   so that :func:`plan_restore` restores with the options the dump used.
 
@@ -37,12 +38,14 @@ from google.protobuf.message import Message
 from shim.api.containerd.linux.runctypes import runc_pb2
 from shim.api.containerd.runc.options import oci_pb2
 from shim.api.pyrunc.v1 import checkpoint_pb2
-from shim.errors import InvalidArgument, Unimplemented
+from shim.errors import InvalidArgument
 from shim.typeurl import type_name, unpack
 
 __all__ = [
     "ANNOTATIONS",
     "ANNOTATION_PREFIX",
+    "CRIU_VERSION_FLOOR",
+    "CRIU_VERSION_NETWORK_LOCK",
     "GHOST_LIMIT_MAX",
     "OPTION_TYPES",
     "STATUS_FD",
@@ -76,6 +79,17 @@ runc writes one NUL byte to it when CRIU's lazy page server is ready."""
 
 GHOST_LIMIT_MAX: Final = 2**32 - 1
 """``criu_opts.ghost_limit`` is a uint32."""
+
+CRIU_VERSION_FLOOR: Final = 30000
+"""go-criu version integer (major*10000 + minor*100 + sublevel) of CRIU 3.0, runc 1.1's own
+floor: what a plan needs unless it uses an option listed below."""
+
+CRIU_VERSION_NETWORK_LOCK: Final = 40201
+"""CRIU 4.2.1: the first release that reads ``network-lock`` from the configuration file runc
+hands over RPC. Up to 4.2.0 (checked in the v4.2 sources, and seen crash with 4.1.1) CRIU
+dereferences the NULL ``argv`` of the RPC configuration parse in ``parse_options`` whenever
+that option is in the file, and ``criu swrk`` dies (fixed by checkpoint-restore/criu#3051,
+released in 4.2.1). runc 1.1 has no flag for the method, so the file is the only way."""
 
 OPTION_TYPES: Final[frozenset[str]] = frozenset(
     {
@@ -230,6 +244,21 @@ class CheckpointPlan:
             )
         if (self.pre_dump or self.parent_img) and not self.track_mem:
             object.__setattr__(self, "track_mem", True)
+
+    @property
+    def required_criu_version(self) -> int:
+        """The oldest CRIU (go-criu version integer) that can carry this plan out.
+
+        :data:`CRIU_VERSION_NETWORK_LOCK` (4.2.1) when ``network_lock`` is ``nftables`` or
+        ``skip``: they reach CRIU only as a ``network-lock`` line of the configuration file,
+        which crashes older CRIU. Otherwise :data:`CRIU_VERSION_FLOOR` (3.0; ``iptables`` is
+        CRIU's default and renders nothing). The same number holds for the restore of the
+        plan: its images were written by CRIU >= 4.2.1 and record the method, which the
+        restoring CRIU must know (``skip`` appeared in 3.19).
+        """
+        if self.network_lock in (NetworkLock.NFTABLES, NetworkLock.SKIP):
+            return CRIU_VERSION_NETWORK_LOCK
+        return CRIU_VERSION_FLOOR
 
     @property
     def parent_path(self) -> str:
@@ -493,23 +522,6 @@ def _from_annotations(annotations: Mapping[str, str]) -> _Asked:
     return _Asked(**values)
 
 
-def _check_supported(plan: CheckpointPlan) -> None:
-    """Refuse what this runc + CRIU combination cannot carry out at all.
-
-    ``network_lock`` has no runc 1.1 flag, and CRIU releases up to 4.1.1 (the one installed)
-    crash (NULL ``argv`` in ``parse_options``) when ``network-lock`` appears in the
-    configuration file runc hands over RPC (fixed upstream by checkpoint-restore/criu#3051).
-    ``iptables`` is CRIU's default, so it needs no rendering and is accepted.
-    """
-    lock = plan.network_lock
-    if lock is not None and lock is not NetworkLock.IPTABLES:
-        raise Unimplemented(
-            f"network_lock {lock.value!r}: runc 1.1 has no flag for it and CRIU "
-            "(<= 4.1.1) crashes reading network-lock from the RPC configuration file; only "
-            "'iptables' (CRIU's default) is supported"
-        )
-
-
 def plan_checkpoint(
     path: str,
     options: AnyMessage | None,
@@ -538,14 +550,12 @@ def plan_checkpoint(
         InvalidArgument: unknown options type, undecodable options, malformed or
             contradictory values, unknown or unparsable annotations (the message names the
             option or annotation).
-        Unimplemented: a known option this runc/CRIU cannot carry out (``network_lock``
-            other than iptables).
     """
     asked = _merge(_from_any(options), _from_annotations(annotations))
     images_dir = asked.image_path or (_abs_path(path, "path") if path else None)
     if images_dir is None:
         raise InvalidArgument("path: empty, and no image_path given")
-    plan = CheckpointPlan(
+    return CheckpointPlan(
         images_dir=images_dir,
         work_dir=asked.work_path or _abs_path(default_work_dir, "default_work_dir"),
         leave_running=not asked.exit,
@@ -567,8 +577,6 @@ def plan_checkpoint(
         ghost_limit=asked.ghost_limit,
         network_lock=asked.network_lock,
     )
-    _check_supported(plan)
-    return plan
 
 
 def plan_restore(
@@ -715,6 +723,9 @@ def criu_config(plan: CheckpointPlan, *, restore: bool) -> str:
     restore: CRIU records it in the images and refuses to restore them without it),
     ``skip-in-flight``, ``link-remap``, ``ghost-limit N``, ``track-mem`` (dump only; the latter
     only when runc does not already set it for ``--pre-dump``/``--parent-path``),
+    ``network-lock nftables|skip`` (dump only: CRIU records the method in the images'
+    inventory and a restore always uses that one, whatever its own options say; ``iptables``
+    is CRIU's default and renders nothing; needs :data:`CRIU_VERSION_NETWORK_LOCK`),
     ``manage-cgroups=ignore`` (dump and restore; ``=`` because the argument is optional), and
     on restore ``manage-cgroups=<mode>`` for the other modes too: runc 1.1 accepts
     ``restore --manage-cgroups-mode`` but never passes it on to CRIU (fixed in runc 1.2,
@@ -722,12 +733,7 @@ def criu_config(plan: CheckpointPlan, *, restore: bool) -> str:
     CRIU reads this file after runc's RPC options, so its lines win. runc hands it to CRIU
     through the container annotation ``org.criu.config`` (which replaces runc's default
     ``/etc/criu/runc.conf``).
-
-    Raises:
-        Unimplemented: the plan asks for a ``network_lock`` this can't carry (see
-            :func:`plan_checkpoint`).
     """
-    _check_supported(plan)
     lines: list[str] = []
     if plan.tcp_close:
         lines.append("tcp-close")
@@ -740,6 +746,9 @@ def criu_config(plan: CheckpointPlan, *, restore: bool) -> str:
             lines.append(f"ghost-limit {plan.ghost_limit}")
         if plan.track_mem and not (plan.pre_dump or plan.parent_img):
             lines.append("track-mem")
+        lock = plan.network_lock
+        if lock is not None and lock is not NetworkLock.IPTABLES:
+            lines.append(f"network-lock {lock.value}")
     mode = plan.manage_cgroups_mode
     if mode is CgroupMode.IGNORE or (restore and mode is not None):
         lines.append(f"manage-cgroups={mode.value}")
@@ -791,14 +800,11 @@ def load_plan(data: bytes) -> CheckpointPlan:
     Raises:
         InvalidArgument: not JSON, an unknown version, missing/unknown keys, wrong types or a
             plan that fails validation (the message starts with ``stored plan``).
-        Unimplemented: as :func:`plan_checkpoint`.
     """
     try:
-        plan = _plan_from_json(data)
+        return _plan_from_json(data)
     except InvalidArgument as exc:
         raise InvalidArgument(f"stored plan {STORED_PLAN}: {exc}") from exc
-    _check_supported(plan)
-    return plan
 
 
 def _plan_from_json(data: bytes) -> CheckpointPlan:

@@ -30,6 +30,8 @@ from shim.checkpoint import plan as planmod
 from shim.checkpoint.plan import (
     ANNOTATION_PREFIX,
     ANNOTATIONS,
+    CRIU_VERSION_FLOOR,
+    CRIU_VERSION_NETWORK_LOCK,
     STORED_PLAN,
     CgroupMode,
     CheckpointPlan,
@@ -44,7 +46,7 @@ from shim.checkpoint.plan import (
     plan_restore,
     restore_args,
 )
-from shim.errors import InvalidArgument, Unimplemented
+from shim.errors import InvalidArgument
 
 IMG = "/run/ckpt/img"  # CheckpointTaskRequest.path
 WORK = "/run/bundle/work/criu-work"  # default_work_dir
@@ -159,6 +161,10 @@ PYRUNC_ROWS: list[tuple[dict[str, Any], list[str], str, str]] = [
     ({"ghost_limit": 1}, [LR], "ghost-limit 1\n", ""),
     ({"ghost_limit": 2**32 - 1}, [LR], "ghost-limit 4294967295\n", ""),
     ({"network_lock": "iptables"}, [LR], "", ""),  # CRIU's default: nothing to render
+    # dump only: a restore takes the method from the images' inventory, never from options
+    ({"network_lock": "nftables"}, [LR], "network-lock nftables\n", ""),
+    ({"network_lock": "skip"}, [LR], "network-lock skip\n", ""),
+    ({"network_lock": ""}, [LR], "", ""),
     ({"track_mem": True}, [LR], "track-mem\n", ""),
     # runc sets track_mem itself for --pre-dump and --parent-path: not repeated in the config.
     ({"track_mem": True, "pre_dump": True}, [LR, "--pre-dump"], "", ""),
@@ -204,6 +210,9 @@ ANNOTATION_ROWS: list[tuple[str, str, list[str], str, str]] = [
     ("ghost-limit", "1048576", [LR], "ghost-limit 1048576\n", ""),
     ("ghost-limit", "0", [LR], "", ""),
     ("network-lock", "iptables", [LR], "", ""),
+    ("network-lock", "nftables", [LR], "network-lock nftables\n", ""),
+    ("network-lock", "skip", [LR], "network-lock skip\n", ""),
+    ("network-lock", "", [LR], "", ""),
     ("track-mem", "true", [LR], "track-mem\n", ""),
 ]
 
@@ -281,6 +290,63 @@ def test_everything_at_once_keeps_the_fixed_order() -> None:
         "tcp-close\nskip-in-flight\nlink-remap\nghost-limit 4096\n"
     )
     assert criu_config(plan, restore=True) == "tcp-close\nmanage-cgroups=strict\n"
+
+
+def test_every_config_line_at_once_keeps_the_fixed_order() -> None:
+    plan = plan_of(
+        Pyrunc(
+            tcp_close=True,
+            tcp_skip_in_flight=True,
+            link_remap=True,
+            ghost_limit=4096,
+            track_mem=True,
+            network_lock="skip",
+            cgroups_mode="ignore",
+        )
+    )
+    assert criu_config(plan, restore=False) == (
+        "tcp-close\nskip-in-flight\nlink-remap\nghost-limit 4096\ntrack-mem\n"
+        "network-lock skip\nmanage-cgroups=ignore\n"
+    )
+    assert criu_config(plan, restore=True) == "tcp-close\nmanage-cgroups=ignore\n"
+
+
+def test_network_lock_in_the_request_wins_over_the_annotation() -> None:
+    plan = plan_of(Pyrunc(network_lock="skip"), {A + "network-lock": "nftables"})
+    assert plan.network_lock is NetworkLock.SKIP
+    plan = plan_of(Pyrunc(), {A + "network-lock": "nftables"})
+    assert plan.network_lock is NetworkLock.NFTABLES
+
+
+# --------------------------------------------------------------------------------------------
+# The CRIU version a plan needs.
+
+
+@pytest.mark.parametrize(
+    ("lock", "version"),
+    [
+        (None, 30000),
+        (NetworkLock.IPTABLES, 30000),  # CRIU's default: nothing reaches CRIU
+        (NetworkLock.NFTABLES, 40201),  # a config-file network-lock crashes CRIU <= 4.2.0
+        (NetworkLock.SKIP, 40201),
+    ],
+)
+def test_required_criu_version(lock: NetworkLock | None, version: int) -> None:
+    assert (CRIU_VERSION_FLOOR, CRIU_VERSION_NETWORK_LOCK) == (30000, 40201)
+    plan = CheckpointPlan(IMG, WORK, network_lock=lock)
+    assert plan.required_criu_version == version
+    # a restore of the plan asks for the same CRIU as its dump
+    stored = plan_restore("/c", dump_plan(plan), {}, work_dir="/w")
+    assert stored.required_criu_version == version
+
+
+def test_required_criu_version_ignores_the_other_options() -> None:
+    plan = plan_of(
+        Pyrunc(
+            tcp_close=True, link_remap=True, ghost_limit=1, track_mem=True, cgroups_mode="ignore"
+        )
+    )
+    assert plan.required_criu_version == CRIU_VERSION_FLOOR
 
 
 # --------------------------------------------------------------------------------------------
@@ -463,10 +529,8 @@ REFUSALS: list[tuple[str, Message | None, dict[str, str], type[Exception], str]]
      "ghost_limit: 4294967296 is not in 0..4294967295"),
     ("network lock unknown", Pyrunc(network_lock="pf"), {}, InvalidArgument,
      "network_lock: unknown method 'pf'"),
-    ("network lock nftables", Pyrunc(network_lock="nftables"), {}, Unimplemented,
-     "network_lock 'nftables'"),
-    ("network lock skip", Pyrunc(network_lock="skip"), {}, Unimplemented,
-     "network_lock 'skip'"),
+    ("network lock case", Pyrunc(network_lock="NFTables"), {}, InvalidArgument,
+     "network_lock: unknown method 'NFTables'; one of iptables, nftables, skip (or empty)"),
     ("status fd", Pyrunc(status_fd=5), {}, InvalidArgument, "status_fd: 5 names a descriptor"),
     ("annotation bool yes", None, {A + "file-locks": "yes"}, InvalidArgument,
      "annotation io.pyrunc.checkpoint.file-locks: 'yes' is not true or false"),
@@ -498,8 +562,8 @@ REFUSALS: list[tuple[str, Message | None, dict[str, str], type[Exception], str]]
      "annotation io.pyrunc.checkpoint.parent-path: path '/a/../b' contains '..'"),
     ("annotation network-lock", None, {A + "network-lock": "ebtables"}, InvalidArgument,
      "annotation io.pyrunc.checkpoint.network-lock: unknown method 'ebtables'"),
-    ("annotation network-lock nft", None, {A + "network-lock": "nftables"}, Unimplemented,
-     "network_lock 'nftables'"),
+    ("annotation network-lock none", None, {A + "network-lock": "none"}, InvalidArgument,
+     "annotation io.pyrunc.checkpoint.network-lock: unknown method 'none'"),
     ("annotation lazy alone", None, {A + "lazy-pages": "true"}, InvalidArgument,
      "lazy_pages needs page_server"),
 ]  # fmt: skip
@@ -586,12 +650,6 @@ def test_page_server_text() -> None:
     assert str(PageServer("::1", 80)) == "[::1]:80"
     assert PageServer.parse("[::1]:80") == PageServer("::1", 80)
     assert PageServer.parse("example.org:27182") == PageServer("example.org", 27182)
-
-
-def test_criu_config_refuses_a_network_lock_it_cannot_carry() -> None:
-    plan = CheckpointPlan(IMG, WORK, network_lock=NetworkLock.NFTABLES)
-    with pytest.raises(Unimplemented, match="network_lock 'nftables'"):
-        criu_config(plan, restore=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -737,7 +795,7 @@ def plans(draw: st.DrawFn) -> CheckpointPlan:
         tcp_skip_in_flight=draw(st.booleans()),
         link_remap=draw(st.booleans()),
         ghost_limit=draw(st.one_of(st.none(), st.integers(1, 2**32 - 1))),
-        network_lock=draw(st.sampled_from([None, NetworkLock.IPTABLES])),
+        network_lock=draw(st.one_of(st.none(), st.sampled_from(NetworkLock))),
     )
 
 
@@ -793,6 +851,8 @@ BAD_STORED: list[tuple[str, bytes, str]] = [
     ("cgroup mode empty", _stored(manage_cgroups_mode=""), "manage_cgroups_mode is empty"),
     ("page server", _stored(page_server="x"), "page_server: 'x' is not host:port"),
     ("network lock", _stored(network_lock="pf"), "network_lock: unknown method 'pf'"),
+    ("network lock empty", _stored(network_lock=""), "network_lock is empty"),
+    ("network lock number", _stored(network_lock=2), "network_lock is not a str: 2"),
     ("contradiction", _stored(leave_running=False, pre_dump=True),
      "pre_dump cannot be combined with exit"),
 ]  # fmt: skip
@@ -808,9 +868,11 @@ def test_bad_stored_plans_are_refused(data: bytes, message: str) -> None:
     assert message in str(info.value)
 
 
-def test_stored_network_lock_it_cannot_carry_is_unimplemented() -> None:
-    with pytest.raises(Unimplemented):
-        load_plan(_stored(network_lock="nftables"))
+@pytest.mark.parametrize("lock", list(NetworkLock), ids=lambda m: m.value)
+def test_stored_network_lock_is_restored_with_the_plan(lock: NetworkLock) -> None:
+    plan = load_plan(_stored(network_lock=lock.value))
+    assert plan.network_lock is lock
+    assert criu_config(plan, restore=True) == ""  # CRIU takes it from the images
 
 
 # --------------------------------------------------------------------------------------------
