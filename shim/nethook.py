@@ -50,6 +50,10 @@ def serve(socket_path: str, snapshot_path: str) -> None:
     A snapshot that cannot be read or parsed is no reason to stay silent: the service listens
     anyway and gives the hook that error, so the restore fails at once and says why (instead
     of the hook waiting for a socket that never appears)."""
+    import contextlib
+
+    from pyroute2 import IPRoute  # noqa: F401  (the point: ~100 ms of imports, done now)
+
     from shim.checkpoint.network import NetworkSnapshot, load_snapshot, rebuild
     from shim.errors import ShimError
 
@@ -65,7 +69,8 @@ def serve(socket_path: str, snapshot_path: str) -> None:
     listener.listen(1)
     os.rename(tmp, socket_path)  # appears only once everything is imported and loaded
     conn, _ = listener.accept()
-    with conn, listener:
+    # what the rebuild leaves to close (ARP probe sockets) waits until the hook has its answer
+    with contextlib.ExitStack() as late, conn, listener:
         try:
             state = json.loads(_read_all(conn))
             pid = state.get("pid") if isinstance(state, dict) else None
@@ -73,7 +78,7 @@ def serve(socket_path: str, snapshot_path: str) -> None:
                 raise ValueError("the OCI state runc gave the hook names no pid")
             if isinstance(snap, Exception):
                 raise snap
-            rebuild(snap, pid)
+            rebuild(snap, pid, release=late)
             conn.sendall(b"ok")
         except Exception as exc:
             conn.sendall(f"rebuilding the network failed: {exc}".encode())

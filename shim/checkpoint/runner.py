@@ -220,6 +220,19 @@ async def _start_network_service(
     return child, sock
 
 
+def _stop_network_service(network: tuple[Child, str] | None) -> None:
+    """After the restore: end the rebuild service if no hook came (runc failed before it)
+    and remove its socket."""
+    if network is None:
+        return
+    server, sock = network
+    if not server.exited.done():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server.pid, 9)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(sock)
+
+
 async def _start_lazy_dump(runtime: Runc, cid: str, plan: CheckpointPlan) -> Child:
     """Start runc with a status pipe as fd 3; return once CRIU reports the images ready."""
     read_end, write_end = os.pipe()
@@ -325,11 +338,16 @@ async def restore(
         FailedPrecondition: CRIU or the host cannot do it (nothing started).
         ShimError: runc or CRIU failed; the message names the kept CRIU log.
     """
-    await _ensure_capable(runtime, reaper, Requirements(lazy_pages=plan.lazy_pages))
-    _mkdir_private(plan.work_dir)
+    # first: the rebuild service's imports (~150 ms) then overlap the capability check
+    network = await _start_network_service(reaper, bundle, plan)
+    try:
+        await _ensure_capable(runtime, reaper, Requirements(lazy_pages=plan.lazy_pages))
+        _mkdir_private(plan.work_dir)
+    except BaseException:
+        _stop_network_service(network)
+        raise
     pid_file = bundle / "init.pid"
     daemon: Child | None = None
-    network = await _start_network_service(reaper, bundle, plan)
     try:
         _write_criu_config(bundle, criu_config(plan, restore=True))
         if plan.lazy_pages:
@@ -352,12 +370,6 @@ async def restore(
         kept = _keep_log(plan.work_dir, RESTORE_LOG, bundle)
         raise type(exc)(f"restore failed: {exc} ({_log_note(kept)})") from exc
     finally:
-        if network is not None:
-            server, sock = network
-            if not server.exited.done():  # the hook never came: runc failed before it
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(server.pid, 9)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(sock)
+        _stop_network_service(network)
     return Restored(int(pid_file.read_text()), daemon)
 

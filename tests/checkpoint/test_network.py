@@ -227,6 +227,48 @@ def test_this_process_has_no_netns_of_its_own() -> None:
     assert not has_own_netns(2**22 + 1)  # above pid_max: no such process
 
 
+# --- the ARP probe ----------------------------------------------------------------------------
+
+
+def test_the_probe_is_an_rfc5227_arp_probe() -> None:
+    frame = network.arp_probe("8e:0d:e3:9b:a2:56", "10.213.9.2")
+    mac = bytes.fromhex("8e0de39ba256")
+    assert len(frame) == 42
+    assert frame[:6] == b"\xff" * 6 and frame[6:12] == mac  # broadcast, from our MAC
+    assert frame[12:14] == b"\x08\x06"  # ARP
+    assert frame[14:22] == bytes.fromhex("0001 0800 06 04 0001")  # Ethernet/IPv4, request
+    assert frame[22:28] == mac and frame[28:32] == bytes(4)  # sender: us, IP 0.0.0.0
+    assert frame[32:38] == bytes(6) and frame[38:42] == bytes([10, 213, 9, 2])
+
+
+def reply(sender_ip: str, op: int = 2, ethertype: bytes = b"\x08\x06") -> bytes:
+    """An ARP frame from aa:bb:cc:dd:ee:ff claiming ``sender_ip``, to 8e:0d:e3:9b:a2:56."""
+    them, us = bytes.fromhex("aabbccddeeff"), bytes.fromhex("8e0de39ba256")
+    arp = bytes.fromhex("0001 0800 06 04") + op.to_bytes(2, "big")
+    return us + them + ethertype + arp + them + socket.inet_aton(sender_ip) + us + bytes(4)
+
+
+def test_a_reply_from_the_holder_claims_the_address() -> None:
+    assert network.claims(reply("10.213.9.2"), "10.213.9.2")
+    assert network.claims(reply("10.213.9.2") + bytes(18), "10.213.9.2")  # padded to 60 bytes
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        reply("10.213.9.3"),
+        reply("10.213.9.2", op=1),
+        reply("10.213.9.2", ethertype=b"\x08\x00"),
+        reply("10.213.9.2")[:41],
+        network.arp_probe("8e:0d:e3:9b:a2:56", "10.213.9.2"),  # our own probe, seen going out
+        b"",
+    ],
+    ids=["other address", "a request", "not ARP", "short", "own probe", "empty"],
+)
+def test_other_frames_claim_nothing(frame: bytes) -> None:
+    assert not network.claims(frame, "10.213.9.2")
+
+
 # --- host checks (before anything is created) ---------------------------------------------
 
 
@@ -291,7 +333,8 @@ class Rebuilds:
         self.calls: list[tuple[NetworkSnapshot, int]] = []
         self.error: Exception | None = None
 
-    def __call__(self, snap: NetworkSnapshot, pid: int) -> None:
+    def __call__(self, snap: NetworkSnapshot, pid: int, *, release: object = None) -> None:
+        assert release is not None  # the service closes the probe sockets after answering
         self.calls.append((snap, pid))
         if self.error is not None:
             raise self.error
