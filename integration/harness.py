@@ -702,8 +702,16 @@ class Containerd:
         return self.proc.pid
 
     @classmethod
-    def start(cls, *, prefix: str = "/run/pyrunc-it-", timeout: float = 30) -> Containerd:
+    def start(
+        cls, *, prefix: str = "/run/pyrunc-it-", timeout: float = 30, netns: str | None = None
+    ) -> Containerd:
         """Start an isolated containerd in a fresh ``<prefix>XXXX`` directory.
+
+        Args:
+            prefix: where the directory goes (socket paths must stay short).
+            timeout: seconds to wait for it to answer.
+            netns: run it in the network namespace at this path (``nsenter --net``; only
+                the network namespace changes): a containerd standing for another host.
 
         Returns:
             The running daemon, answering ``ctr version``.
@@ -721,9 +729,10 @@ class Containerd:
                 root=directory / "root", state=directory / "state", address=directory / "c.sock"
             )
         )
+        enter = ["nsenter", f"--net={netns}"] if netns else []
         with open(directory / "containerd.log", "wb") as log:
             proc = subprocess.Popen(
-                ["containerd", "--config", str(config)],
+                [*enter, "containerd", "--config", str(config)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

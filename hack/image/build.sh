@@ -17,7 +17,7 @@ out=$out_dir/pyrunc-test-image.tar
 ref=localhost/pyrunc-test:latest
 busybox=/bin/busybox
 python=/usr/bin/python3
-programs=(counter memfill exitcode opt-tcp opt-unix opt-flock opt-dirty)
+programs=(counter memfill exitcode opt-tcp opt-unix opt-flock net-seq opt-dirty)
 
 force=0
 case "${1:-}" in
