@@ -2,7 +2,7 @@
 # Installs everything containerd-shim-pyrunc needs on a Debian 12 host, as root:
 #   - Debian packages: containerd, runc, iptables, iproute2, busybox-static, a C toolchain,
 #     python3-venv, and what `make criu` needs;
-#   - CRIU >= 4.2 at /usr/local/sbin/criu, built from Debian unstable's source tarball
+#   - CRIU >= 4.2.1 at /usr/local/sbin/criu, built from Debian unstable's source tarball
 #     (bookworm's CRIU 3.17 fails on current kernels with "vdso: Unexpected rt vDSO area
 #     bounds"; trixie's 4.1.1 cannot dump TCP sockets on Linux >= 6.16: "sockets: Can't get
 #     1:16 opt: Operation not supported", fixed in CRIU 4.2);
@@ -16,7 +16,7 @@
 # seconds and changes nothing. Needs no network but the package registries.
 set -euo pipefail
 
-readonly CRIU_MIN_VERSION=4.2
+readonly CRIU_MIN_VERSION=4.2.1
 readonly CRIU_SUITE=sid
 readonly CRIU_BIN=/usr/local/sbin/criu
 readonly CACHE_DIR=/var/cache/containerd-shim-pyrunc
