@@ -9,8 +9,8 @@ the processes that map them).
 
 Usage (root, containerd running, test image imported by hack/install.sh):
     hack/bench.py [--address SOCK] [--runs N] [--out FILE] [--readme]
-                  [--sections lifecycle,memory,ttrpc,checkpoint]
-                  [--ckpt-sizes 0,64,512] [--ckpt-runs N] [--ckpt-runs-large N]
+                  [--sections lifecycle,memory,ttrpc,checkpoint,network]
+                  [--ckpt-sizes 0,64,512] [--ckpt-runs N] [--ckpt-runs-large N] [--net-runs N]
 ``--readme`` rewrites the tables between the BENCH markers (lifecycle, memory, ttrpc) and the
 BENCH-CHECKPOINT markers in README.md from the results; a section that did not run leaves its
 table as it was.
@@ -20,6 +20,19 @@ Section ``checkpoint``: a container runs ``memfill N`` (0 MiB: ``sleep``), then
 a new container are timed (wall clock of ctr, which includes containerd writing and reading
 the checkpoint in its content store: the same work for both shims). Medians per size; large
 sizes get fewer runs (``--ckpt-runs-large``, from 512 MiB).
+
+Section ``network`` (pyrunc only, BENCH-NETWORK markers): what rebuilding a container's network
+at restore costs. One ``sleep`` container per variant is checkpointed once with ``pyrunc
+checkpoint --exit`` and restored ``--net-runs`` times from the same images (``pyrunc restore
+--detach``, wall clock; the task is deleted between runs): ``criu`` - only ``lo``, CRIU dumps
+and restores the namespace itself; ``lo-hook`` - only ``lo`` with ``--empty-ns network`` (the
+hook runs, nothing to build); ``veth-hook`` - a veth on a bridge ``pyb-br*`` with an address
+in 10.213.250.0/24 and a default route, ``--empty-ns network`` (the hook rebuilds it). Also
+from CRIU's restore log: how long CRIU waited at setup-namespaces, where runc runs the hook,
+and at network-unlock (CRIU's own iptables lock of the new namespace, ``--empty-ns`` only).
+Then the hook's parts, measured alone: the hook's interpreter, the rebuild service's start
+until it listens (imports, pyroute2 included), ``rebuild()`` into a fresh namespace and the
+ARP probe wait inside it. Bridge, veths and containers are removed afterwards.
 """
 
 from __future__ import annotations
@@ -27,9 +40,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -41,7 +56,7 @@ RUNC = "io.containerd.runc.v2"
 RUNTIMES = (PYRUNC, RUNC)
 NAMESPACE = "pyrunc-bench"
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("lifecycle", "memory", "ttrpc", "checkpoint")
+SECTIONS = ("lifecycle", "memory", "ttrpc", "checkpoint", "network")
 
 
 class Ctr:
@@ -272,6 +287,274 @@ def checkpoint_table(results: dict[str, object]) -> str:
     return "\n".join(rows)
 
 
+VENV_PYTHON = Path("/opt/containerd-shim-pyrunc/venv/bin/python")
+NET_SUBNET = "10.213.250"
+NET_VARIANTS = ("criu", "lo-hook", "veth-hook")
+
+
+def project_python() -> str:
+    """An interpreter that can import the shim package and pyroute2 (the project venv's)."""
+    return str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
+
+
+def run_quiet(argv: list[str], timeout: float = 120) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def pyrunc(address: str, *args: str) -> str:
+    tool = shutil.which("pyrunc")
+    base = [tool] if tool else [project_python(), "-m", "shim.ctl"]
+    return run_quiet([*base, "-a", address, "-n", NAMESPACE, *args])
+
+
+def restore_log_gaps_ms(restore_log: Path) -> tuple[float, float]:
+    """Two waits in CRIU's restore log (relative timestamps): at setup-namespaces (runc runs
+    the createRuntime hooks there), from that line to the next line of a restored task (they
+    wait for the step; lines of CRIU's own process carry no pid and may come meanwhile); and
+    at network-unlock (with ``--empty-ns network`` CRIU locks the new namespace with
+    iptables-restore after the hook and unlocks it at the end), to the next line."""
+    lines = restore_log.read_text(errors="replace").splitlines()
+    stamps = []
+    for line in lines:
+        head, _, rest = line.partition(")")
+        try:
+            stamps.append((float(head[1:]), rest.split()))
+        except ValueError:
+            continue
+    hook = unlock = 0.0
+    for i, (start, words) in enumerate(stamps):
+        text = " ".join(words)
+        if text == "Running setup-namespaces scripts":
+            later = [t for t, w in stamps[i + 1 :] if w and w[0].rstrip(":").isdigit()]
+            hook = (later[0] - start) * 1000 if later else 0.0
+        elif text == "Running network-unlock scripts":
+            later = [t for t, w in stamps[i + 1 :] if w and w != ["RPC"]]
+            unlock = (later[0] - start) * 1000 if later else 0.0
+    return hook, unlock
+
+
+def delete_task(ctr: Ctr, cid: str, timeout: float = 30) -> None:
+    """Wait until the task has stopped (``--exit``, a kill), then delete it; the container
+    stays for the next restore."""
+    deadline = time.monotonic() + timeout
+    while not any(line.split()[:1] == [cid] and "STOPPED" in line.split()
+                  for line in ctr("t", "ls").splitlines()[1:]):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"task {cid} did not stop within {timeout}s")
+        time.sleep(0.02)
+    ctr("t", "rm", cid)
+
+
+def wait_gone(ifname: str, timeout: float = 10) -> None:
+    """A deleted task's namespace (and its veth) is torn down asynchronously."""
+    deadline = time.monotonic() + timeout
+    while subprocess.run(["ip", "link", "show", ifname], capture_output=True).returncode == 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{ifname} still exists {timeout}s after its task was deleted")
+        time.sleep(0.02)
+
+
+def bench_network(ctr: Ctr, address: str, runs: int) -> dict[str, object]:
+    """Restore times with and without the network hook, and the hook's parts."""
+    tag = uuid.uuid4().hex[:4]
+    bridge, veth = f"pyb-br{tag}", f"pyb-vs{tag}"
+    work = Path(tempfile.mkdtemp(prefix="pyrunc-bench-net-"))
+    ids = {variant: new_id(f"net-{variant}") for variant in NET_VARIANTS}
+    try:
+        run_quiet(["ip", "link", "add", bridge, "type", "bridge"])
+        run_quiet(["sysctl", "-q", "-w", f"net.ipv6.conf.{bridge}.disable_ipv6=1"])
+        run_quiet(["ip", "link", "set", bridge, "up"])
+        for variant, cid in ids.items():
+            ctr("run", "-d", "--null-io", "--runtime", PYRUNC, IMAGE, cid, "sleep", "100000")
+            pid = ctr.task_pid(cid)
+            ns = f"--net=/proc/{pid}/ns/net"
+            if variant == "veth-hook":
+                run_quiet(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0",
+                           "netns", f"/proc/{pid}/ns/net"])
+                run_quiet(["ip", "link", "set", veth, "master", bridge, "up"])
+                for cmd in (["addr", "add", f"{NET_SUBNET}.2/24", "dev", "eth0"],
+                            ["link", "set", "eth0", "up"],
+                            ["route", "add", "default", "via", f"{NET_SUBNET}.254"]):
+                    run_quiet(["nsenter", ns, "ip", *cmd])
+            empty = [] if variant == "criu" else ["--empty-ns", "network"]
+            pyrunc(address, "checkpoint", cid, "--image-path", str(work / cid), "--exit", "-q",
+                   *empty)
+            delete_task(ctr, cid)
+        times: dict[str, list[float]] = {v: [] for v in NET_VARIANTS}
+        hook: dict[str, list[float]] = {v: [] for v in NET_VARIANTS}
+        unlock: dict[str, list[float]] = {v: [] for v in NET_VARIANTS}
+        for i in range(runs + 1):  # the first round warms up and is not counted
+            order = NET_VARIANTS if i % 2 == 0 else NET_VARIANTS[::-1]
+            for variant in order:
+                cid = ids[variant]
+                logs = work / f"{cid}-restore-{i}"
+                start = time.perf_counter()
+                pyrunc(address, "restore", cid, "--image-path", str(work / cid),
+                       "--work-path", str(logs), "--detach")
+                elapsed = time.perf_counter() - start
+                if i:
+                    times[variant].append(elapsed)
+                    waits = restore_log_gaps_ms(logs / "restore.log")
+                    hook[variant].append(waits[0])
+                    unlock[variant].append(waits[1])
+                ctr("t", "kill", "-s", "SIGKILL", cid)
+                delete_task(ctr, cid)
+                if variant == "veth-hook":
+                    wait_gone(veth)
+        parts = json.loads(run_quiet([project_python(), str(Path(__file__).resolve()),
+                                      "--net-parts", bridge, veth, str(runs)]))
+        med = {v: statistics.median(t) for v, t in times.items()}
+        return {
+            "runs": runs,
+            "restore_s": med,
+            "restore_all_s": times,
+            "setup_namespaces_ms": {v: statistics.median(t) for v, t in hook.items()},
+            "setup_namespaces_all_ms": hook,
+            "network_unlock_ms": {v: statistics.median(t) for v, t in unlock.items()},
+            "added_ms": {v: (med[v] - med["criu"]) * 1000 for v in NET_VARIANTS[1:]},
+            "parts_ms": parts,
+        }
+    finally:
+        for cid in ids.values():
+            ctr.remove(cid)
+        subprocess.run(["ip", "link", "del", veth], capture_output=True)
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def net_parts(bridge: str, veth: str, runs: int) -> dict[str, float]:
+    """The hook's parts, each alone (runs in the project venv: needs shim and pyroute2)."""
+    import contextlib
+    import inspect
+    import socket
+    import threading
+
+    sys.path.insert(0, str(ROOT))
+    from shim import nethook
+    from shim.checkpoint import network as net
+
+    def median_ms(samples: list[float]) -> float:
+        return statistics.median(samples) * 1000
+
+    tmp = Path(tempfile.mkdtemp(prefix="pyb-", dir="/tmp"))
+    out: dict[str, float] = {"dad_wait_ms": net._DAD_WAIT * 1000}
+    try:
+        # 1. the hook alone: interpreter start, read state, connect, wait for "ok"
+        sock_path = str(tmp / "hook.sock")
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(sock_path)
+        listener.listen(8)
+
+        def answer() -> None:
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                with conn:
+                    while conn.recv(65536):
+                        pass
+                    conn.sendall(b"ok")
+
+        threading.Thread(target=answer, daemon=True).start()
+        samples = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            subprocess.run(nethook.hook_argv(sock_path), input=b'{"pid": 1}', check=True)
+            samples.append(time.perf_counter() - start)
+        listener.close()
+        out["hook_process_ms"] = median_ms(samples)
+        # 2. the rebuild service: spawned until it listens (its imports, pyroute2 included)
+        snap_path = tmp / "lo.json"
+        lo = net.Link("lo", "loopback", 65536, "00:00:00:00:00:00", True)
+        snap_path.write_bytes(net.dump_snapshot(net.NetworkSnapshot((lo,), (), ())))
+        samples = []
+        for i in range(runs):
+            path = tmp / f"s{i}.sock"
+            start = time.perf_counter()
+            proc = subprocess.Popen([sys.executable, "-m", "shim.nethook", "serve", str(path),
+                                     str(snap_path)], cwd=ROOT)
+            while not path.exists():
+                time.sleep(0.0005)
+            samples.append(time.perf_counter() - start)
+            proc.kill()
+            proc.wait()
+        out["serve_ready_ms"] = median_ms(samples)
+        # 3. rebuild(): a veth on the bridge, address, default route, ARP probe
+        eth0 = net.Link("eth0", "veth", 1500, "02:00:00:00:fa:02", True,
+                        net.VethPeer(veth, bridge, 1500))
+        snap = net.NetworkSnapshot(
+            (lo, eth0),
+            (net.Address("eth0", socket.AF_INET, f"{NET_SUBNET}.2", 24),),
+            (net.Route(socket.AF_INET, "", 0, f"{NET_SUBNET}.254", "eth0"),),
+        )
+        # (a checkout from before rebuild() took ``release`` closes its probe socket inside)
+        takes_release = "release" in inspect.signature(net.rebuild).parameters
+        samples = []
+        for _ in range(runs):
+            holder = subprocess.Popen(["unshare", "--net", "sleep", "60"])
+            try:
+                ns = f"/proc/{holder.pid}/ns/net"
+                while os.readlink(ns) == os.readlink("/proc/self/ns/net"):
+                    time.sleep(0.001)
+                with contextlib.ExitStack() as late:
+                    start = time.perf_counter()
+                    net.rebuild(snap, holder.pid, **({"release": late} if takes_release else {}))
+                    samples.append(time.perf_counter() - start)
+            finally:
+                holder.kill()
+                holder.wait()
+                subprocess.run(["ip", "link", "del", veth], capture_output=True)
+        out["rebuild_ms"] = median_ms(samples)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def network_table(results: dict[str, object]) -> str:
+    data = results["network"]
+    assert isinstance(data, dict)
+    med, hook, parts = data["restore_s"], data["setup_namespaces_ms"], data["parts_ms"]
+    names = {
+        "criu": "`lo` only, CRIU restores the namespace",
+        "lo-hook": "`lo` only, `--empty-ns network` (hook, nothing to build)",
+        "veth-hook": "veth on a bridge + address + route, `--empty-ns network`",
+    }
+    rows = [
+        f"Network rebuilt at restore ({results['date']}, `hack/bench.py --sections network`, "
+        f"pyrunc, {data['runs']} runs): wall clock of `pyrunc restore --detach` of a `sleep` "
+        "container; from CRIU's restore log, how long CRIU waited at setup-namespaces (where "
+        "runc runs the hook) and at network-unlock (with `--empty-ns network` CRIU locks the "
+        "new namespace with iptables after the hook and unlocks it at the end).",
+        "",
+        "| restore (median) | `pyrunc restore` | added vs. CRIU | CRIU at setup-namespaces "
+        "(the hook) | CRIU at network-unlock |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    unlock = data["network_unlock_ms"]
+    for variant in NET_VARIANTS:
+        added = "-" if variant == "criu" else f"{data['added_ms'][variant]:+.0f} ms"
+        rows.append(f"| {names[variant]} | {med[variant] * 1000:.0f} ms | {added} "
+                    f"| {hook[variant]:.0f} ms | {unlock[variant]:.0f} ms |")
+    rows += [
+        "",
+        "| hook part, alone (median) | time |",
+        "|---|---:|",
+        f"| hook process (`python -I -S nethook.py hook`, connect, answer) "
+        f"| {parts['hook_process_ms']:.0f} ms |",
+        f"| rebuild service from spawn to listening (imports incl. pyroute2) "
+        f"| {parts['serve_ready_ms']:.0f} ms |",
+        f"| `rebuild()`: veth, bridge port, MAC, address, route, ARP probe "
+        f"| {parts['rebuild_ms']:.0f} ms |",
+        f"| of which the ARP probe's wait for answers | {parts['dad_wait_ms']:.0f} ms |",
+    ]
+    return "\n".join(rows)
+
+
 def table(results: dict[str, object]) -> str:
     life = results["lifecycle"]
     mem = results["memory"]
@@ -342,7 +625,15 @@ def main() -> int:
     parser.add_argument("--ckpt-runs", type=int, default=5)
     parser.add_argument("--ckpt-runs-large", type=int, default=3,
                         help=f"runs for sizes from {CKPT_LARGE_MIB} MiB")
+    parser.add_argument("--net-runs", type=int, default=9,
+                        help="restores per variant in the network section")
+    parser.add_argument("--net-parts", nargs=3, metavar=("BRIDGE", "VETH", "RUNS"),
+                        help=argparse.SUPPRESS)  # the network section's child
     args = parser.parse_args()
+    if args.net_parts:
+        bridge, veth, runs = args.net_parts
+        print(json.dumps(net_parts(bridge, veth, int(runs))))
+        return 0
     sections = [s for s in args.sections.split(",") if s]
     unknown = set(sections) - set(SECTIONS)
     if unknown:
@@ -371,6 +662,8 @@ def main() -> int:
             ctr, [int(v) for v in args.ckpt_sizes.split(",")], args.ckpt_runs,
             args.ckpt_runs_large,
         )
+    if "network" in sections:
+        results["network"] = bench_network(ctr, args.address, args.net_runs)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     if "lifecycle" in results and "memory" in results:
@@ -383,6 +676,11 @@ def main() -> int:
         print(text)
         if args.readme:
             update_readme(text, "BENCH-CHECKPOINT")
+    if "network" in results:
+        text = network_table(results)
+        print(text)
+        if args.readme:
+            update_readme(text, "BENCH-NETWORK")
     return 0
 
 
