@@ -195,6 +195,26 @@ def test_ctr_checkpoint_keeps_running_and_restore_continues_the_count(
     assert_running_untouched(ctr, orig)
 
 
+@pyrunc_only
+def test_ctr_live_restore_brings_loopback_back_up(
+    containers: Containers, checkpoint_ref: Callable[[str], str], runtime: str
+) -> None:
+    """runc always has CRIU leave the network namespace out, so a restored container starts
+    in an empty one: with the runc shim even ``lo`` is down afterwards (a server on 127.0.0.1
+    is unreachable). Our shim records the namespace and its hook brings ``lo`` back up."""
+    ctr = containers.ctr
+    orig = containers.start("ck-lo", "sleep", "1000", log=False)
+    ref = checkpoint_ref("lo")
+    ctr("containers", "checkpoint", "--task", orig.id, ref)
+    restored = containers.new_id("ck-lo-restored")
+    ctr("containers", "restore", "--live", restored, ref)
+    info = ctr.wait_status(restored, TaskStatus.RUNNING)
+    with open(f"/proc/{info.pid}/net/dev") as f:
+        assert [ln.split(":")[0].strip() for ln in f.read().splitlines()[2:]] == ["lo"]
+    out = ctr("tasks", "exec", "--exec-id", "lo", restored, "cat", "/sys/class/net/lo/flags")
+    assert int(out.stdout, 16) & 0x1, f"lo is down in the restored container: {out.stdout}"
+
+
 def test_ctr_live_restore_keeps_64mib_intact(
     containers: Containers, checkpoint_ref: Callable[[str], str], runtime: str
 ) -> None:

@@ -207,8 +207,9 @@ def start(flags: Flags) -> int:
     """``start``: bind the socket, get a daemon to serve it, print the address.
 
     The daemon comes from the fork server (:mod:`shim.forkserver`), which has everything
-    imported already; without one (or with ``PYRUNC_FORKSERVER=0`` in containerd's
-    environment) this process forks the daemon itself, and starts a fork server for next time.
+    imported already; without one this process forks the daemon itself, and starts a fork
+    server for next time. With ``PYRUNC_FORKSERVER=0`` in containerd's environment, or when
+    containerd runs in other namespaces than pid 1, the fork server is not used at all.
     """
     bundle = os.getcwd()
     address = socket_address(flags.address, flags.namespace, _group(bundle, flags.id))
@@ -221,7 +222,7 @@ def start(flags: Flags) -> int:
     _write_address(address)
     options = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
     argv = _daemon_argv(flags)
-    if os.environ.get("PYRUNC_FORKSERVER", "1") == "0":
+    if os.environ.get("PYRUNC_FORKSERVER", "1") == "0" or not _in_init_namespaces():
         pid = _fork_daemon(listener, argv)
     else:
         from shim import forkserver
@@ -236,6 +237,19 @@ def start(flags: Flags) -> int:
     _adjust_daemon(pid, options)
     print(address, end="")
     return 0
+
+
+def _in_init_namespaces() -> bool:
+    """True if this process shares every namespace with pid 1. Only then is the fork server
+    used (and started): one started from a containerd in, say, a test's network namespace
+    would serve and outlive that namespace."""
+    for ns in ("cgroup", "ipc", "mnt", "net", "pid", "user", "uts"):
+        try:
+            if os.readlink(f"/proc/self/ns/{ns}") != os.readlink(f"/proc/1/ns/{ns}"):
+                return False
+        except OSError:
+            return False
+    return True
 
 
 def _daemon_argv(flags: Flags) -> list[str]:

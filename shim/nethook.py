@@ -24,7 +24,7 @@ import socket
 import sys
 import time
 
-__all__ = ["hook", "hook_argv", "main", "serve", "snapshot"]
+__all__ = ["hook", "hook_argv", "lo_up", "lo_up_argv", "main", "serve", "snapshot"]
 
 _HOOK_CONNECT_TIMEOUT = 10.0  # serve may still be importing pyroute2 when the hook runs
 
@@ -84,6 +84,35 @@ def serve(socket_path: str, snapshot_path: str) -> None:
             conn.sendall(f"rebuilding the network failed: {exc}".encode())
 
 
+def lo_up() -> int:
+    """The hook for a namespace that had nothing but ``lo``: bring it up, with the standard
+    library only (no service, no pyroute2): setns into the restored init's namespace and
+    SIOCSIFFLAGS, the same ioctl ``ip link set lo up`` makes."""
+    import ctypes
+    import fcntl
+    import struct
+
+    state = json.loads(sys.stdin.buffer.read())
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/proc/{int(state['pid'])}/ns/net", os.O_RDONLY)
+    try:
+        if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+            raise OSError(ctypes.get_errno(), "setns")
+    finally:
+        os.close(fd)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+        req = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s, siocgifflags, req))[1]
+        fcntl.ioctl(s, siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
+    return 0
+
+
+def lo_up_argv() -> list[str]:
+    """The OCI hook command for a loopback-only namespace."""
+    return [sys.executable, "-I", "-S", os.path.abspath(__file__), "lo-up"]
+
+
 def hook(socket_path: str) -> int:
     state = sys.stdin.buffer.read()
     deadline = time.monotonic() + _HOOK_CONNECT_TIMEOUT
@@ -126,6 +155,8 @@ def main(argv: list[str]) -> int:
         return 0
     if len(argv) == 2 and argv[0] == "hook":
         return hook(argv[1])
+    if argv == ["lo-up"]:
+        return lo_up()
     sys.stderr.write(__doc__ or "")
     return 2
 

@@ -24,12 +24,13 @@ import socket
 import struct
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from shim.errors import FailedPrecondition, InvalidArgument
 
 __all__ = [
+    "LOOPBACK",
     "SNAPSHOT",
     "SNAPSHOT_VERSION",
     "Address",
@@ -41,7 +42,10 @@ __all__ = [
     "claims",
     "dump_snapshot",
     "has_own_netns",
+    "interfaces",
+    "is_loopback_only",
     "load_snapshot",
+    "loopback_snapshot",
     "rebuild",
     "take_snapshot",
 ]
@@ -197,6 +201,33 @@ def has_own_netns(pid: int) -> bool:
         return os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
     except OSError:
         return False
+
+
+LOOPBACK = Link(name="lo", kind="loopback", mtu=65536, mac="00:00:00:00:00:00", up=True)
+
+
+def interfaces(pid: int) -> list[str]:
+    """The interface names in ``pid``'s network namespace (``/proc/<pid>/net/dev``)."""
+    with open(f"/proc/{pid}/net/dev") as f:
+        lines = f.read().splitlines()[2:]
+    return [line.split(":", 1)[0].strip() for line in lines if ":" in line]
+
+
+def loopback_snapshot(pid: int) -> NetworkSnapshot | None:
+    """The snapshot of a namespace that holds nothing but ``lo`` (most containers), read
+    without netlink; None when there is more to record (then :func:`take_snapshot`)."""
+    if interfaces(pid) != ["lo"]:
+        return None
+    try:  # the container's own /sys shows its namespace's devices; lo is up unless told
+        with open(f"/proc/{pid}/root/sys/class/net/lo/flags") as f:
+            up = bool(int(f.read(), 16) & IFF_UP)
+    except (OSError, ValueError):
+        up = True
+    return NetworkSnapshot((replace(LOOPBACK, up=up),), (), ())
+
+
+def is_loopback_only(snap: NetworkSnapshot) -> bool:
+    return all(link.kind == "loopback" for link in snap.links) and not snap.routes
 
 
 # -- talking to the kernel ----------------------------------------------------------------

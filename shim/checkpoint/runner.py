@@ -38,18 +38,24 @@ from shim.bundle import (
     spec_annotations,
 )
 from shim.checkpoint.criu import Criu, Requirements, criu_binary, ensure_capable, log_reason
-from shim.checkpoint.network import SNAPSHOT, has_own_netns
+from shim.checkpoint.network import (
+    SNAPSHOT,
+    dump_snapshot,
+    has_own_netns,
+    is_loopback_only,
+    load_snapshot,
+    loopback_snapshot,
+)
 from shim.checkpoint.plan import (
     STORED_PLAN,
     CheckpointPlan,
-    Namespace,
     checkpoint_args,
     criu_config,
     dump_plan,
     restore_args,
 )
 from shim.errors import AlreadyExists, FailedPrecondition, ShimError
-from shim.nethook import hook_argv
+from shim.nethook import hook_argv, lo_up_argv
 from shim.reaper import Reaper
 from shim.runtime import Runc, Stdio
 from shim.spawn import Child, Result, run, spawn
@@ -169,7 +175,13 @@ async def checkpoint(
         ShimError: runc or CRIU failed; the message names the kept CRIU log.
     """
     await _ensure_capable(
-        runtime, reaper, Requirements(mem_track=plan.track_mem, lazy_pages=plan.lazy_pages)
+        runtime,
+        reaper,
+        Requirements(
+            min_version=plan.required_criu_version,
+            mem_track=plan.track_mem,
+            lazy_pages=plan.lazy_pages,
+        ),
     )
     if os.path.exists(os.path.join(plan.images_dir, STORED_PLAN)):
         raise AlreadyExists(f"{plan.images_dir} already holds a checkpoint")
@@ -192,11 +204,18 @@ async def checkpoint(
 
 
 async def _record_network(reaper: Reaper, pid: int, plan: CheckpointPlan) -> None:
-    """With ``--empty-ns network`` CRIU leaves the network namespace out: record it (in a
-    child process, so the shim never loads pyroute2)."""
-    if Namespace.NETWORK not in plan.empty_ns or not has_own_netns(pid):
+    """Record the container's own network namespace beside the images. runc always has CRIU
+    leave it out (``empty_ns`` has CLONE_NEWNET whatever ``--empty-ns`` says), so without
+    this a restored container finds not even ``lo`` up. A namespace with nothing but ``lo``
+    is read from /proc; anything else with pyroute2 in a child process (the shim never loads
+    it)."""
+    if not has_own_netns(pid):
         return
     out = os.path.join(plan.images_dir, SNAPSHOT)
+    if (loopback := loopback_snapshot(pid)) is not None:
+        with open(out, "wb") as f:
+            f.write(dump_snapshot(loopback))
+        return
     argv = [sys.executable, "-m", "shim.nethook", "snapshot", str(pid), out]
     result = await run(reaper, argv, timeout=_NETWORK_TIMEOUT)
     if result.status != 0:
@@ -207,11 +226,19 @@ async def _record_network(reaper: Reaper, pid: int, plan: CheckpointPlan) -> Non
 async def _start_network_service(
     reaper: Reaper, bundle: Path, plan: CheckpointPlan
 ) -> tuple[Child, str] | None:
-    """For a checkpoint with a recorded network: start the rebuild service and name its hook
-    in the spec (runc runs it at ``setup-namespaces``); otherwise make sure no hook is left."""
+    """For a checkpoint with a recorded network: name the hook that rebuilds it in the spec
+    (runc runs it at ``setup-namespaces``) and, unless only ``lo`` needs to come up (the hook
+    does that alone), start the rebuild service it talks to; otherwise make sure no hook of
+    ours is left."""
     snapshot = os.path.join(plan.images_dir, SNAPSHOT)
-    if Namespace.NETWORK not in plan.empty_ns or not os.path.exists(snapshot):
+    try:
+        with open(snapshot, "rb") as f:
+            snap = load_snapshot(f.read())
+    except FileNotFoundError:
         set_restore_hook(bundle, None)
+        return None
+    if is_loopback_only(snap):
+        set_restore_hook(bundle, lo_up_argv())
         return None
     os.makedirs(_HOOK_SOCKET_DIR, mode=0o700, exist_ok=True)
     sock = os.path.join(_HOOK_SOCKET_DIR, f"net-{os.urandom(6).hex()}.sock")
@@ -278,9 +305,7 @@ class Restored:
     lazy_daemon: Child | None = None
 
 
-async def _start_lazy_pages_daemon(
-    runtime: Runc, reaper: Reaper, plan: CheckpointPlan
-) -> Child:
+async def _start_lazy_pages_daemon(runtime: Runc, reaper: Reaper, plan: CheckpointPlan) -> Child:
     """``criu lazy-pages --page-server --address A --port P -D images -W work``: it serves
     page faults of the restored process from the source's page server. runc's restore finds
     it through ``lazy-pages.socket`` in the shared work dir, so wait for that socket."""
@@ -341,7 +366,11 @@ async def restore(
     # first: the rebuild service's imports (~150 ms) then overlap the capability check
     network = await _start_network_service(reaper, bundle, plan)
     try:
-        await _ensure_capable(runtime, reaper, Requirements(lazy_pages=plan.lazy_pages))
+        await _ensure_capable(
+            runtime,
+            reaper,
+            Requirements(min_version=plan.required_criu_version, lazy_pages=plan.lazy_pages),
+        )
         _mkdir_private(plan.work_dir)
     except BaseException:
         _stop_network_service(network)
@@ -372,4 +401,3 @@ async def restore(
     finally:
         _stop_network_service(network)
     return Restored(int(pid_file.read_text()), daemon)
-

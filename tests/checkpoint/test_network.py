@@ -485,3 +485,23 @@ def test_a_service_that_dies_without_answering_fails_the_hook(
         listener.close()
     err = capsys.readouterr().err  # no answer at all, or a reset: one line either way
     assert err.startswith("network rebuild service ") and err.count("\n") == 1, err
+
+
+def test_loopback_only_snapshots() -> None:
+    from shim.checkpoint.network import (
+        LOOPBACK,
+        NetworkSnapshot,
+        interfaces,
+        is_loopback_only,
+        loopback_snapshot,
+    )
+
+    assert "lo" in interfaces(os.getpid())
+    assert is_loopback_only(NetworkSnapshot((LOOPBACK,), (), ()))
+    veth = Link("eth0", "veth", 1500, "02:00:00:00:00:01", True, VethPeer("v-h", "br", 1500))
+    assert not is_loopback_only(NetworkSnapshot((LOOPBACK, veth), (), ()))
+    own = loopback_snapshot(os.getpid())
+    if interfaces(os.getpid()) == ["lo"]:  # a test run inside a fresh network namespace
+        assert own == NetworkSnapshot((LOOPBACK,), (), ())
+    else:
+        assert own is None
