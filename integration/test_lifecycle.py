@@ -20,6 +20,7 @@ import re
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -323,6 +324,42 @@ def test_twenty_containers_concurrently(containers: Containers, containerd: Cont
     assert not set(ids) & set(ctr.containers())
     for cid in ids:
         assert_gone(containerd, containers, cid)
+
+
+# --- how pyrunc shims start ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("runtime", ["io.containerd.pyrunc.v2"], indirect=True, ids=["pyrunc"])
+def test_pyrunc_shims_come_from_the_fork_server(containers: Containers) -> None:
+    """With containerd in the host's namespaces, pyrunc's daemons are forked by the warm fork
+    server (in a session of their own), not by ``start`` (which keeps containerd's session);
+    they show the shim's argv and containerd's thread name, and live in containerd's
+    namespaces."""
+    started = [containers.start("fork", "sleep", "1000", log=False) for _ in range(2)]
+    shims = {parent_pid(s.pid) for s in started}
+    assert len(shims) == 2 and None not in shims
+    servers = [
+        pid
+        for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+        if proc_cmdline(pid)[:2] == ["containerd-shim-pyrunc-v2", "forkserver"]
+    ]
+    assert len(servers) == 1, servers
+    containerd_session = session_of(containers.containerd.pid)
+    for shim in shims:
+        assert shim is not None
+        # start keeps containerd's session for a daemon it forks; the fork server's daemons
+        # are double-forked out of a session of their own
+        assert session_of(shim) != containerd_session, "the daemon was forked by start"
+        argv = proc_cmdline(shim)
+        assert argv[0].endswith("containerd-shim-pyrunc-v2") and "-id" in argv, argv
+        assert Path(f"/proc/{shim}/comm").read_text().strip() == "containerd-shim"
+        for ns in ("net", "mnt", "pid"):
+            assert os.readlink(f"/proc/{shim}/ns/{ns}") == os.readlink(f"/proc/self/ns/{ns}")
+
+
+def session_of(pid: int) -> int:
+    """The session id of ``pid`` (field 6 of ``/proc/<pid>/stat``)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
 
 
 # --- a shim that dies ----------------------------------------------------------------------------

@@ -240,16 +240,24 @@ def start(flags: Flags) -> int:
 
 
 def _in_init_namespaces() -> bool:
-    """True if this process shares every namespace with pid 1. Only then is the fork server
-    used (and started): one started from a containerd in, say, a test's network namespace
-    would serve and outlive that namespace."""
-    for ns in ("cgroup", "ipc", "mnt", "net", "pid", "user", "uts"):
+    """True if this process shares every namespace with the host's init. Only then is the
+    fork server used (and started): one started from a containerd in, say, a test's network
+    namespace would serve and outlive that namespace. (pid 1 may refuse to show its
+    namespaces, e.g. a VM's non-dumpable init; kthreadd, pid 2, lives in the same ones.)"""
+    for init in (1, 2):
         try:
-            if os.readlink(f"/proc/self/ns/{ns}") != os.readlink(f"/proc/1/ns/{ns}"):
-                return False
+            if init == 2:
+                with open("/proc/2/comm") as f:
+                    if f.read().strip() != "kthreadd":
+                        return False
+            theirs = [os.readlink(f"/proc/{init}/ns/{ns}") for ns in _NAMESPACES]
         except OSError:
-            return False
-    return True
+            continue
+        return theirs == [os.readlink(f"/proc/self/ns/{ns}") for ns in _NAMESPACES]
+    return False
+
+
+_NAMESPACES = ("cgroup", "ipc", "mnt", "net", "pid", "user", "uts")
 
 
 def _daemon_argv(flags: Flags) -> list[str]:
