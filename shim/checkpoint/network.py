@@ -41,6 +41,7 @@ __all__ = [
     "arp_probe",
     "claims",
     "dump_snapshot",
+    "has_inet_sockets",
     "has_own_netns",
     "interfaces",
     "is_loopback_only",
@@ -106,6 +107,10 @@ class NetworkSnapshot:
     links: tuple[Link, ...]
     addresses: tuple[Address, ...]
     routes: tuple[Route, ...]
+    # The namespace held inet sockets at checkpoint: CRIU restores them into the new
+    # namespace, which must then be rebuilt first (by the hook). Without any, the shim may
+    # bring the namespace up after the restore instead, which is cheaper.
+    sockets: bool = True
 
     def rebuildable(self) -> tuple[Link, ...]:
         """The links the hook knows how to recreate (veth pairs); others are refused."""
@@ -140,10 +145,14 @@ def load_snapshot(data: bytes) -> NetworkSnapshot:
             else _record(Link, link)
             for link in _list(doc, "links")
         )
+        sockets = doc.get("sockets", True)
+        if type(sockets) is not bool:
+            raise TypeError(f"'sockets' is not a bool: {sockets!r}")
         snap = NetworkSnapshot(
             links,
             tuple(_record(Address, a) for a in _list(doc, "addresses")),
             tuple(_record(Route, r) for r in _list(doc, "routes")),
+            sockets,
         )
         _check_references(snap)
     except (KeyError, TypeError, ValueError) as exc:
@@ -213,6 +222,18 @@ def interfaces(pid: int) -> list[str]:
     return [line.split(":", 1)[0].strip() for line in lines if ":" in line]
 
 
+def has_inet_sockets(pid: int) -> bool:
+    """True if ``pid``'s network namespace has any TCP, UDP or raw IP socket."""
+    for table in ("tcp", "tcp6", "udp", "udp6", "raw", "raw6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as f:
+                if len(f.read().splitlines()) > 1:
+                    return True
+        except FileNotFoundError:
+            continue  # e.g. no IPv6 in this kernel
+    return False
+
+
 def loopback_snapshot(pid: int) -> NetworkSnapshot | None:
     """The snapshot of a namespace that holds nothing but ``lo`` (most containers), read
     without netlink; None when there is more to record (then :func:`take_snapshot`)."""
@@ -223,7 +244,7 @@ def loopback_snapshot(pid: int) -> NetworkSnapshot | None:
             up = bool(int(f.read(), 16) & IFF_UP)
     except (OSError, ValueError):
         up = True
-    return NetworkSnapshot((replace(LOOPBACK, up=up),), (), ())
+    return NetworkSnapshot((replace(LOOPBACK, up=up),), (), (), has_inet_sockets(pid))
 
 
 def is_loopback_only(snap: NetworkSnapshot) -> bool:

@@ -223,41 +223,61 @@ async def _record_network(reaper: Reaper, pid: int, plan: CheckpointPlan) -> Non
         raise FailedPrecondition(f"recording the container's network failed: {lines[-1]}")
 
 
+@dataclass(slots=True)
+class _NetworkRebuild:
+    """How a restore gets its network back: through the hook and, for more than ``lo``, the
+    rebuild service it talks to; or, for an ``lo`` without sockets, by the shim afterwards."""
+
+    service: Child | None = None
+    socket: str = ""
+    loopback_after: bool = False
+
+
 async def _start_network_service(
     reaper: Reaper, bundle: Path, plan: CheckpointPlan
-) -> tuple[Child, str] | None:
-    """For a checkpoint with a recorded network: name the hook that rebuilds it in the spec
-    (runc runs it at ``setup-namespaces``) and, unless only ``lo`` needs to come up (the hook
-    does that alone), start the rebuild service it talks to; otherwise make sure no hook of
-    ours is left."""
+) -> _NetworkRebuild:
+    """For a checkpoint with a recorded network, name the hook that rebuilds it in the spec
+    (runc runs it at ``setup-namespaces``, before CRIU restores sockets) and, unless only
+    ``lo`` needs to come up (the hook does that alone), start the rebuild service it talks
+    to. A namespace that held nothing but ``lo`` and no inet socket needs no hook (a hook
+    costs a process start inside the restore): ``lo`` is brought up after it. Otherwise make
+    sure no hook of ours is left in the spec."""
     snapshot = os.path.join(plan.images_dir, SNAPSHOT)
     try:
         with open(snapshot, "rb") as f:
             snap = load_snapshot(f.read())
     except FileNotFoundError:
         set_restore_hook(bundle, None)
-        return None
+        return _NetworkRebuild()
     if is_loopback_only(snap):
-        set_restore_hook(bundle, lo_up_argv())
-        return None
+        up = any(link.up for link in snap.links)
+        set_restore_hook(bundle, lo_up_argv() if up and snap.sockets else None)
+        return _NetworkRebuild(loopback_after=up and not snap.sockets)
     os.makedirs(_HOOK_SOCKET_DIR, mode=0o700, exist_ok=True)
     sock = os.path.join(_HOOK_SOCKET_DIR, f"net-{os.urandom(6).hex()}.sock")
     child = spawn(reaper, [sys.executable, "-m", "shim.nethook", "serve", sock, snapshot])
     set_restore_hook(bundle, hook_argv(sock))
-    return child, sock
+    return _NetworkRebuild(child, sock)
 
 
-def _stop_network_service(network: tuple[Child, str] | None) -> None:
+def _stop_network_service(network: _NetworkRebuild) -> None:
     """After the restore: end the rebuild service if no hook came (runc failed before it)
     and remove its socket."""
-    if network is None:
-        return
-    server, sock = network
-    if not server.exited.done():
+    if network.service is not None and not network.service.exited.done():
         with contextlib.suppress(ProcessLookupError):
-            os.kill(server.pid, 9)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(sock)
+            os.kill(network.service.pid, 9)
+    if network.socket:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(network.socket)
+
+
+async def _loopback_up(reaper: Reaper, pid: int) -> None:
+    """``ip link set lo up`` in ``pid``'s network namespace (a restored container's)."""
+    argv = ["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "link", "set", "lo", "up"]
+    result = await run(reaper, argv, timeout=_NETWORK_TIMEOUT)
+    if result.status != 0:
+        err = result.stderr.decode(errors="replace").strip()
+        log.warning("could not bring lo up in the restored container (pid %d): %s", pid, err)
 
 
 async def _start_lazy_dump(runtime: Runc, cid: str, plan: CheckpointPlan) -> Child:
@@ -400,4 +420,7 @@ async def restore(
         raise type(exc)(f"restore failed: {exc} ({_log_note(kept)})") from exc
     finally:
         _stop_network_service(network)
-    return Restored(int(pid_file.read_text()), daemon)
+    pid = int(pid_file.read_text())
+    if network.loopback_after:
+        await _loopback_up(reaper, pid)
+    return Restored(pid, daemon)

@@ -505,3 +505,19 @@ def test_loopback_only_snapshots() -> None:
         assert own == NetworkSnapshot((LOOPBACK,), (), ())
     else:
         assert own is None
+
+
+def test_snapshot_records_whether_the_namespace_had_sockets() -> None:
+    from shim.checkpoint.network import LOOPBACK, dump_snapshot, has_inet_sockets, load_snapshot
+
+    for sockets in (True, False):
+        snap = NetworkSnapshot((LOOPBACK,), (), (), sockets)
+        assert load_snapshot(dump_snapshot(snap)).sockets is sockets
+    # snapshots written before the field existed: assume sockets (the safe way: the hook)
+    old = {"version": SNAPSHOT_VERSION, "links": [], "addresses": [], "routes": []}
+    assert load_snapshot(json.dumps(old).encode()).sockets is True
+    with pytest.raises(InvalidArgument, match="'sockets' is not a bool"):
+        load_snapshot(json.dumps({**old, "sockets": 1}).encode())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        assert has_inet_sockets(os.getpid())
