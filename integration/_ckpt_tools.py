@@ -23,7 +23,6 @@ import hashlib
 import os
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,7 +36,17 @@ from shim.ctl._errors import CtlError
 from shim.reaper import Reaper
 from shim.typeurl import pack
 
-from .harness import NAMESPACE, REPO, Containerd, Ctr, parent_pid, proc_cmdline
+from .harness import (
+    NAMESPACE,
+    REPO,
+    Containerd,
+    Ctr,
+    parent_pid,
+    proc_cmdline,
+    pyrunc_argv,
+    pyrunc_env,
+    run_pyrunc,
+)
 
 __all__ = [
     "FileInfo",
@@ -55,41 +64,19 @@ __all__ = [
     "tree_snapshot",
 ]
 
-def run_pyrunc(
-    containerd: Containerd, *args: str, namespace: str = NAMESPACE, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """``pyrunc -a <harness socket> -n <namespace> args`` as a separate process (this
-    checkout's ``shim.ctl``, run by the test's interpreter)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("CONTAINERD_ADDRESS", None)
-    env.pop("CONTAINERD_NAMESPACE", None)
-    return subprocess.run(
-        [sys.executable, "-m", "shim.ctl", "-a", containerd.address, "-n", namespace, *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        cwd=REPO,
-        env=env,
-    )
-
 
 def popen_pyrunc(
     containerd: Containerd, *args: str, namespace: str = NAMESPACE
 ) -> subprocess.Popen[str]:
     """:func:`run_pyrunc` in the background (the caller communicates and reaps it)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("CONTAINERD_ADDRESS", None)
-    env.pop("CONTAINERD_NAMESPACE", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "shim.ctl", "-a", containerd.address, "-n", namespace, *args],
+        pyrunc_argv(containerd, *args, namespace=namespace),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
-        env=env,
+        env=pyrunc_env(),
     )
 
 
@@ -166,8 +153,12 @@ def runc_criu_pids(container_id: str, images_dir: str | os.PathLike[str] = "") -
             continue
         ppid = parent_pid(pid)
         runc = proc_cmdline(ppid) if ppid else []
-        if runc and os.path.basename(runc[0]) == "runc" and "checkpoint" in runc \
-                and container_id in runc:
+        if (
+            runc
+            and os.path.basename(runc[0]) == "runc"
+            and "checkpoint" in runc
+            and container_id in runc
+        ):
             found.append(pid)
     return found
 
@@ -212,9 +203,14 @@ _libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_
 
 
 def _ptrace(request: int, pid: int, addr: int = 0, data: int | ctypes.c_void_p = 0) -> int:
-    result = int(_libc.ptrace(request, pid, ctypes.c_void_p(addr),
-                              data if isinstance(data, ctypes.c_void_p)
-                              else ctypes.c_void_p(data)))
+    result = int(
+        _libc.ptrace(
+            request,
+            pid,
+            ctypes.c_void_p(addr),
+            data if isinstance(data, ctypes.c_void_p) else ctypes.c_void_p(data),
+        )
+    )
     if result == -1:
         err = ctypes.get_errno()
         raise OSError(err, f"ptrace({request:#x}, {pid}): {os.strerror(err)}")
@@ -260,8 +256,12 @@ def kill_at_write(pid: int, path: str, prefix: bytes) -> bool:
         sig = os.WSTOPSIG(status)
         deliver = 0
         if sig == signal.SIGTRAP | 0x80:  # a system call stop
-            _ptrace(_PTRACE_GET_SYSCALL_INFO, pid, ctypes.sizeof(info),
-                    ctypes.c_void_p(ctypes.addressof(info)))
+            _ptrace(
+                _PTRACE_GET_SYSCALL_INFO,
+                pid,
+                ctypes.sizeof(info),
+                ctypes.c_void_p(ctypes.addressof(info)),
+            )
             if _is_write_of(pid, info, path, prefix):
                 os.kill(pid, signal.SIGKILL)
                 with contextlib.suppress(ChildProcessError):
@@ -304,8 +304,16 @@ def read_in_container(ctr: Ctr, container_id: str, path: str, *, fifo_dir: Path)
     """``cat path`` inside the container (``ctr t exec``, a fresh exec id each time)."""
     exec_id = f"cat-{uuid.uuid4().hex[:8]}"
     proc = ctr(
-        "tasks", "exec", "--fifo-dir", str(fifo_dir), "--exec-id", exec_id, container_id,
-        "cat", path, timeout=30,
+        "tasks",
+        "exec",
+        "--fifo-dir",
+        str(fifo_dir),
+        "--exec-id",
+        exec_id,
+        container_id,
+        "cat",
+        path,
+        timeout=30,
     )
     return proc.stdout
 

@@ -16,8 +16,6 @@ import ctypes
 import os
 import re
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,7 +24,7 @@ from pathlib import Path
 from shim.checkpoint.criu import Criu, CriuFeatures, CriuVersion, criu_binary, probe
 from shim.reaper import Reaper
 
-from .harness import NAMESPACE, REPO, Containerd
+from .harness import run_pyrunc
 
 __all__ = [
     "DatagramSink",
@@ -48,24 +46,7 @@ CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def pyrunc(
-    containerd: Containerd, *args: str, namespace: str = NAMESPACE, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """``pyrunc -a <harness socket> -n <namespace> args`` as a separate process (this
-    checkout's ``shim.ctl``, run by the test's interpreter)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("CONTAINERD_ADDRESS", None)
-    env.pop("CONTAINERD_NAMESPACE", None)
-    return subprocess.run(
-        [sys.executable, "-m", "shim.ctl", "-a", containerd.address, "-n", namespace, *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        cwd=REPO,
-        env=env,
-    )
+pyrunc = run_pyrunc  # ``pyrunc -a <harness socket> -n <namespace> args``
 
 
 def free_port() -> int:
@@ -141,8 +122,12 @@ def flock_holders(inode: int) -> list[int]:
     for line in Path("/proc/locks").read_text().splitlines():
         cols = line.split()
         # "1: FLOCK  ADVISORY  WRITE 16900 00:30:16641137 0 EOF" ("->" marks a waiter)
-        if (len(cols) >= 6 and cols[1] == "FLOCK" and "->" not in cols
-                and int(cols[5].rsplit(":", 1)[1]) == inode):
+        if (
+            len(cols) >= 6
+            and cols[1] == "FLOCK"
+            and "->" not in cols
+            and int(cols[5].rsplit(":", 1)[1]) == inode
+        ):
             pids.append(int(cols[4]))
     return pids
 

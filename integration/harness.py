@@ -42,6 +42,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import termios
 import threading
@@ -80,7 +81,10 @@ __all__ = [
     "pid_alive",
     "proc_cmdline",
     "proc_state",
+    "pyrunc_argv",
+    "pyrunc_env",
     "remove_container",
+    "run_pyrunc",
     "shim_binary",
     "shim_processes",
     "shim_socket_path",
@@ -1124,3 +1128,34 @@ def ensure_image_tar(tarball: Path = IMAGE_TAR) -> Path:
             f"{BUILD_SCRIPT} failed (status {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
         )
     return tarball
+
+
+def pyrunc_argv(containerd: Containerd, *args: str, namespace: str = NAMESPACE) -> list[str]:
+    """``pyrunc -a <containerd's socket> -n <namespace> args``, as this checkout's
+    ``shim.ctl`` run by the test's interpreter."""
+    return [sys.executable, "-m", "shim.ctl", "-a", containerd.address, "-n", namespace, *args]
+
+
+def pyrunc_env() -> dict[str, str]:
+    """The environment for :func:`pyrunc_argv`: this checkout first on the path, and no
+    CONTAINERD_* variables that could point the tool elsewhere."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("CONTAINERD_ADDRESS", None)
+    env.pop("CONTAINERD_NAMESPACE", None)
+    return env
+
+
+def run_pyrunc(
+    containerd: Containerd, *args: str, namespace: str = NAMESPACE, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the ``pyrunc`` tool against ``containerd`` to completion (output captured)."""
+    return subprocess.run(
+        pyrunc_argv(containerd, *args, namespace=namespace),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=REPO,
+        env=pyrunc_env(),
+    )

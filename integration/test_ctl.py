@@ -16,9 +16,7 @@ any shim is called; Containers/Get of an unknown id is NotFound.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -26,34 +24,23 @@ import pytest
 
 from .harness import (
     NAMESPACE,
-    REPO,
     RUNC,
     Containerd,
     Containers,
     Ctr,
     TaskStatus,
     pid_alive,
+    run_pyrunc,
 )
 
 LOOP = "while :; do sleep 0.1; done"
 
 
 def pyrunc(
-    containerd: Containerd, *args: str, namespace: str = NAMESPACE, timeout: float = 60
+    containerd: Containerd, *args: str, namespace: str = NAMESPACE
 ) -> subprocess.CompletedProcess[str]:
     """``pyrunc -a <harness socket> -n <namespace> args`` in a separate process."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("CONTAINERD_ADDRESS", None)
-    env.pop("CONTAINERD_NAMESPACE", None)
-    return subprocess.run(
-        [sys.executable, "-m", "shim.ctl", "-a", containerd.address, "-n", namespace, *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        cwd=REPO,
-    )
+    return run_pyrunc(containerd, *args, namespace=namespace, timeout=60)
 
 
 def assert_clean_failure(proc: subprocess.CompletedProcess[str]) -> str:
@@ -73,8 +60,9 @@ def table(out: str) -> dict[str, tuple[int, str]]:
     return {cols[0]: (int(cols[1]), cols[2]) for cols in (line.split() for line in lines[1:])}
 
 
-def test_tasks_lists_a_task_started_with_ctr(containerd: Containerd,
-                                             containers: Containers) -> None:
+def test_tasks_lists_a_task_started_with_ctr(
+    containerd: Containerd, containers: Containers
+) -> None:
     started = containers.start("ctl-tasks", "sh", "-c", LOOP, log=False)
     proc = pyrunc(containerd, "tasks")
     assert proc.returncode == 0, proc.stderr
@@ -96,11 +84,13 @@ def test_tasks_lists_a_task_started_with_ctr(containerd: Containerd,
 
 
 @pytest.mark.parametrize("runtime", [RUNC], ids=["runc"], indirect=True)
-def test_checkpoint_of_a_runc_task_fails_cleanly(containerd: Containerd, containers: Containers,
-                                                 tmp_path: Path) -> None:
+def test_checkpoint_of_a_runc_task_fails_cleanly(
+    containerd: Containerd, containers: Containers, tmp_path: Path
+) -> None:
     started = containers.start("ctl-ckpt-runc", "sh", "-c", LOOP, log=False)
-    proc = pyrunc(containerd, "checkpoint", started.id, "--exit", "--image-path",
-                  str(tmp_path / "img"))
+    proc = pyrunc(
+        containerd, "checkpoint", started.id, "--exit", "--image-path", str(tmp_path / "img")
+    )
     line = assert_clean_failure(proc)
     # containerd decodes a runc runtime's checkpoint options itself and knows no such type
     assert "pyrunc.v1.CheckpointOptions" in line, line
@@ -115,8 +105,9 @@ def test_checkpoint_of_an_unknown_container_is_not_found(containerd: Containerd)
     assert "not found" in line, line
 
 
-def test_restore_of_an_unknown_container_is_not_found(containerd: Containerd, ctr: Ctr,
-                                                      tmp_path: Path) -> None:
+def test_restore_of_an_unknown_container_is_not_found(
+    containerd: Containerd, ctr: Ctr, tmp_path: Path
+) -> None:
     cid = f"ctl-nope-{uuid.uuid4().hex[:8]}"
     proc = pyrunc(containerd, "restore", cid, "--image-path", str(tmp_path))
     line = assert_clean_failure(proc)
@@ -130,8 +121,16 @@ def test_restore_into_a_runc_container_fails_cleanly_and_leaves_no_task(
 ) -> None:
     # A container record without a task, as `ctr c create` (or a deleted task) leaves it.
     cid = containers.new_id("ctl-rst-runc")
-    containers.ctr("containers", "create", "--runtime", containers.runtime, containers.image,
-                   cid, "sleep", "1000")
+    containers.ctr(
+        "containers",
+        "create",
+        "--runtime",
+        containers.runtime,
+        containers.image,
+        cid,
+        "sleep",
+        "1000",
+    )
     proc = pyrunc(containerd, "restore", cid, "--image-path", str(tmp_path), "--detach")
     line = assert_clean_failure(proc)
     # Containers/Get and Snapshots/Mounts worked; containerd refused the create options
