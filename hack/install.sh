@@ -235,7 +235,9 @@ ensure_containerd() {
         return
     fi
     log "starting containerd (log: $CONTAINERD_LOG)"
-    setsid nohup containerd </dev/null >>"$CONTAINERD_LOG" 2>&1 &
+    # /usr/local/sbin first: runc (and the shim) find CRIU through containerd's PATH
+    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH \
+        setsid nohup containerd </dev/null >>"$CONTAINERD_LOG" 2>&1 &
     local i
     for ((i = 0; i < 60; i++)); do
         containerd_answers && return
