@@ -347,7 +347,7 @@ def main() -> None:
         sys.exit(2)
     if flags.version:
         print(f"{os.path.basename(sys.argv[0])}:\n  Version:  {__version__}\n"
-              f"  Revision: {RUNTIME}\n  Python version: {sys.version.split()[0]}")
+              f"  Runtime:  {RUNTIME}\n  Python version: {sys.version.split()[0]}")
         sys.exit(0)
     if not flags.namespace:
         print("shim namespace cannot be empty", file=sys.stderr)
