@@ -384,6 +384,24 @@ def test_pyrunc_image_and_work_path(
     assert_running_untouched(containers.ctr, orig)
 
 
+@pyrunc_only
+def test_pyrunc_refuses_an_image_path_holding_other_files(
+    containerd: Containerd, containers: Containers, scratch: Path
+) -> None:
+    """A failed dump removes what it wrote from the images directory, so the directory must
+    not hold anything else: a non-empty one is refused before the container is touched."""
+    orig = start_sleeper(containers, "ck-notempty")
+    images = scratch / "busy"
+    images.mkdir()
+    (images / "precious.txt").write_text("not a checkpoint")
+    before = tree_snapshot(images)
+    refusal = checkpoint_rpc(containerd.address, orig.id, image_path=str(images))
+    assert refusal is not None and refusal.code == "FAILED_PRECONDITION", refusal
+    assert f"image path {images} is not empty" in refusal.message
+    assert tree_snapshot(images) == before
+    assert_running_untouched(containers.ctr, orig)
+
+
 # Refusals: (test id, CheckpointOptions fields, the same as pyrunc flags or None when the tool
 # cannot send it, gRPC status, what the message says). "{s}" is the scratch directory.
 REFUSALS = [

@@ -172,6 +172,8 @@ async def checkpoint(
     Raises:
         FailedPrecondition: CRIU or the host cannot do what the plan needs (nothing touched).
         AlreadyExists: the images directory already holds a checkpoint.
+        FailedPrecondition: the images directory holds other files (a failed dump removes
+            what it wrote, so it must not share the directory with anything).
         ShimError: runc or CRIU failed; the message names the kept CRIU log.
     """
     await _ensure_capable(
@@ -185,6 +187,12 @@ async def checkpoint(
     )
     if os.path.exists(os.path.join(plan.images_dir, STORED_PLAN)):
         raise AlreadyExists(f"{plan.images_dir} already holds a checkpoint")
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        if os.listdir(plan.images_dir):  # a failed dump empties the directory again
+            raise FailedPrecondition(
+                f"image path {plan.images_dir} is not empty; checkpoint into a new or empty"
+                " directory"
+            )
     created = _mkdir_private(plan.images_dir)
     _mkdir_private(plan.work_dir)
     try:
