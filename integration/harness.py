@@ -753,6 +753,24 @@ class Containerd:
             raise HarnessError(f"containerd did not start; log tail:\n{tail}") from None
         return daemon
 
+    def restart(self, timeout: float = 30) -> None:
+        """Stop containerd (SIGTERM, its shims keep running) and start it again on the same
+        root, state and sockets, as an upgrade or a crash-restart of containerd does."""
+        argv = [str(a) for a in self.proc.args]  # type: ignore[union-attr]
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=20)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
+                env=_environment(),
+                start_new_session=True,
+            )
+        self._wait_ready(timeout)
+
     def _wait_ready(self, timeout: float) -> None:
         def ready() -> bool:
             if self.proc.poll() is not None:

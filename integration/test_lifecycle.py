@@ -326,6 +326,24 @@ def test_twenty_containers_concurrently(containers: Containers, containerd: Cont
         assert_gone(containerd, containers, cid)
 
 
+# --- containerd restarts -------------------------------------------------------------------------
+
+
+def test_shim_survives_a_containerd_restart(containerd: Containerd, containers: Containers) -> None:
+    """containerd restarts (upgrade, crash): it reconnects to the running shim through the
+    bundle's ``address`` file, and the task stays usable: state, exec, kill, exit, delete."""
+    started = containers.start("restart", "sleep", "1000", log=False)
+    shim = parent_pid(started.pid)
+    containerd.restart()
+    assert containers.ctr.task(started.id).status is TaskStatus.RUNNING
+    assert parent_pid(started.pid) == shim  # the same shim serves it
+    out = containers.ctr("tasks", "exec", "--exec-id", "after", started.id, "echo", "alive")
+    assert out.stdout == "alive\n"
+    containers.ctr("tasks", "kill", "-s", "SIGKILL", started.id)
+    containers.ctr.wait_status(started.id, TaskStatus.STOPPED)
+    assert containers.ctr.delete_task(started.id) == 128 + signal.SIGKILL
+
+
 # --- how pyrunc shims start ---------------------------------------------------------------------
 
 
