@@ -236,11 +236,19 @@ class TaskService:
 
 
 def _runtime_options(req: api.CreateTaskRequest) -> oci_pb2.Options:
-    """containerd.runc.v1.Options from the request; other types are ignored (as documented in
-    config.toml.example), except pyrunc.v1.RestoreOptions (see :func:`_restore_source`)."""
-    options = unpack(req.options, oci_pb2.Options)
-    if options is None and req.options.type_url and type_name(req.options) != _RESTORE_OPTIONS:
-        log.info("ignoring runtime options of type %s", req.options.type_url)
+    """containerd.runc.v1.Options from the request, or from the ``runtime_options`` of a
+    pyrunc.v1.RestoreOptions (see :func:`_restore_source`); other types are ignored (as
+    documented in config.toml.example)."""
+    given = req.options
+    if type_name(given) == _RESTORE_OPTIONS:
+        from shim.api.pyrunc.v1 import checkpoint_pb2
+
+        restore = unpack(given, checkpoint_pb2.RestoreOptions)
+        assert restore is not None
+        given = restore.runtime_options
+    options = unpack(given, oci_pb2.Options)
+    if options is None and given.type_url:
+        log.info("ignoring runtime options of type %s", given.type_url)
     return options or oci_pb2.Options()
 
 

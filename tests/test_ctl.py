@@ -141,6 +141,7 @@ def test_restore_options_message() -> None:
     assert desc.full_name == "pyrunc.v1.RestoreOptions"
     assert {f.name: f.number for f in desc.fields} == {
         "image_path": 1, "work_path": 2, "tcp_close": 3, "lazy_pages": 4, "page_server": 5,
+        "runtime_options": 6,
     }
 
 
@@ -152,6 +153,16 @@ def test_any_type_urls_are_bare_names() -> None:
     assert rs.type_url == "pyrunc.v1.RestoreOptions"
     assert checkpoint_pb2.RestoreOptions.FromString(rs.value) == checkpoint_pb2.RestoreOptions(
         image_path="/i", tcp_close=True)
+
+
+def test_restore_carries_the_container_runtime_options() -> None:
+    from shim.api.containerd.runc.options import oci_pb2
+    from shim.typeurl import pack
+
+    runtime = pack(oci_pb2.Options(binary_name="crun", criu_path="/opt/criu"))
+    rs = restore_any(restore("--image-path", "/i"), runtime)
+    sent = checkpoint_pb2.RestoreOptions.FromString(rs.value)
+    assert sent.runtime_options == runtime
 
 
 # --- paths, stdio, globals ---------------------------------------------------------------

@@ -779,3 +779,21 @@ def test_delete_of_a_running_container_is_refused(env: Env) -> None:
         await call(svc, "Delete", api.DeleteRequest(id="c1"), api.DeleteResponse)
 
     run(main())
+
+
+def test_runtime_options_come_from_restore_options_too() -> None:
+    """pyrunc restore sends RestoreOptions as task options; the container's runtime options
+    travel inside it, so a crun container is restored with crun."""
+    from shim.api.containerd.runc.options import oci_pb2
+    from shim.api.pyrunc.v1 import checkpoint_pb2
+    from shim.service import _runtime_options
+    from shim.typeurl import pack
+
+    runtime = oci_pb2.Options(binary_name="crun", root="/run/crun")
+    restore = checkpoint_pb2.RestoreOptions(image_path="/i")
+    restore.runtime_options.CopyFrom(pack(runtime))
+    req = api.CreateTaskRequest(id="c", options=pack(restore))
+    assert _runtime_options(req) == runtime
+    assert _runtime_options(api.CreateTaskRequest(id="c", options=pack(runtime))) == runtime
+    bare = api.CreateTaskRequest(id="c", options=pack(checkpoint_pb2.RestoreOptions()))
+    assert _runtime_options(bare) == oci_pb2.Options()

@@ -80,6 +80,7 @@ class ContainerInfo:
     runtime: str
     snapshotter: str
     snapshot_key: str
+    runtime_options: Any = None  # google.protobuf.Any, None when the record has none
 
 
 def grpc_target(address: str) -> str:
@@ -189,6 +190,7 @@ class Client:
         return ContainerInfo(
             id=str(c.id), runtime=str(c.runtime.name), snapshotter=str(c.snapshotter),
             snapshot_key=str(c.snapshot_key),
+            runtime_options=c.runtime.options if c.runtime.HasField("options") else None,
         )
 
     def mounts(self, snapshotter: str, key: str) -> list[Any]:

@@ -155,7 +155,7 @@ def run_restore(cmd: RestoreCommand, api: API, out: TextIO, err: TextIO | None =
     try:
         api.create_task(
             cmd.container_id, rootfs=rootfs, stdin=stdin, stdout=stdout, stderr=stderr,
-            terminal=cmd.tty, options=restore_any(cmd),
+            terminal=cmd.tty, options=restore_any(cmd, container.runtime_options),
         )
         try:
             pid = api.start(cmd.container_id)

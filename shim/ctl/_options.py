@@ -87,6 +87,10 @@ def checkpoint_any(cmd: CheckpointCommand) -> Any:
     return pack(checkpoint_options(cmd))
 
 
-def restore_any(cmd: RestoreCommand) -> Any:
-    """:func:`restore_options` in an Any of type ``pyrunc.v1.RestoreOptions``."""
-    return pack(restore_options(cmd))
+def restore_any(cmd: RestoreCommand, runtime_options: Any = None) -> Any:
+    """:func:`restore_options` in an Any of type ``pyrunc.v1.RestoreOptions``, carrying the
+    container record's runtime options (if any) so the shim runs the same runtime binary."""
+    options = restore_options(cmd)
+    if runtime_options is not None:
+        options.runtime_options.CopyFrom(runtime_options)
+    return pack(options)

@@ -22,17 +22,18 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apyrunc/v1/checkpoint.proto\x12\tpyrunc.v1\"\xc7\x03\n\x11\x43heckpointOptions\x12\x0c\n\x04\x65xit\x18\x01 \x01(\x08\x12\x10\n\x08open_tcp\x18\x02 \x01(\x08\x12\x1d\n\x15\x65xternal_unix_sockets\x18\x03 \x01(\x08\x12\x10\n\x08terminal\x18\x04 \x01(\x08\x12\x12\n\nfile_locks\x18\x05 \x01(\x08\x12\x18\n\x10\x65mpty_namespaces\x18\x06 \x03(\t\x12\x14\n\x0c\x63groups_mode\x18\x07 \x01(\t\x12\x12\n\nimage_path\x18\x08 \x01(\t\x12\x11\n\twork_path\x18\t \x01(\t\x12\x13\n\x0bparent_path\x18\x14 \x01(\t\x12\x10\n\x08pre_dump\x18\x15 \x01(\x08\x12\x12\n\nauto_dedup\x18\x16 \x01(\x08\x12\x12\n\nlazy_pages\x18\x17 \x01(\x08\x12\x13\n\x0bpage_server\x18\x18 \x01(\t\x12\x11\n\tstatus_fd\x18\x19 \x01(\x05\x12\x11\n\ttcp_close\x18\x1a \x01(\x08\x12\x1a\n\x12tcp_skip_in_flight\x18\x1b \x01(\x08\x12\x12\n\nlink_remap\x18\x1c \x01(\x08\x12\x13\n\x0bghost_limit\x18\x1d \x01(\x04\x12\x14\n\x0cnetwork_lock\x18\x1e \x01(\t\x12\x11\n\ttrack_mem\x18\x1f \x01(\x08\"s\n\x0eRestoreOptions\x12\x12\n\nimage_path\x18\x01 \x01(\t\x12\x11\n\twork_path\x18\x02 \x01(\t\x12\x11\n\ttcp_close\x18\x03 \x01(\x08\x12\x12\n\nlazy_pages\x18\x04 \x01(\x08\x12\x13\n\x0bpage_server\x18\x05 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apyrunc/v1/checkpoint.proto\x12\tpyrunc.v1\x1a\x19google/protobuf/any.proto\"\xc7\x03\n\x11\x43heckpointOptions\x12\x0c\n\x04\x65xit\x18\x01 \x01(\x08\x12\x10\n\x08open_tcp\x18\x02 \x01(\x08\x12\x1d\n\x15\x65xternal_unix_sockets\x18\x03 \x01(\x08\x12\x10\n\x08terminal\x18\x04 \x01(\x08\x12\x12\n\nfile_locks\x18\x05 \x01(\x08\x12\x18\n\x10\x65mpty_namespaces\x18\x06 \x03(\t\x12\x14\n\x0c\x63groups_mode\x18\x07 \x01(\t\x12\x12\n\nimage_path\x18\x08 \x01(\t\x12\x11\n\twork_path\x18\t \x01(\t\x12\x13\n\x0bparent_path\x18\x14 \x01(\t\x12\x10\n\x08pre_dump\x18\x15 \x01(\x08\x12\x12\n\nauto_dedup\x18\x16 \x01(\x08\x12\x12\n\nlazy_pages\x18\x17 \x01(\x08\x12\x13\n\x0bpage_server\x18\x18 \x01(\t\x12\x11\n\tstatus_fd\x18\x19 \x01(\x05\x12\x11\n\ttcp_close\x18\x1a \x01(\x08\x12\x1a\n\x12tcp_skip_in_flight\x18\x1b \x01(\x08\x12\x12\n\nlink_remap\x18\x1c \x01(\x08\x12\x13\n\x0bghost_limit\x18\x1d \x01(\x04\x12\x14\n\x0cnetwork_lock\x18\x1e \x01(\t\x12\x11\n\ttrack_mem\x18\x1f \x01(\x08\"\xa2\x01\n\x0eRestoreOptions\x12\x12\n\nimage_path\x18\x01 \x01(\t\x12\x11\n\twork_path\x18\x02 \x01(\t\x12\x11\n\ttcp_close\x18\x03 \x01(\x08\x12\x12\n\nlazy_pages\x18\x04 \x01(\x08\x12\x13\n\x0bpage_server\x18\x05 \x01(\t\x12-\n\x0fruntime_options\x18\x06 \x01(\x0b\x32\x14.google.protobuf.Anyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shim.api.pyrunc.v1.checkpoint_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHECKPOINTOPTIONS']._serialized_start=42
-  _globals['_CHECKPOINTOPTIONS']._serialized_end=497
-  _globals['_RESTOREOPTIONS']._serialized_start=499
-  _globals['_RESTOREOPTIONS']._serialized_end=614
+  _globals['_CHECKPOINTOPTIONS']._serialized_start=69
+  _globals['_CHECKPOINTOPTIONS']._serialized_end=524
+  _globals['_RESTOREOPTIONS']._serialized_start=527
+  _globals['_RESTOREOPTIONS']._serialized_end=689
 # @@protoc_insertion_point(module_scope)

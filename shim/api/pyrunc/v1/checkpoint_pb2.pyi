@@ -1,8 +1,9 @@
+from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -53,15 +54,17 @@ class CheckpointOptions(_message.Message):
     def __init__(self, exit: bool = ..., open_tcp: bool = ..., external_unix_sockets: bool = ..., terminal: bool = ..., file_locks: bool = ..., empty_namespaces: _Optional[_Iterable[str]] = ..., cgroups_mode: _Optional[str] = ..., image_path: _Optional[str] = ..., work_path: _Optional[str] = ..., parent_path: _Optional[str] = ..., pre_dump: bool = ..., auto_dedup: bool = ..., lazy_pages: bool = ..., page_server: _Optional[str] = ..., status_fd: _Optional[int] = ..., tcp_close: bool = ..., tcp_skip_in_flight: bool = ..., link_remap: bool = ..., ghost_limit: _Optional[int] = ..., network_lock: _Optional[str] = ..., track_mem: bool = ...) -> None: ...
 
 class RestoreOptions(_message.Message):
-    __slots__ = ("image_path", "work_path", "tcp_close", "lazy_pages", "page_server")
+    __slots__ = ("image_path", "work_path", "tcp_close", "lazy_pages", "page_server", "runtime_options")
     IMAGE_PATH_FIELD_NUMBER: _ClassVar[int]
     WORK_PATH_FIELD_NUMBER: _ClassVar[int]
     TCP_CLOSE_FIELD_NUMBER: _ClassVar[int]
     LAZY_PAGES_FIELD_NUMBER: _ClassVar[int]
     PAGE_SERVER_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     image_path: str
     work_path: str
     tcp_close: bool
     lazy_pages: bool
     page_server: str
-    def __init__(self, image_path: _Optional[str] = ..., work_path: _Optional[str] = ..., tcp_close: bool = ..., lazy_pages: bool = ..., page_server: _Optional[str] = ...) -> None: ...
+    runtime_options: _any_pb2.Any
+    def __init__(self, image_path: _Optional[str] = ..., work_path: _Optional[str] = ..., tcp_close: bool = ..., lazy_pages: bool = ..., page_server: _Optional[str] = ..., runtime_options: _Optional[_Union[_any_pb2.Any, _Mapping]] = ...) -> None: ...
