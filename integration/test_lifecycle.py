@@ -19,6 +19,7 @@ import os
 import re
 import signal
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -324,6 +325,34 @@ def test_twenty_containers_concurrently(containers: Containers, containerd: Cont
     assert not set(ids) & set(ctr.containers())
     for cid in ids:
         assert_gone(containerd, containers, cid)
+
+
+# --- shim grouping -----------------------------------------------------------------------------
+
+
+def test_grouped_containers_share_one_shim(containerd: Containerd, containers: Containers) -> None:
+    """Containers with the same ``io.containerd.runc.v2.group`` annotation are served by one
+    shim process (as CRI groups a pod's containers by sandbox id); it goes away with the last
+    of them."""
+    group = f"grp-{uuid.uuid4().hex[:8]}"
+    annotation = ["--annotation", f"io.containerd.runc.v2.group={group}"]
+    started = [
+        containers.start("grouped", "sleep", "1000", log=False, extra=annotation) for _ in range(3)
+    ]
+    shims = {parent_pid(s.pid) for s in started}
+    assert len(shims) == 1 and None not in shims, shims
+    (shim,) = shims
+    assert shim is not None
+    for s in started[:-1]:
+        containers.ctr("tasks", "kill", "-s", "SIGKILL", s.id)
+        containers.ctr.wait_status(s.id, TaskStatus.STOPPED)
+        containers.ctr.delete_task(s.id)
+        assert pid_alive(shim)  # still serving the others
+    assert containers.ctr.task(started[-1].id).status is TaskStatus.RUNNING
+    containers.ctr("tasks", "kill", "-s", "SIGKILL", started[-1].id)
+    containers.ctr.wait_status(started[-1].id, TaskStatus.STOPPED)
+    containers.ctr.delete_task(started[-1].id)
+    wait_until(lambda: not pid_alive(shim), 10, message="the group's shim to exit")
 
 
 # --- containerd restarts -------------------------------------------------------------------------
