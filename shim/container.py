@@ -45,7 +45,7 @@ from shim.stdio import IOConfig, ProcessIO
 
 if TYPE_CHECKING:
     from shim.checkpoint.plan import CheckpointPlan
-    from shim.checkpoint.runner import LazyDump
+    from shim.checkpoint.runner import LazyDump, NetworkRebuild
 
 __all__ = [
     "Container",
@@ -182,6 +182,7 @@ class InitProcess(ProcessBase):
     def __init__(self, container: Container, id: str, io_config: IOConfig, state: State) -> None:
         super().__init__(container, id, io_config, state)
         self._oom: OomWatch | None = None
+        self.network: NetworkRebuild | None = None  # a restore's network rebuild, until Start
 
     def _watch(self) -> None:
         """Watch the init's exit and its memory cgroup's OOMs (``/tasks/oom``)."""
@@ -241,6 +242,7 @@ class InitProcess(ProcessBase):
             lazy_pages=source.lazy_pages,
             page_server=page_server if source.lazy_pages else None,
         )
+        network, self.network = self.network, None  # restore() stops it, whatever happens
         restored = await runner.restore(
             c.runtime,
             c.reaper,
@@ -250,6 +252,7 @@ class InitProcess(ProcessBase):
             self.io.runtime_stdio(),
             console_socket=self.io.console_socket,
             no_pivot=c.config.no_pivot,
+            network=network,
         )
         self.pid = restored.pid
         self._watch()
@@ -305,6 +308,11 @@ class InitProcess(ProcessBase):
         if self._oom is not None:
             self._oom.close()
             self._oom = None
+        if self.network is not None:  # created from a checkpoint, deleted without a Start
+            from shim.checkpoint.runner import stop_network_rebuild
+
+            stop_network_rebuild(self.network)
+            self.network = None
         with contextlib.suppress(NotFound):
             await c.runtime.delete(c.id, force=True)
         if self.io is not None:
@@ -431,7 +439,13 @@ class Container:
             if config.restore is None:
                 await c.init.do_create()
             else:  # nothing runs until Start restores it
+                from shim.checkpoint import runner
+
                 await c.init._open_io()
+                # the network's rebuild service takes a while to start: start it now
+                c.init.network = await runner.start_network_rebuild(
+                    reaper, config.bundle, config.restore.images_dir
+                )
                 c.init.state = CreatedFromCheckpoint()
         except BaseException:
             if c.init.io is not None:

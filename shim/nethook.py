@@ -54,7 +54,7 @@ def serve(socket_path: str, snapshot_path: str) -> None:
 
     from pyroute2 import IPRoute  # noqa: F401  (the point: ~100 ms of imports, done now)
 
-    from shim.checkpoint.network import NetworkSnapshot, load_snapshot, rebuild
+    from shim.checkpoint.network import NetworkSnapshot, load_snapshot, probe_from_host, rebuild
     from shim.errors import ShimError
 
     snap: NetworkSnapshot | Exception
@@ -68,9 +68,18 @@ def serve(socket_path: str, snapshot_path: str) -> None:
     listener.bind(tmp)
     listener.listen(1)
     os.rename(tmp, socket_path)  # appears only once everything is imported and loaded
+    # Duplicate address detection while CRIU is still busy (a hook that comes meanwhile
+    # waits in the backlog for what is left of it), so the rebuild does not wait for answers.
+    probed: frozenset[str] = frozenset()
+    early = contextlib.ExitStack()
+    if isinstance(snap, NetworkSnapshot):
+        try:
+            probed = probe_from_host(snap, early)
+        except (OSError, ShimError) as exc:
+            snap = exc
     conn, _ = listener.accept()
     # what the rebuild leaves to close (ARP probe sockets) waits until the hook has its answer
-    with contextlib.ExitStack() as late, conn, listener:
+    with early, contextlib.ExitStack() as late, conn, listener:
         try:
             state = json.loads(_read_all(conn))
             pid = state.get("pid") if isinstance(state, dict) else None
@@ -78,7 +87,7 @@ def serve(socket_path: str, snapshot_path: str) -> None:
                 raise ValueError("the OCI state runc gave the hook names no pid")
             if isinstance(snap, Exception):
                 raise snap
-            rebuild(snap, pid, release=late)
+            rebuild(snap, pid, release=late, probed=probed)
             conn.sendall(b"ok")
         except Exception as exc:
             conn.sendall(f"rebuilding the network failed: {exc}".encode())

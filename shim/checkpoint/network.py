@@ -47,6 +47,7 @@ __all__ = [
     "is_loopback_only",
     "load_snapshot",
     "loopback_snapshot",
+    "probe_from_host",
     "rebuild",
     "take_snapshot",
 ]
@@ -406,6 +407,37 @@ def _addresses_in_use(
     return taken
 
 
+def probe_from_host(snap: NetworkSnapshot, release: contextlib.ExitStack) -> frozenset[str]:
+    """Duplicate address detection done early, from this (the host's) namespace: ARP probes
+    for the IPv4 addresses of every veth attached to a bridge, sent on that bridge with its
+    own MAC - the segment the rebuilt link will join. The rebuild service does this while
+    CRIU is still busy, so the hook does not wait for answers.
+
+    Returns:
+        The addresses probed (the rebuild need not probe them again).
+    Raises:
+        NetworkError: someone on the segment answered for an address.
+    """
+    links = {link.name: link for link in snap.links}
+    probes: list[tuple[str, str, str]] = []
+    for addr in snap.addresses:
+        link = links[addr.link]
+        if addr.family != socket.AF_INET or link.peer is None or not link.peer.bridge:
+            continue
+        try:
+            with open(f"/sys/class/net/{link.peer.bridge}/address") as f:
+                probes.append((link.peer.bridge, f.read().strip(), addr.address))
+        except FileNotFoundError:
+            continue  # no such bridge: the rebuild's host check says so
+    try:
+        taken = _addresses_in_use(probes, release) if probes else []
+    except PermissionError:
+        return frozenset()  # no packet sockets here: the rebuild probes from the namespace
+    if taken:
+        raise NetworkError(f"address {', '.join(taken)} is already in use on the network")
+    return frozenset(address for _, _, address in probes)
+
+
 def _check_host(host: Any, snap: NetworkSnapshot) -> None:
     for link in snap.links:
         if link.kind in ("loopback",):
@@ -419,7 +451,11 @@ def _check_host(host: Any, snap: NetworkSnapshot) -> None:
 
 
 def rebuild(
-    snap: NetworkSnapshot, pid: int, *, release: contextlib.ExitStack | None = None
+    snap: NetworkSnapshot,
+    pid: int,
+    *,
+    release: contextlib.ExitStack | None = None,
+    probed: frozenset[str] = frozenset(),
 ) -> None:
     """Recreate ``snap`` in ``pid``'s (new, empty) network namespace.
 
@@ -433,6 +469,7 @@ def rebuild(
         release: takes what may be closed late: the ARP probe sockets, whose closing waits
             for RCU grace periods. The rebuild service closes them after answering the hook;
             without it they are closed before this returns.
+        probed: addresses already checked by :func:`probe_from_host`; not probed again.
 
     Raises:
         NetworkError: the host cannot take it (nothing was changed on the host then).
@@ -451,7 +488,7 @@ def rebuild(
                 os.close(fd)
             # made inside the namespace: IPRoute(netns=...) would fork a helper (~7 ms)
             with _netns(netns), IPRoute() as ns:
-                _configure(ns, snap, release if release is not None else own)
+                _configure(ns, snap, release if release is not None else own, probed)
         except BaseException:
             for name in created:
                 with contextlib.suppress(Exception):
@@ -476,7 +513,9 @@ def _add_host_links(host: Any, snap: NetworkSnapshot, fd: int, created: list[str
         host.link("set", index=index, **settings)
 
 
-def _configure(ns: Any, snap: NetworkSnapshot, release: contextlib.ExitStack) -> None:
+def _configure(
+    ns: Any, snap: NetworkSnapshot, release: contextlib.ExitStack, probed: frozenset[str]
+) -> None:
     """The namespace side of :func:`rebuild`; this thread is in the namespace."""
     index_of = {}
     for link in snap.links:
@@ -490,7 +529,10 @@ def _configure(ns: Any, snap: NetworkSnapshot, release: contextlib.ExitStack) ->
     probes = [
         (addr.link, links[addr.link].mac, addr.address)
         for addr in snap.addresses
-        if addr.family == socket.AF_INET and links[addr.link].up and links[addr.link].kind == "veth"
+        if addr.family == socket.AF_INET
+        and links[addr.link].up
+        and links[addr.link].kind == "veth"
+        and addr.address not in probed
     ]
     if probes and (taken := _addresses_in_use(probes, release)):
         raise NetworkError(f"address {', '.join(taken)} is already in use on the network")

@@ -60,7 +60,15 @@ from shim.reaper import Reaper
 from shim.runtime import Runc, Stdio
 from shim.spawn import Child, Result, run, spawn
 
-__all__ = ["LazyDump", "Restored", "checkpoint", "restore"]
+__all__ = [
+    "LazyDump",
+    "NetworkRebuild",
+    "Restored",
+    "checkpoint",
+    "restore",
+    "start_network_rebuild",
+    "stop_network_rebuild",
+]
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +240,7 @@ async def _record_network(reaper: Reaper, pid: int, plan: CheckpointPlan) -> Non
 
 
 @dataclass(slots=True)
-class _NetworkRebuild:
+class NetworkRebuild:
     """How a restore gets its network back: through the hook and, for more than ``lo``, the
     rebuild service it talks to; or, for an ``lo`` without sockets, by the shim afterwards."""
 
@@ -241,34 +249,32 @@ class _NetworkRebuild:
     loopback_after: bool = False
 
 
-async def _start_network_service(
-    reaper: Reaper, bundle: Path, plan: CheckpointPlan
-) -> _NetworkRebuild:
+async def start_network_rebuild(reaper: Reaper, bundle: Path, images_dir: str) -> NetworkRebuild:
     """For a checkpoint with a recorded network, name the hook that rebuilds it in the spec
     (runc runs it at ``setup-namespaces``, before CRIU restores sockets) and, unless only
     ``lo`` needs to come up (the hook does that alone), start the rebuild service it talks
     to. A namespace that held nothing but ``lo`` and no inet socket needs no hook (a hook
     costs a process start inside the restore): ``lo`` is brought up after it. Otherwise make
     sure no hook of ours is left in the spec."""
-    snapshot = os.path.join(plan.images_dir, SNAPSHOT)
+    snapshot = os.path.join(images_dir, SNAPSHOT)
     try:
         with open(snapshot, "rb") as f:
             snap = load_snapshot(f.read())
     except FileNotFoundError:
         set_restore_hook(bundle, None)
-        return _NetworkRebuild()
+        return NetworkRebuild()
     if is_loopback_only(snap):
         up = any(link.up for link in snap.links)
         set_restore_hook(bundle, lo_up_argv() if up and snap.sockets else None)
-        return _NetworkRebuild(loopback_after=up and not snap.sockets)
+        return NetworkRebuild(loopback_after=up and not snap.sockets)
     os.makedirs(_HOOK_SOCKET_DIR, mode=0o700, exist_ok=True)
     sock = os.path.join(_HOOK_SOCKET_DIR, f"net-{os.urandom(6).hex()}.sock")
     child = spawn(reaper, [sys.executable, "-m", "shim.nethook", "serve", sock, snapshot])
     set_restore_hook(bundle, hook_argv(sock))
-    return _NetworkRebuild(child, sock)
+    return NetworkRebuild(child, sock)
 
 
-def _stop_network_service(network: _NetworkRebuild) -> None:
+def stop_network_rebuild(network: NetworkRebuild) -> None:
     """After the restore: end the rebuild service if no hook came (runc failed before it)
     and remove its socket."""
     if network.service is not None and not network.service.exited.done():
@@ -384,15 +390,19 @@ async def restore(
     *,
     console_socket: str | None,
     no_pivot: bool,
+    network: NetworkRebuild | None = None,
 ) -> Restored:
-    """Restore ``cid`` from ``plan.images_dir``.
+    """Restore ``cid`` from ``plan.images_dir``; ``network`` is what
+    :func:`start_network_rebuild` started for it earlier, if it was called (it is stopped
+    here either way).
 
     Raises:
         FailedPrecondition: CRIU or the host cannot do it (nothing started).
         ShimError: runc or CRIU failed; the message names the kept CRIU log.
     """
-    # first: the rebuild service's imports (~150 ms) then overlap the capability check
-    network = await _start_network_service(reaper, bundle, plan)
+    # the rebuild service imports for ~130 ms: best started at Create (``network``), else now
+    if network is None:
+        network = await start_network_rebuild(reaper, bundle, plan.images_dir)
     try:
         await _ensure_capable(
             runtime,
@@ -401,7 +411,7 @@ async def restore(
         )
         _mkdir_private(plan.work_dir)
     except BaseException:
-        _stop_network_service(network)
+        stop_network_rebuild(network)
         raise
     pid_file = bundle / "init.pid"
     daemon: Child | None = None
@@ -427,7 +437,7 @@ async def restore(
         kept = _keep_log(plan.work_dir, RESTORE_LOG, bundle)
         raise type(exc)(f"restore failed: {exc} ({_log_note(kept)})") from exc
     finally:
-        _stop_network_service(network)
+        stop_network_rebuild(network)
     pid = int(pid_file.read_text())
     if network.loopback_after:
         await _loopback_up(reaper, pid)

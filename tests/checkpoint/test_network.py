@@ -333,8 +333,16 @@ class Rebuilds:
         self.calls: list[tuple[NetworkSnapshot, int]] = []
         self.error: Exception | None = None
 
-    def __call__(self, snap: NetworkSnapshot, pid: int, *, release: object = None) -> None:
+    def __call__(
+        self,
+        snap: NetworkSnapshot,
+        pid: int,
+        *,
+        release: object = None,
+        probed: frozenset[str] = frozenset(),
+    ) -> None:
         assert release is not None  # the service closes the probe sockets after answering
+        assert probed == frozenset()  # the snapshot's bridge is not on this host: not probed
         self.calls.append((snap, pid))
         if self.error is not None:
             raise self.error
@@ -521,3 +529,22 @@ def test_snapshot_records_whether_the_namespace_had_sockets() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         assert has_inet_sockets(os.getpid())
+
+
+def test_probe_from_host_skips_what_it_cannot_probe() -> None:
+    """Missing bridges and links without one are left to the rebuild (which names a missing
+    bridge); nothing to probe means nothing probed."""
+    from shim.checkpoint.network import probe_from_host
+
+    veth = Link("eth0", "veth", 1500, "02:00:00:00:00:01", True, VethPeer("v-h", "no-br", 1500))
+    loose = Link("eth1", "veth", 1500, "02:00:00:00:00:02", True, VethPeer("v-i", "", 1500))
+    snap = NetworkSnapshot(
+        (veth, loose),
+        (Address("eth0", socket.AF_INET, "10.213.9.2", 24),
+         Address("eth1", socket.AF_INET, "10.213.8.2", 24)),
+        (),
+    )
+    import contextlib
+
+    with contextlib.ExitStack() as release:
+        assert probe_from_host(snap, release) == frozenset()
