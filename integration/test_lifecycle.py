@@ -402,6 +402,10 @@ def test_pyrunc_shims_come_from_the_fork_server(containers: Containers) -> None:
         assert Path(f"/proc/{shim}/comm").read_text().strip() == "containerd-shim"
         for ns in ("net", "mnt", "pid"):
             assert os.readlink(f"/proc/{shim}/ns/{ns}") == os.readlink(f"/proc/self/ns/{ns}")
+        # the ttrpc socket (fd 3) is close-on-exec: no child of the shim (runc, CRIU, a
+        # helper) keeps it open, which would make containerd see a live shim after it exited
+        flags = Path(f"/proc/{shim}/fdinfo/3").read_text().split("flags:")[1].split()[0]
+        assert int(flags, 8) & 0o2000000, f"fd 3 of shim {shim} is inheritable"
 
 
 def session_of(pid: int) -> int:

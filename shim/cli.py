@@ -21,7 +21,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
 
-__all__ = ["Flags", "UsageError", "main", "parse_flags", "socket_address"]
+__all__ = ["Flags", "UsageError", "in_host_namespaces", "main", "parse_flags", "socket_address"]
 
 RUNTIME = "io.containerd.pyrunc.v2"
 SOCKET_DIR = "/run/containerd/s"
@@ -222,7 +222,7 @@ def start(flags: Flags) -> int:
     _write_address(address)
     options = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
     argv = _daemon_argv(flags)
-    if os.environ.get("PYRUNC_FORKSERVER", "1") == "0" or not _in_init_namespaces():
+    if os.environ.get("PYRUNC_FORKSERVER", "1") == "0" or not in_host_namespaces():
         pid = _fork_daemon(listener, argv)
     else:
         from shim import forkserver
@@ -239,7 +239,7 @@ def start(flags: Flags) -> int:
     return 0
 
 
-def _in_init_namespaces() -> bool:
+def in_host_namespaces() -> bool:
     """True if this process shares every namespace with the host's init. Only then is the
     fork server used (and started): one started from a containerd in, say, a test's network
     namespace would serve and outlive that namespace. (pid 1 may refuse to show its

@@ -102,6 +102,9 @@ async def _serve(flags: Flags) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     listener = socket.socket(fileno=3)
+    # Handed over with dup2, so inheritable: no child (runc, CRIU, helpers) may keep the
+    # shim's socket open, or containerd would find it "served" after this shim is gone.
+    listener.set_inheritable(False)
     server = Server(error_mapper=to_status)
     server.register(SERVICE, service.handlers())
     serving = loop.create_task(server.serve(listener))

@@ -32,10 +32,12 @@ import sys
 __all__ = [
     "SOCKET_PATH",
     "Unavailable",
+    "bind_unique",
     "code_stamp",
     "request_daemon",
     "serve_forever",
     "spawn_server",
+    "unlink_if_ours",
     "where_am_i",
 ]
 
@@ -150,26 +152,27 @@ def spawn_server() -> None:
         os._exit(1)
 
 
-def _bind() -> tuple[socket.socket, int] | None:
-    """Listen on :data:`SOCKET_PATH`; return the socket and the inode of its file, or None
-    if another fork server already serves there."""
-    os.makedirs(SOCKET_DIR, mode=0o700, exist_ok=True)
+def bind_unique(path: str) -> tuple[socket.socket, int] | None:
+    """Listen on ``path`` (mode 0600, in a 0700 directory); return the socket and the inode
+    of its file, or None if another server already serves there."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        probe.connect(SOCKET_PATH)
-        return None  # another fork server is serving
+        probe.connect(path)
+        sock.close()
+        return None  # another server is serving
     except OSError:
-        if os.path.exists(SOCKET_PATH):
-            os.unlink(SOCKET_PATH)
+        if os.path.exists(path):
+            os.unlink(path)
     finally:
         probe.close()
-    tmp = f"{SOCKET_PATH}.{os.getpid()}"
+    tmp = f"{path}.{os.getpid()}"
     sock.bind(tmp)
     os.chmod(tmp, 0o600)
     sock.listen(64)
     inode = os.stat(tmp).st_ino
-    os.rename(tmp, SOCKET_PATH)
+    os.rename(tmp, path)
     return sock, inode
 
 
@@ -230,7 +233,7 @@ def serve_forever() -> None:
     set_cmdline(["containerd-shim-pyrunc-v2", "forkserver"])
     stamp = code_stamp()
     place = where_am_i()
-    bound = _bind()
+    bound = bind_unique(SOCKET_PATH)
     if bound is None:
         return
     sock, inode = bound
@@ -255,7 +258,7 @@ def serve_forever() -> None:
                 if request.get("stamp") != stamp:
                     conn.sendall(b'{"error": "stale"}')
                     sock.close()
-                    _unlink_if_ours(inode)
+                    unlink_if_ours(SOCKET_PATH, inode)
                     return
                 if request.get("place") != place:
                     conn.sendall(b'{"error": "elsewhere"}')  # other namespaces or cgroups
@@ -268,11 +271,11 @@ def serve_forever() -> None:
                     os.close(fd)
 
 
-def _unlink_if_ours(inode: int) -> None:
-    """Remove the socket file unless a newer fork server has already replaced it."""
+def unlink_if_ours(path: str, inode: int) -> None:
+    """Remove the socket file ``path`` unless a newer server has already replaced it."""
     try:
-        if os.stat(SOCKET_PATH).st_ino == inode:
-            os.unlink(SOCKET_PATH)
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
     except FileNotFoundError:
         pass
 

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +56,10 @@ from shim.checkpoint.plan import (
     dump_plan,
     restore_args,
 )
+from shim.cli import in_host_namespaces
 from shim.errors import AlreadyExists, FailedPrecondition, ShimError
-from shim.nethook import hook_argv, lo_up_argv
+from shim.forkserver import Unavailable, code_stamp, where_am_i
+from shim.nethook import TEMPLATE_SOCKET, hook_argv, lo_up_argv, template_argv
 from shim.reaper import Reaper
 from shim.runtime import Runc, Stdio
 from shim.spawn import Child, Result, run, spawn
@@ -269,14 +273,57 @@ async def start_network_rebuild(reaper: Reaper, bundle: Path, images_dir: str) -
         return NetworkRebuild(loopback_after=up and not snap.sockets)
     os.makedirs(_HOOK_SOCKET_DIR, mode=0o700, exist_ok=True)
     sock = os.path.join(_HOOK_SOCKET_DIR, f"net-{os.urandom(6).hex()}.sock")
-    child = spawn(reaper, [sys.executable, "-m", "shim.nethook", "serve", sock, snapshot])
     set_restore_hook(bundle, hook_argv(sock))
-    return NetworkRebuild(child, sock)
+    try:
+        await _request_from_template(sock, snapshot)
+        return NetworkRebuild(None, sock)  # a warm service, forked by the template
+    except Unavailable as exc:
+        log.debug("network rebuild template: %s", exc)
+        child = spawn(reaper, [sys.executable, "-m", "shim.nethook", "serve", sock, snapshot])
+        if exc.restart and in_host_namespaces():
+            spawn(reaper, template_argv(), setsid=True)  # warm for the next restore
+        return NetworkRebuild(child, sock)
+
+
+async def _request_from_template(sock: str, snapshot: str) -> int:
+    """Have the template fork a warm rebuild service for ``sock``; return its pid.
+
+    Raises:
+        Unavailable: no template (``restart``: worth starting one), or a stale one, or one in
+            other namespaces.
+    """
+    request = json.dumps(
+        {"stamp": code_stamp(), "place": where_am_i(), "socket": sock, "snapshot": snapshot}
+    ).encode()
+    try:
+        reader, writer = await asyncio.open_unix_connection(TEMPLATE_SOCKET)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise Unavailable(f"no template: {exc}", restart=True) from exc
+    try:
+        writer.write(request)
+        writer.write_eof()
+        async with asyncio.timeout(5):
+            answer = json.loads(await reader.read() or b"{}")
+    except (OSError, ValueError, TimeoutError) as exc:
+        raise Unavailable(f"template failed: {exc}", restart=False) from exc
+    finally:
+        writer.close()
+    pid = answer.get("pid") if isinstance(answer, dict) else None
+    if isinstance(pid, int) and pid > 0:
+        return pid
+    error = answer.get("error") if isinstance(answer, dict) else answer
+    raise Unavailable(f"template answered {error!r}", restart=error == "stale")
 
 
 def stop_network_rebuild(network: NetworkRebuild) -> None:
     """After the restore: end the rebuild service if no hook came (runc failed before it)
-    and remove its socket."""
+    and remove its socket. A service that listens already is told by a connection that
+    closes without a request (it answers that and exits); one of ours still starting up is
+    killed."""
+    if network.socket:
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as conn:
+            conn.setblocking(False)
+            conn.connect(network.socket)
     if network.service is not None and not network.service.exited.done():
         with contextlib.suppress(ProcessLookupError):
             os.kill(network.service.pid, 9)
