@@ -140,7 +140,22 @@ class ProcessBase:
             self.container.track(self._handle_exit(fut.result()))
 
     async def _handle_exit(self, ex: Exit) -> None:
-        raise NotImplementedError
+        """Once the last output is copied: record the exit and publish TaskExit, under the
+        container lock (so it comes after the TaskStart of the same process)."""
+        c = self.container
+        await self.wait_output()
+        async with c.lock:
+            self.record_exit(ex)
+            c.publish(
+                "/tasks/exit",
+                events.TaskExit(
+                    container_id=c.id,
+                    id=self.id,
+                    pid=self.pid,
+                    exit_status=ex.status,
+                    exited_at=_timestamp(ex.timestamp),
+                ),
+            )
 
     async def _open_io(self) -> ProcessIO:
         c = self.container
@@ -335,19 +350,7 @@ class InitProcess(ProcessBase):
             await asyncio.wait(
                 [asyncio.ensure_future(w) for w in running], timeout=_EXEC_EXIT_WAIT
             )
-        await self.wait_output()
-        async with c.lock:
-            self.record_exit(ex)
-            c.publish(
-                "/tasks/exit",
-                events.TaskExit(
-                    container_id=c.id,
-                    id=c.id,
-                    pid=self.pid,
-                    exit_status=ex.status,
-                    exited_at=_timestamp(ex.timestamp),
-                ),
-            )
+        await super()._handle_exit(ex)
 
 
 class ExecProcess(ProcessBase):
@@ -385,22 +388,6 @@ class ExecProcess(ProcessBase):
             os.kill(self.pid, signal)
         except ProcessLookupError as exc:
             raise NotFound("process already finished") from exc
-
-    async def _handle_exit(self, ex: Exit) -> None:
-        c = self.container
-        await self.wait_output()
-        async with c.lock:
-            self.record_exit(ex)
-            c.publish(
-                "/tasks/exit",
-                events.TaskExit(
-                    container_id=c.id,
-                    id=self.id,
-                    pid=self.pid,
-                    exit_status=ex.status,
-                    exited_at=_timestamp(ex.timestamp),
-                ),
-            )
 
 
 class Container:
