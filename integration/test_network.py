@@ -71,6 +71,7 @@ from .harness import (
     TaskStatus,
     ensure_image_tar,
     proc_cmdline,
+    run_pyrunc,
     shim_processes,
     wait_until,
 )
@@ -89,17 +90,7 @@ def pyrunc(
     containerd: Containerd, *args: str, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     """``pyrunc -a <daemon socket> -n pyrunc-it args`` as a separate process (this checkout)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERD_")}
-    return subprocess.run(
-        [sys.executable, "-m", "shim.ctl", "-a", containerd.address, "-n", NAMESPACE, *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        cwd=REPO,
-        env={**env, "PYTHONPATH": str(REPO)},
-    )
+    return run_pyrunc(containerd, *args, timeout=timeout)
 
 
 def one_line_failure(proc: subprocess.CompletedProcess[str]) -> str:
