@@ -9,7 +9,8 @@
 # every package directory. The gRPC services of containerd (protos/containerd/services/*,
 # except the ttrpc ones under services/ttrpc/, which the shim serves with its own ttrpc code)
 # also get c_pb2_grpc.py, the grpcio stubs used by the pyrunc command-line tool (shim/ctl)
-# only; nothing else imports them, so the daemon never loads grpc. protoc writes imports relative to the proto root
+# and the CRI endpoint (shim/cri) only; so does the Kubernetes CRI API (protos/k8s/). Nothing
+# else imports them, so the daemon never loads grpc. protoc writes imports relative to the proto root
 # (`from containerd.types import mount_pb2`); they are rewritten to
 # `from shim.api.containerd.types import mount_pb2`. Imports of modules that protoc did not
 # generate here (google.protobuf.*, from the protobuf package) are left alone.
@@ -79,7 +80,7 @@ generate() {
     # (google/protobuf/*.proto) by itself.
     (cd "$ROOT/protos" && "$py" -m grpc_tools.protoc -I. \
         --python_out="$outdir" --pyi_out="$outdir" "${protos[@]}")
-    # grpc stubs: only for containerd's gRPC services (protoc writes a *_pb2_grpc.py for
+    # grpc stubs: only for containerd's gRPC services and CRI (protoc writes a *_pb2_grpc.py for
     # every file it is given, services or not).
     local -a grpc_protos=()
     local p
@@ -87,6 +88,7 @@ generate() {
         case $p in
             containerd/services/ttrpc/*) ;;
             containerd/services/*) grpc_protos+=("$p") ;;
+            k8s/*) grpc_protos+=("$p") ;;
         esac
     done
     if [[ ${#grpc_protos[@]} -gt 0 ]]; then
