@@ -67,9 +67,21 @@ for applet in $("$busybox" --list); do
     ln -sf busybox "$rootfs/bin/$applet"
 done
 
-printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' \
-    >"$rootfs/etc/passwd"
-printf 'root:x:0:\nnogroup:x:65534:\n' >"$rootfs/etc/group"
+# Accounts: root, and those containerd's integration/client suite (hack/conformance.sh)
+# looks up by name or id in its busybox image: sys (3:3, TestContainerUserID) and
+# www-data (33:33, TestContainerUser, TestContainerUsername); nobody/nogroup as usual.
+cat >"$rootfs/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/bin/sh
+sys:x:3:3:sys:/dev:/bin/false
+www-data:x:33:33:www-data:/var/www:/bin/false
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+EOF
+cat >"$rootfs/etc/group" <<'EOF'
+root:x:0:
+sys:x:3:
+www-data:x:33:
+nogroup:x:65534:
+EOF
 
 digest=$("$python" "$here/mkoci.py" --rootfs "$rootfs" --ref "$ref" --out "$out" \
     --cmd /bin/sh \
