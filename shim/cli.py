@@ -2,10 +2,10 @@
 and, with no action, the daemon.
 
 Strategy: mirrors containerd ``runtime/v2/shim/shim.go`` and the runc shim's manager. Flags
-follow Go's ``flag`` syntax (one or two dashes, ``-x v`` or ``-x=v``, booleans only as ``-x`` or
-``-x=true``; flags end at the first positional argument). ``start`` stays lean: it imports
-neither asyncio nor protobuf (unless options arrive on stdin); the daemon is a fork of it, so
-the interpreter starts once. ``delete`` must print only a serialized DeleteResponse.
+follow Go's ``flag`` syntax (:mod:`shim.flags`). ``start`` stays lean: it imports neither
+asyncio nor protobuf (unless options arrive on stdin); the daemon is a fork of it, so the
+interpreter starts once. ``delete`` must print only a serialized DeleteResponse. An entry
+point: nothing in the package imports this module.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 import sys
 
 from shim import __version__
+from shim.flags import Flags, UsageError, parse_flags
 
 # Imported lazily where needed: ``start`` and ``delete`` run on every container's critical
 # path. (A local constant: importing typing for TYPE_CHECKING would cost more than it saves.)
@@ -21,123 +22,11 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
 
-__all__ = ["Flags", "UsageError", "in_host_namespaces", "main", "parse_flags", "socket_address"]
+__all__ = ["main", "socket_address"]
 
 RUNTIME = "io.containerd.pyrunc.v2"
 SOCKET_DIR = "/run/containerd/s"
 GROUP_ANNOTATIONS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")
-
-
-class UsageError(Exception):
-    """Bad command-line arguments."""
-
-
-class Flags:
-    """The parsed command line: a value, built once by :func:`parse_flags`.
-
-    A plain slotted class rather than a dataclass: ``start`` and ``delete`` are on the
-    critical path of every ``ctr run`` and must not pay for importing dataclasses/inspect.
-    """
-
-    __slots__ = (
-        "action", "address", "bundle", "debug", "id", "namespace", "publish_binary", "socket",
-        "version",
-    )
-
-    def __init__(
-        self,
-        *,
-        namespace: str = "",
-        id: str = "",
-        address: str = "/run/containerd/containerd.sock",
-        publish_binary: str = "containerd",
-        bundle: str = "",
-        socket: str = "",
-        debug: bool = False,
-        version: bool = False,
-        action: str = "",
-    ) -> None:
-        self.namespace = namespace
-        self.id = id
-        self.address = address
-        self.publish_binary = publish_binary
-        self.bundle = bundle
-        self.socket = socket
-        self.debug = debug
-        self.version = version
-        self.action = action
-
-    def _values(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Flags) and self._values() == other._values()
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
-        return f"Flags({fields})"
-
-
-_STRING_FLAGS = {
-    "namespace": "namespace",
-    "id": "id",
-    "address": "address",
-    "publish-binary": "publish_binary",
-    "bundle": "bundle",
-    "socket": "socket",
-}
-_BOOL_FLAGS = {"debug": "debug", "v": "version"}
-_TRUE = ("1", "t", "T", "true", "TRUE", "True")
-_FALSE = ("0", "f", "F", "false", "FALSE", "False")
-
-
-def parse_flags(args: list[str]) -> Flags:
-    """Parse Go ``flag``-style arguments.
-
-    Raises:
-        UsageError: an unknown flag, a missing value or a bad boolean.
-    """
-    values: dict[str, str] = {}
-    bools: dict[str, bool] = {}
-    i = 0
-    action = ""
-    while i < len(args):
-        arg = args[i]
-        if arg == "--":
-            action = args[i + 1] if i + 1 < len(args) else ""
-            break
-        if not arg.startswith("-") or arg == "-":
-            action = arg
-            break
-        name, eq, value = arg.lstrip("-").partition("=")
-        if name in _BOOL_FLAGS:
-            if eq and value not in _TRUE + _FALSE:
-                raise UsageError(f"invalid boolean value {value!r} for -{name}")
-            bools[_BOOL_FLAGS[name]] = not eq or value in _TRUE
-        elif name in _STRING_FLAGS:
-            if not eq:
-                i += 1
-                if i >= len(args):
-                    raise UsageError(f"flag needs an argument: -{name}")
-                value = args[i]
-            values[_STRING_FLAGS[name]] = value
-        else:
-            raise UsageError(f"flag provided but not defined: -{name}")
-        i += 1
-    return Flags(
-        namespace=values.get("namespace", ""),
-        id=values.get("id", ""),
-        address=values.get("address", "/run/containerd/containerd.sock"),
-        publish_binary=values.get("publish_binary", "containerd"),
-        bundle=values.get("bundle", ""),
-        socket=values.get("socket", ""),
-        debug=bools.get("debug", False),
-        version=bools.get("version", False),
-        action=action,
-    )
 
 
 def socket_address(containerd_address: str, namespace: str, group: str) -> str:
@@ -177,32 +66,6 @@ def _write_address(address: str) -> None:
     os.rename(".address", "address")
 
 
-def _listen(path: str) -> socket.socket | None:
-    """Bind the shim socket; None if a live shim already serves it."""
-    import socket
-
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(path)
-    except OSError as exc:
-        if exc.errno != 98:  # EADDRINUSE
-            raise
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-            sock.close()
-            return None
-        except OSError:
-            os.unlink(path)
-            sock.bind(path)
-        finally:
-            probe.close()
-    os.chmod(path, 0o600)
-    sock.listen(128)
-    return sock
-
-
 def start(flags: Flags) -> int:
     """``start``: bind the socket, get a daemon to serve it, print the address.
 
@@ -211,14 +74,17 @@ def start(flags: Flags) -> int:
     server for next time. With ``PYRUNC_FORKSERVER=0`` in containerd's environment, or when
     containerd runs in other namespaces than pid 1, the fork server is not used at all.
     """
+    from shim.warm import Unavailable, bind_unique, in_host_namespaces  # json, socket: start only
+
     bundle = os.getcwd()
     address = socket_address(flags.address, flags.namespace, _group(bundle, flags.id))
     path = address.removeprefix("unix://")
-    listener = _listen(path)
-    if listener is None:  # a shim of this group is already running
+    bound = bind_unique(path, backlog=128)
+    if bound is None:  # a shim of this group is already running
         _write_address(address)
         print(address, end="")
         return 0
+    listener = bound[0]
     _write_address(address)
     options = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
     argv = _daemon_argv(flags)
@@ -229,7 +95,7 @@ def start(flags: Flags) -> int:
 
         try:
             pid = forkserver.request_daemon(listener, argv)
-        except forkserver.Unavailable as exc:
+        except Unavailable as exc:
             pid = _fork_daemon(listener, argv)
             if exc.restart:
                 forkserver.spawn_server()
@@ -237,27 +103,6 @@ def start(flags: Flags) -> int:
     _adjust_daemon(pid, options)
     print(address, end="")
     return 0
-
-
-def in_host_namespaces() -> bool:
-    """True if this process shares every namespace with the host's init. Only then is the
-    fork server used (and started): one started from a containerd in, say, a test's network
-    namespace would serve and outlive that namespace. (pid 1 may refuse to show its
-    namespaces, e.g. a VM's non-dumpable init; kthreadd, pid 2, lives in the same ones.)"""
-    for init in (1, 2):
-        try:
-            if init == 2:
-                with open("/proc/2/comm") as f:
-                    if f.read().strip() != "kthreadd":
-                        return False
-            theirs = [os.readlink(f"/proc/{init}/ns/{ns}") for ns in _NAMESPACES]
-        except OSError:
-            continue
-        return theirs == [os.readlink(f"/proc/self/ns/{ns}") for ns in _NAMESPACES]
-    return False
-
-
-_NAMESPACES = ("cgroup", "ipc", "mnt", "net", "pid", "user", "uts")
 
 
 def _daemon_argv(flags: Flags) -> list[str]:

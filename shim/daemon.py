@@ -27,7 +27,7 @@ from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
 if TYPE_CHECKING:
-    from shim.cli import Flags
+    from shim.flags import Flags
 
 __all__ = ["serve"]
 

@@ -13,14 +13,15 @@ library, and this module imports the package lazily for the other commands.
 
 Even started at Create, ``serve`` needs ~130 ms (mostly pyroute2's imports) and a hook
 that comes sooner waits. So a **template** (``python -m shim.nethook template``) keeps
-pyroute2 imported and forks a ready ``serve`` per request on
-:data:`TEMPLATE_SOCKET`, like the shim's fork server (same code stamp and namespace rules:
-it serves only callers in its own namespaces and cgroups, since the rebuild's host side runs
-where it runs). It exits after :data:`TEMPLATE_IDLE` seconds without a request. Usage:
+pyroute2 imported and forks a ready ``serve`` per request on the socket it is given, like
+the shim's fork server (:mod:`shim.warm`'s protocol and rules: it serves only callers in its
+own namespaces and cgroups, since the rebuild's host side runs where it runs). It exits after
+:data:`TEMPLATE_IDLE` seconds without a request. This module imports nothing of the package
+at module level (the hook runs it as a plain script), so paths come in as arguments. Usage:
 
     python -m shim.nethook snapshot PID OUT.json
     python -m shim.nethook serve SOCKET SNAPSHOT.json
-    python -m shim.nethook template
+    python -m shim.nethook template SOCKET
     python -I -S /path/to/shim/nethook.py hook SOCKET      (OCI state on stdin)
 """
 
@@ -34,7 +35,6 @@ import time
 
 __all__ = [
     "TEMPLATE_IDLE",
-    "TEMPLATE_SOCKET",
     "hook",
     "hook_argv",
     "lo_up",
@@ -47,78 +47,50 @@ __all__ = [
 ]
 
 _HOOK_CONNECT_TIMEOUT = 10.0  # serve may still be importing pyroute2 when the hook runs
-TEMPLATE_SOCKET = "/run/containerd-shim-pyrunc/nethook.sock"
 TEMPLATE_IDLE = 600.0  # seconds: a burst of restores keeps it; an idle host gets its memory back
 _TEMPLATE_ROOM = "-" * 256  # command-line room for the template's title (shim.proctitle)
 
 
-def template_argv() -> list[str]:
-    """The command that starts a template."""
-    return [sys.executable, "-m", "shim.nethook", "template", _TEMPLATE_ROOM]
+def template_argv(socket_path: str) -> list[str]:
+    """The command that starts a template serving on ``socket_path``."""
+    return [sys.executable, "-m", "shim.nethook", "template", socket_path, _TEMPLATE_ROOM]
 
 
-def template() -> None:
+def template(socket_path: str) -> None:
     """Keep pyroute2 imported; fork a ready :func:`serve` for each request, answer its pid.
 
-    A request is one JSON object ``{"stamp", "place", "socket", "snapshot"}`` followed by
-    EOF; the answer ``{"pid": N}`` or ``{"error": "stale" | "elsewhere" | "refused"}``. A
-    stale template (other code) answers and exits. The forked services are reaped by the
-    kernel (SIGCHLD ignored), each lives for one hook.
+    A request carries ``{"socket", "snapshot"}`` (:mod:`shim.warm`'s protocol: stamp and
+    place checked there). A stale template (other code) answers and exits. The forked
+    services are reaped by the kernel (SIGCHLD ignored), each lives for one hook.
     """
     import signal
 
     from pyroute2 import IPRoute  # noqa: F401  (the point: imported once, forked warm)
 
     import shim.checkpoint.network  # noqa: F401
-    from shim.forkserver import bind_unique, code_stamp, unlink_if_ours, where_am_i
     from shim.proctitle import set_cmdline
+    from shim.warm import Request
+    from shim.warm import serve as serve_requests
+
+    def fork_service(req: Request) -> int:
+        socket_path, snapshot_path = str(req.fields["socket"]), str(req.fields["snapshot"])
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                req.close_sockets()
+                os.setsid()
+                set_cmdline(["containerd-shim-pyrunc-v2", "nethook-serve"])
+                serve(socket_path, snapshot_path)
+                code = 0
+            finally:
+                os._exit(code)
+        return pid
 
     set_cmdline(["containerd-shim-pyrunc-v2", "nethook-template"])
     os.chdir("/")  # not the bundle of the shim that started it
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-    stamp, place = code_stamp(), where_am_i()
-    bound = bind_unique(TEMPLATE_SOCKET)
-    if bound is None:
-        return
-    listener, inode = bound
-    listener.settimeout(TEMPLATE_IDLE)
-    try:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                return
-            with conn:
-                conn.settimeout(5)
-                try:
-                    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-                    request = json.loads(_read_all(conn))
-                except (OSError, ValueError):
-                    continue
-                if int.from_bytes(creds[4:8], sys.byteorder) != os.geteuid():
-                    conn.sendall(b'{"error": "refused"}')
-                elif not isinstance(request, dict) or request.get("stamp") != stamp:
-                    conn.sendall(b'{"error": "stale"}')
-                    return
-                elif request.get("place") != place:
-                    conn.sendall(b'{"error": "elsewhere"}')
-                else:
-                    pid = os.fork()
-                    if pid == 0:
-                        code = 1
-                        try:
-                            listener.close()
-                            conn.close()
-                            os.setsid()
-                            set_cmdline(["containerd-shim-pyrunc-v2", "nethook-serve"])
-                            serve(str(request["socket"]), str(request["snapshot"]))
-                            code = 0
-                        finally:
-                            os._exit(code)
-                    conn.sendall(json.dumps({"pid": pid}).encode())
-    finally:
-        listener.close()
-        unlink_if_ours(TEMPLATE_SOCKET, inode)
+    serve_requests(socket_path, fork_service, idle=TEMPLATE_IDLE)
 
 
 def hook_argv(socket_path: str) -> list[str]:
@@ -258,8 +230,8 @@ def main(argv: list[str]) -> int:
         return hook(argv[1])
     if argv == ["lo-up"]:
         return lo_up()
-    if argv[:1] == ["template"]:  # (a second argument only reserves command-line room)
-        template()
+    if len(argv) in (2, 3) and argv[0] == "template":  # (a third only reserves room)
+        template(argv[1])
         return 0
     sys.stderr.write(__doc__ or "")
     return 2

@@ -6,7 +6,8 @@ import hashlib
 
 import pytest
 
-from shim.cli import Flags, UsageError, parse_flags, socket_address
+from shim.cli import socket_address
+from shim.flags import Flags, UsageError, parse_flags
 
 
 def test_containerd_start_invocation() -> None:

@@ -47,6 +47,7 @@ from shim.api.criu import rpc_pb2
 from shim.errors import FailedPrecondition, Internal, InvalidArgument
 from shim.reaper import Exit, Reaper
 from shim.spawn import spawn
+from shim.warm import RUN_DIR
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -915,7 +916,7 @@ def clear_capability_cache() -> None:
     _probe_cache.clear()
 
 
-PROBE_CACHE_DIR = "/run/containerd-shim-pyrunc"
+PROBE_CACHE_DIR = RUN_DIR
 """Where probe results are shared between shims (tmpfs: gone at reboot, like the answers)."""
 
 

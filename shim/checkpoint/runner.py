@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -56,13 +55,12 @@ from shim.checkpoint.plan import (
     dump_plan,
     restore_args,
 )
-from shim.cli import in_host_namespaces
 from shim.errors import AlreadyExists, FailedPrecondition, ShimError
-from shim.forkserver import Unavailable, code_stamp, where_am_i
-from shim.nethook import TEMPLATE_SOCKET, hook_argv, lo_up_argv, template_argv
+from shim.nethook import hook_argv, lo_up_argv, template_argv
 from shim.reaper import Reaper
 from shim.runtime import Runc, Stdio
 from shim.spawn import Child, Result, run, spawn
+from shim.warm import RUN_DIR, Unavailable, in_host_namespaces, request
 
 __all__ = [
     "LazyDump",
@@ -83,7 +81,7 @@ _LAZY_READY_TIMEOUT = 600.0
 _LAZY_DAEMON_TIMEOUT = 10.0
 _NETWORK_TIMEOUT = 30.0
 _LOG_TAIL = 256 * 1024  # bytes of a kept CRIU log searched for the reason of a failure
-_HOOK_SOCKET_DIR = "/run/containerd-shim-pyrunc"  # short: socket paths end at 107 bytes
+TEMPLATE_SOCKET = f"{RUN_DIR}/nethook.sock"  # the network rebuild template's
 LAZY_PAGES_SOCKET = "lazy-pages.socket"  # created by `criu lazy-pages` in its work dir
 
 
@@ -271,8 +269,8 @@ async def start_network_rebuild(reaper: Reaper, bundle: Path, images_dir: str) -
         up = any(link.up for link in snap.links)
         set_restore_hook(bundle, lo_up_argv() if up and snap.sockets else None)
         return NetworkRebuild(loopback_after=up and not snap.sockets)
-    os.makedirs(_HOOK_SOCKET_DIR, mode=0o700, exist_ok=True)
-    sock = os.path.join(_HOOK_SOCKET_DIR, f"net-{os.urandom(6).hex()}.sock")
+    os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
+    sock = os.path.join(RUN_DIR, f"net-{os.urandom(6).hex()}.sock")
     set_restore_hook(bundle, hook_argv(sock))
     try:
         await _request_from_template(sock, snapshot)
@@ -281,38 +279,22 @@ async def start_network_rebuild(reaper: Reaper, bundle: Path, images_dir: str) -
         log.debug("network rebuild template: %s", exc)
         child = spawn(reaper, [sys.executable, "-m", "shim.nethook", "serve", sock, snapshot])
         if exc.restart and in_host_namespaces():
-            spawn(reaper, template_argv(), setsid=True)  # warm for the next restore
+            spawn(reaper, template_argv(TEMPLATE_SOCKET), setsid=True)  # warm for the next
         return NetworkRebuild(child, sock)
 
 
 async def _request_from_template(sock: str, snapshot: str) -> int:
-    """Have the template fork a warm rebuild service for ``sock``; return its pid.
+    """Have the template fork a warm rebuild service for ``sock``; return its pid (the
+    request blocks for up to 5 s, so it runs in a thread).
 
     Raises:
         Unavailable: no template (``restart``: worth starting one), or a stale one, or one in
             other namespaces.
     """
-    request = json.dumps(
-        {"stamp": code_stamp(), "place": where_am_i(), "socket": sock, "snapshot": snapshot}
-    ).encode()
-    try:
-        reader, writer = await asyncio.open_unix_connection(TEMPLATE_SOCKET)
-    except (FileNotFoundError, ConnectionRefusedError) as exc:
-        raise Unavailable(f"no template: {exc}", restart=True) from exc
-    try:
-        writer.write(request)
-        writer.write_eof()
-        async with asyncio.timeout(5):
-            answer = json.loads(await reader.read() or b"{}")
-    except (OSError, ValueError, TimeoutError) as exc:
-        raise Unavailable(f"template failed: {exc}", restart=False) from exc
-    finally:
-        writer.close()
-    pid = answer.get("pid") if isinstance(answer, dict) else None
-    if isinstance(pid, int) and pid > 0:
-        return pid
-    error = answer.get("error") if isinstance(answer, dict) else answer
-    raise Unavailable(f"template answered {error!r}", restart=error == "stale")
+    fields: dict[str, object] = {"socket": sock, "snapshot": snapshot}
+    return await asyncio.to_thread(
+        request, TEMPLATE_SOCKET, fields, what="network rebuild template"
+    )
 
 
 def stop_network_rebuild(network: NetworkRebuild) -> None:

@@ -1,0 +1,305 @@
+"""The ground floor for warm processes and host identity: where this process lives, what code
+it runs, and the one request/answer protocol of the processes that fork ready workers.
+
+Strategy: the idea of multiprocessing's ``forkserver``, written once. A warm process (the
+shim's fork server, :mod:`shim.forkserver`; the network rebuild template,
+:mod:`shim.nethook`) imports the expensive modules once, listens on a root-only unix socket
+under :data:`RUN_DIR` and forks a ready worker per request. The caller sends one JSON object -
+its code stamp, its place (namespaces and cgroups) and what the handler needs - optionally with
+file descriptors (SCM_RIGHTS), then EOF; the answer is ``{"pid": N}`` or ``{"error": "refused"
+| "stale" | "elsewhere"}``. :func:`serve` is the one loop (peer check, stamp, place, answers);
+:func:`request` is the one client; :class:`Unavailable` is its one failure.
+
+Rules:
+* Requests only from the same user (SO_PEERCRED); anything else is ``refused``.
+* A request stamped with other code (:func:`code_stamp`) is answered ``stale`` and the warm
+  process exits: the caller starts a fresh one (``Unavailable.restart``).
+* A worker lives where its warm process lives, so a caller in other namespaces or cgroups
+  (:func:`where_am_i`) is answered ``elsewhere`` and does the work itself.
+* A warm process only ever makes something faster: every failure is :class:`Unavailable`, and
+  the caller falls back to doing the work itself.
+No asyncio, protobuf or dataclasses here: ``start`` imports this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+
+TYPE_CHECKING = False  # (importing typing would cost start-up time; see shim.cli)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+__all__ = [
+    "NAMESPACES",
+    "PACKAGE_DIR",
+    "RUN_DIR",
+    "Request",
+    "Unavailable",
+    "bind_unique",
+    "code_stamp",
+    "in_host_namespaces",
+    "request",
+    "serve",
+    "unlink_if_ours",
+    "where_am_i",
+]
+
+RUN_DIR = "/run/containerd-shim-pyrunc"  # short: socket paths end at 107 bytes
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# Every namespace a forked process inherits. ``time`` included: a daemon forked by a warm
+# process in the host's time namespace would read other clocks (CLOCK_MONOTONIC/BOOTTIME
+# offsets) than a caller in its own, so such a caller is "elsewhere" and not the host. A
+# kernel without a kind of namespace (time before 5.6) simply has no link for it.
+NAMESPACES = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
+_MAX_REQUEST = 1 << 20
+_TIMEOUT = 5.0
+
+
+class Unavailable(Exception):
+    """No worker from the warm process; ``restart`` says whether a new one should start
+    (there was none, or it ran other code)."""
+
+    def __init__(self, reason: str, *, restart: bool) -> None:
+        super().__init__(reason)
+        self.restart = restart
+
+
+# -- identity --------------------------------------------------------------------------
+
+
+def code_stamp(root: str = PACKAGE_DIR) -> str:
+    """What identifies the code this process runs: the interpreter and the files of the
+    package (path, mtime and size of every ``.py`` under ``root``)."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{sys.executable}\0{root}".encode())
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        for name in sorted(filenames):
+            if name.endswith(".py"):
+                path = os.path.join(dirpath, name)
+                st = os.stat(path)
+                digest.update(f"\0{path}:{st.st_mtime_ns}:{st.st_size}".encode())
+    return digest.hexdigest()
+
+
+def _namespaces(pid: int | str) -> dict[str, str]:
+    """``pid``'s namespace links; a kind this kernel lacks reads as ``""``.
+
+    Raises:
+        OSError: the process's links cannot be read at all.
+    """
+    links: dict[str, str] = {}
+    for ns in NAMESPACES:
+        try:
+            links[ns] = os.readlink(f"/proc/{pid}/ns/{ns}")
+        except FileNotFoundError:
+            links[ns] = ""
+    return links
+
+
+def where_am_i() -> dict[str, str]:
+    """This process's namespaces and cgroups: what a forked worker would inherit."""
+    place: dict[str, str] = {}
+    for ns in NAMESPACES:
+        try:
+            place[ns] = os.readlink(f"/proc/self/ns/{ns}")
+        except OSError:
+            place[ns] = ""
+    with open("/proc/self/cgroup") as f:
+        place["cgroups"] = f.read()
+    return place
+
+
+def in_host_namespaces() -> bool:
+    """True if this process shares every namespace with the host's init. Only then are warm
+    processes used (and started): one started from a containerd in, say, a test's network
+    namespace would serve and outlive that namespace. (pid 1 may refuse to show its
+    namespaces, e.g. a VM's non-dumpable init; kthreadd, pid 2, lives in the same ones.)"""
+    for init in (1, 2):
+        try:
+            if init == 2:
+                with open("/proc/2/comm") as f:
+                    if f.read().strip() != "kthreadd":
+                        return False
+            theirs = _namespaces(init)
+        except OSError:
+            continue
+        return theirs == _namespaces("self")
+    return False
+
+
+# -- sockets ---------------------------------------------------------------------------
+
+
+def bind_unique(path: str, backlog: int = 64) -> tuple[socket.socket, int] | None:
+    """Listen on ``path`` (mode 0600, in a 0700 directory), replacing a dead server's socket
+    file; return the socket and the inode of its file, or None if a live server already
+    serves there. The file appears (by rename) only once the socket listens."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        sock.close()
+        return None  # another server is serving
+    except OSError:
+        if os.path.exists(path):
+            os.unlink(path)
+    finally:
+        probe.close()
+    tmp = f"{path}.{os.getpid()}"
+    with_tmp = False
+    try:
+        sock.bind(tmp)
+        with_tmp = True
+        os.chmod(tmp, 0o600)
+        sock.listen(backlog)
+        inode = os.stat(tmp).st_ino
+        os.rename(tmp, path)
+    except BaseException:
+        sock.close()
+        if with_tmp:
+            os.unlink(tmp)
+        raise
+    return sock, inode
+
+
+def unlink_if_ours(path: str, inode: int) -> None:
+    """Remove the socket file ``path`` unless a newer server has already replaced it."""
+    try:
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _read_all(conn: socket.socket, data: bytes = b"") -> bytes:
+    while chunk := conn.recv(65536):
+        data += chunk
+    return data
+
+
+# -- the protocol ----------------------------------------------------------------------
+
+
+def request(path: str, fields: dict[str, object], *, what: str, fds: Sequence[int] = ()) -> int:
+    """Ask the warm process on ``path`` for a worker: send this process's stamp and place
+    with ``fields`` (and ``fds``), return the worker's pid. Blocks for up to 5 s.
+
+    Args:
+        path: the warm process's socket.
+        fields: what its handler needs (JSON values).
+        what: the warm process's name, for messages.
+        fds: file descriptors to pass along.
+    Returns:
+        The worker's pid.
+    Raises:
+        Unavailable: no warm process (``restart``), a stale one (``restart``), a broken one,
+            one that refused or lives elsewhere; the caller does the work itself.
+    """
+    message = json.dumps({"stamp": code_stamp(), "place": where_am_i(), **fields}).encode()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(_TIMEOUT)
+            try:
+                conn.connect(path)
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                raise Unavailable(f"no {what}: {exc}", restart=True) from exc
+            if fds:
+                socket.send_fds(conn, [message], list(fds))
+            else:
+                conn.sendall(message)
+            conn.shutdown(socket.SHUT_WR)
+            answer = json.loads(_read_all(conn) or b"{}")
+    except (OSError, ValueError) as exc:
+        raise Unavailable(f"{what} failed: {exc}", restart=False) from exc
+    pid = answer.get("pid") if isinstance(answer, dict) else None
+    if isinstance(pid, int) and pid > 0:
+        return pid
+    error = answer.get("error") if isinstance(answer, dict) else answer
+    raise Unavailable(f"{what} answered {error!r}", restart=error == "stale")
+
+
+class Request:
+    """One accepted request, as :func:`serve` hands it to its handler: the caller's fields,
+    the file descriptors it passed (closed by :func:`serve` afterwards), and
+    :meth:`close_sockets` for a forked worker to let go of the warm process's sockets."""
+
+    __slots__ = ("_sockets", "fds", "fields")
+
+    def __init__(
+        self, fields: dict[str, object], fds: list[int], sockets: tuple[socket.socket, ...]
+    ) -> None:
+        self.fields = fields
+        self.fds = fds
+        self._sockets = sockets
+
+    def close_sockets(self) -> None:
+        """In a forked worker: close the listener and the connection it inherited (else it
+        would keep the warm process's socket served after the warm process is gone)."""
+        for sock in self._sockets:
+            sock.close()
+
+
+def serve(
+    path: str,
+    handle: Callable[[Request], int],
+    *,
+    fds: int = 0,
+    idle: float | None = None,
+) -> None:
+    """Serve requests on ``path`` one at a time until a stale request comes (or ``idle``
+    seconds pass without one); ``handle`` forks the worker and returns its pid, which is the
+    answer. Returns at once if another server serves ``path``.
+
+    Args:
+        path: the socket to listen on (see :func:`bind_unique`).
+        handle: makes the worker for a request that passed every check.
+        fds: how many file descriptors a request must carry.
+        idle: seconds without a request after which the server ends; None: never.
+    """
+    stamp, place = code_stamp(), where_am_i()
+    bound = bind_unique(path)
+    if bound is None:
+        return
+    listener, inode = bound
+    listener.settimeout(idle)
+    my_uid = os.geteuid()
+    try:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                return
+            with conn:
+                conn.settimeout(_TIMEOUT)
+                try:
+                    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+                    data, got, _flags, _addr = socket.recv_fds(conn, _MAX_REQUEST, max(fds, 1))
+                    fields = json.loads(_read_all(conn, data))
+                except (OSError, ValueError):
+                    continue
+                try:
+                    uid = int.from_bytes(creds[4:8], sys.byteorder)
+                    if uid != my_uid or len(got) != fds or not isinstance(fields, dict):
+                        conn.sendall(b'{"error": "refused"}')
+                    elif fields.get("stamp") != stamp:
+                        conn.sendall(b'{"error": "stale"}')
+                        return
+                    elif fields.get("place") != place:
+                        conn.sendall(b'{"error": "elsewhere"}')  # other namespaces or cgroups
+                    else:
+                        pid = handle(Request(fields, got, (listener, conn)))
+                        conn.sendall(json.dumps({"pid": pid}).encode())
+                except (OSError, KeyError, ValueError):
+                    continue
+                finally:
+                    for fd in got:
+                        os.close(fd)
+    finally:
+        listener.close()
+        unlink_if_ours(path, inode)

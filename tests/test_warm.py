@@ -1,0 +1,188 @@
+"""Warm processes: the code stamp, the request/answer protocol and its serve loop, the socket
+helpers, and the command line a forked daemon shows."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shim import warm
+from shim.warm import Request, Unavailable, bind_unique, code_stamp, request, serve
+
+
+def test_code_stamp_is_stable_and_sees_every_change(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.py").write_text("y = 2\n")
+    (tmp_path / "notes.txt").write_text("ignored")
+    first = code_stamp(str(tmp_path))
+    assert code_stamp(str(tmp_path)) == first
+    (tmp_path / "notes.txt").write_text("still ignored")
+    assert code_stamp(str(tmp_path)) == first
+    (tmp_path / "sub" / "b.py").write_text("y = 3\n")
+    os.utime(tmp_path / "sub" / "b.py", ns=(0, time.time_ns() + 10**9))
+    second = code_stamp(str(tmp_path))
+    assert second != first
+    (tmp_path / "c.py").write_text("")
+    assert code_stamp(str(tmp_path)) != second
+
+
+def test_set_cmdline_rewrites_proc_cmdline() -> None:
+    """A process started with room on its command line shows the shim's argv instead."""
+    script = (
+        "import sys, time\n"
+        "from shim.proctitle import set_cmdline\n"
+        "set_cmdline(['containerd-shim-pyrunc-v2', '-namespace', 'ns', '-id', 'c1'])\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, "-" * 200], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        raw = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        argv = [a.decode() for a in raw.split(b"\0") if a]
+        assert argv == ["containerd-shim-pyrunc-v2", "-namespace", "ns", "-id", "c1"]
+        assert Path(f"/proc/{proc.pid}/comm").read_text().strip() == "containerd-shim"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# -- sockets ---------------------------------------------------------------------------
+
+
+def test_bind_unique_serves_once_and_replaces_a_dead_socket(tmp_path: Path) -> None:
+    path = str(tmp_path / "d" / "s.sock")
+    bound = bind_unique(path)
+    assert bound is not None
+    sock, _inode = bound
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    assert oct(os.stat(os.path.dirname(path)).st_mode & 0o777) == "0o700"
+    assert bind_unique(path) is None  # a live server serves there
+    sock.close()  # dead: its file stays behind
+    again = bind_unique(path)
+    assert again is not None
+    warm.unlink_if_ours(path, again[1] + 1)  # another server's file: kept
+    assert os.path.exists(path)
+    warm.unlink_if_ours(path, again[1])
+    assert not os.path.exists(path)
+    again[0].close()
+
+
+# -- the protocol: one serve loop, one client ------------------------------------------
+
+
+class Server:
+    """:func:`serve` in a thread; the handler records requests and answers a fixed pid."""
+
+    def __init__(self, path: str, fds: int) -> None:
+        self.path = path
+        self.fds = fds
+        self.seen: list[Request] = []
+        self.passed: list[list[bytes]] = []
+        self.thread = threading.Thread(
+            target=serve, args=(path, self.handle), kwargs={"fds": fds, "idle": 10.0}
+        )
+
+    def handle(self, req: Request) -> int:
+        self.seen.append(req)
+        self.passed.append([os.read(fd, 10) for fd in req.fds])
+        return 4242
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        deadline = time.monotonic() + 5
+        while not os.path.exists(self.path):
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.thread.is_alive():  # a stale request ends it
+            null = os.open(os.devnull, os.O_RDONLY)
+            try:
+                with pytest.raises(Unavailable, match="stale"):
+                    fds = [null] * self.fds
+                    request(self.path, {"stamp": "other"}, what="test", fds=fds)
+            finally:
+                os.close(null)
+        self.thread.join(5)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def sock_path(tmp_path: Path) -> Iterator[str]:
+    yield str(tmp_path / "warm.sock")
+
+
+def _raw(path: str, message: dict[str, object]) -> object:
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.connect(path)
+        conn.sendall(json.dumps(message).encode())
+        conn.shutdown(socket.SHUT_WR)
+        return json.loads(conn.recv(4096))
+
+
+def test_request_gets_the_handlers_pid_with_fields_and_fds(sock_path: str) -> None:
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"hello")
+    try:
+        with Server(sock_path, fds=1) as server:
+            assert request(sock_path, {"x": [1, "y"]}, what="test", fds=[read_end]) == 4242
+            assert server.seen[0].fields["x"] == [1, "y"]
+            assert server.passed == [[b"hello"]]
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_refused_elsewhere_and_stale(sock_path: str) -> None:
+    with Server(sock_path, fds=0) as server:
+        read_end, write_end = os.pipe()
+        try:  # an fd it does not expect: refused, and the fd is closed again
+            with pytest.raises(Unavailable, match="refused") as info:
+                request(sock_path, {}, what="test", fds=[read_end])
+            assert not info.value.restart
+        finally:
+            os.close(read_end)
+            os.close(write_end)
+        here = warm.where_am_i()
+        stamp = code_stamp()
+        elsewhere = {**here, "net": "net:[1]"}
+        assert _raw(sock_path, {"stamp": stamp, "place": elsewhere}) == {"error": "elsewhere"}
+        assert _raw(sock_path, [1, 2]) == {"error": "refused"}  # type: ignore[arg-type]
+        assert _raw(sock_path, {"stamp": stamp, "place": here}) == {"pid": 4242}
+        assert _raw(sock_path, {"stamp": "old", "place": here}) == {"error": "stale"}
+        server.thread.join(5)
+        assert not server.thread.is_alive() and not os.path.exists(sock_path)
+        assert len(server.seen) == 1
+
+
+def test_no_server_is_worth_a_restart(sock_path: str) -> None:
+    with pytest.raises(Unavailable, match="no test") as info:
+        request(sock_path, {}, what="test")
+    assert info.value.restart
+
+
+def test_idle_server_ends_and_removes_its_socket(sock_path: str) -> None:
+    thread = threading.Thread(target=serve, args=(sock_path, lambda _: 1), kwargs={"idle": 0.2})
+    thread.start()
+    thread.join(5)
+    assert not thread.is_alive() and not os.path.exists(sock_path)
+
+
+def test_namespace_list_is_the_one_of_the_host_test() -> None:
+    assert set(warm.where_am_i()) == {*warm.NAMESPACES, "cgroups"}
+    assert "time" in warm.NAMESPACES
+    assert isinstance(warm.in_host_namespaces(), bool)
