@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
+from ._cri import CriServeCommand, add_cri_parser, cri_command
+
 __all__ = [
     "DEFAULT_ADDRESS",
     "DEFAULT_FIFO_DIR",
@@ -139,7 +141,7 @@ class TasksCommand:
     quiet: bool = False
 
 
-Command = CheckpointCommand | RestoreCommand | TasksCommand
+Command = CheckpointCommand | RestoreCommand | TasksCommand | CriServeCommand
 
 
 # --- argument types (argparse calls them; ValueError/ArgumentTypeError = usage error) ------
@@ -367,6 +369,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     _checkpoint_parser(sub, env)
     _restore_parser(sub, env)
     _tasks_parser(sub, env)
+    add_cri_parser(sub)
     return parser
 
 
@@ -407,6 +410,8 @@ def parse_args(
     here = os.getcwd() if cwd is None else cwd
     glob = Globals(address=_absolute(ns.address, here) if "://" not in ns.address
                    else ns.address, namespace=ns.namespace)
+    if ns.command == "cri":
+        return cri_command(ns)
     if ns.command == "checkpoint":
         return CheckpointCommand(
             globals=glob,

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from ._args import CheckpointCommand, Command, RestoreCommand, TasksCommand, parse_args
+from ._cri import CriServeCommand, run_cri
 from ._errors import CtlError
 
 __all__ = ["main", "run"]
@@ -25,6 +26,8 @@ def run(cmd: Command) -> int:
         CtlError: a call failed.
         ImportError: grpcio is not installed.
     """
+    if isinstance(cmd, CriServeCommand):
+        return run_cri(cmd)
     from ._client import connect
     from ._commands import run_checkpoint, run_restore, run_tasks
 

@@ -1,0 +1,90 @@
+"""``pyrunc cri serve``: the command value, its parser, and running it.
+
+Strategy: the parser and the frozen :class:`CriServeCommand` live here so ``_args`` needs one
+line per hook; :func:`run_cri` imports :mod:`shim.cri` (grpc) only when the command runs
+(start-up time of every other command stays as it is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = [
+    "DEFAULT_CRI_CONTAINERD",
+    "DEFAULT_CRI_LISTEN",
+    "DEFAULT_CRI_WORK_DIR",
+    "CriServeCommand",
+    "add_cri_parser",
+    "cri_command",
+    "run_cri",
+]
+
+DEFAULT_CRI_LISTEN: Final = "unix:///run/containerd-shim-pyrunc/cri.sock"
+DEFAULT_CRI_CONTAINERD: Final = "unix:///run/containerd/containerd.sock"
+DEFAULT_CRI_WORK_DIR: Final = "/var/lib/containerd-shim-pyrunc/cri"
+
+
+@dataclass(frozen=True, slots=True)
+class CriServeCommand:
+    """``pyrunc cri serve``."""
+
+    listen: str = DEFAULT_CRI_LISTEN
+    containerd: str = DEFAULT_CRI_CONTAINERD
+    namespace: str = "k8s.io"
+    work_dir: str = DEFAULT_CRI_WORK_DIR
+    criu: str = "criu"
+    verbose: bool = False
+
+
+def _unix_uri(value: str) -> str:
+    if value.startswith("/"):
+        return f"unix://{value}"
+    if not value.startswith("unix:///"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not unix:///PATH or /PATH")
+    return value
+
+
+def add_cri_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``cri serve`` to the ``pyrunc`` subcommands."""
+    p = sub.add_parser(
+        "cri", help="the Kubernetes CRI endpoint (kubelet's --container-runtime-endpoint)",
+        description="The CRI endpoint: CheckpointContainer is done here (kubelet-format "
+        "archives through containerd's API, on containerd 1.6, 1.7 and 2.x); every other CRI "
+        "call is forwarded to containerd's CRI unchanged.")
+    cri = p.add_subparsers(dest="cri_command", metavar="COMMAND", required=True)
+    s = cri.add_parser("serve", help="serve CRI until SIGTERM/SIGINT")
+    s.add_argument("--listen", type=_unix_uri, default=DEFAULT_CRI_LISTEN, metavar="URI",
+                   help=f"socket to serve on (default: {DEFAULT_CRI_LISTEN})")
+    s.add_argument("--containerd", type=_unix_uri, default=DEFAULT_CRI_CONTAINERD,
+                   metavar="URI", help="containerd's gRPC socket, where its CRI is served "
+                   f"(default: {DEFAULT_CRI_CONTAINERD})")
+    s.add_argument("--cri-namespace", default="k8s.io", metavar="NS",
+                   help="containerd namespace of CRI's containers (default: k8s.io)")
+    s.add_argument("--work-dir", default=DEFAULT_CRI_WORK_DIR, metavar="DIR",
+                   help=f"where checkpoints are staged (default: {DEFAULT_CRI_WORK_DIR})")
+    s.add_argument("--criu", default="criu", metavar="PATH",
+                   help="the CRIU checked for before a checkpoint (default: criu on PATH)")
+    s.add_argument("-v", "--verbose", action="store_true", help="log every refused call")
+
+
+def cri_command(ns: argparse.Namespace) -> CriServeCommand:
+    """The command value of parsed ``cri serve`` arguments."""
+    return CriServeCommand(listen=ns.listen, containerd=ns.containerd,
+                           namespace=ns.cri_namespace, work_dir=ns.work_dir, criu=ns.criu,
+                           verbose=ns.verbose)
+
+
+def run_cri(cmd: CriServeCommand) -> int:
+    """Serve until SIGTERM/SIGINT."""
+    from pathlib import Path
+
+    from shim.cri import ServeConfig, serve  # grpc: loaded only for this command
+
+    logging.basicConfig(level=logging.INFO if cmd.verbose else logging.WARNING,
+                        format="pyrunc cri: %(levelname)s %(message)s")
+    return serve(ServeConfig(listen=cmd.listen, containerd=cmd.containerd,
+                             namespace=cmd.namespace, work_dir=Path(cmd.work_dir),
+                             criu=cmd.criu))
