@@ -14,6 +14,12 @@
 #     containerd's "default" namespace.
 # Idempotent: every step first checks whether it is already done, so a second run takes
 # seconds and changes nothing. Needs no network but the package registries.
+#
+# Usage: hack/install.sh [--chroot]
+#   --chroot   only what a chroot can do (hack/fresh-check.sh runs it in a fresh Debian root
+#              file system): packages, the CRIU build, the venv and building the test image;
+#              skips `criu check` (it needs a real mount tree: "mnt: No parent found for
+#              mountpoint"), starting containerd, the sysctl and importing the image.
 set -euo pipefail
 
 readonly CRIU_MIN_VERSION=4.2.1
@@ -35,17 +41,23 @@ readonly SYSCTL_FILE=/etc/sysctl.d/60-containerd-shim-pyrunc.conf
 readonly CRIU_SRC_FILE=/etc/apt/sources.list.d/containerd-shim-pyrunc-$CRIU_SUITE-src.sources
 readonly OLD_SRC_FILE=/etc/apt/sources.list.d/containerd-shim-pyrunc-trixie-src.sources
 
-# Runtime and build packages. For `make criu` only these are required (criu/Makefile.packages
-# and the link line): pkg-config, libprotobuf-c-dev, protobuf-c-compiler, libnl-3-dev,
-# libnet1-dev, libcap-dev, uuid-dev (descriptor.proto ships in CRIU's own tree, so
-# libprotobuf-dev/protoc are not needed). libbsd-dev, libnftables-dev and libgnutls28-dev are
-# optional features we want (setproctitle, nftables network locking, TLS page server).
-# libaio-dev (CRIU's test suite), libdrm-dev (amdgpu plugin, not part of `make criu`),
-# python3-protobuf (crit) and asciidoc/xmlto (man pages; pull in TeX) are left out.
+# Runtime and build packages.
+# - `make criu` (CRIU 4.2.1): pkg-config, libprotobuf-c-dev, protobuf-c-compiler, libnl-3-dev,
+#   libnet1-dev, libcap-dev, uuid-dev, and since 4.2 also protoc (protobuf-compiler) with
+#   google/protobuf/descriptor.proto (libprotobuf-dev): its Makefile compiles
+#   images/*.proto with protoc against the system's descriptor.proto.
+# - optional CRIU features we want: libbsd-dev (setproctitle), libnftables-dev (nftables
+#   network locking), libgnutls28-dev (TLS page server).
+# - programs the shim, hooks, CLI and tests execute: hack/host-programs.txt lists each with
+#   the package that provides it (tests/test_host_programs.py keeps that list complete), e.g.
+#   nftables (nft), iptables, iproute2 (ip, bridge), util-linux (nsenter, mount), kmod.
+# Left out: libaio-dev (CRIU's test suite), libdrm-dev (amdgpu plugin, not part of
+# `make criu`), python3-protobuf (crit), asciidoc/xmlto (man pages; pull in TeX).
 readonly PACKAGES=(
-    containerd runc iptables iproute2 busybox-static procps xz-utils
-    gcc make pkg-config python3-venv
-    libprotobuf-c-dev protobuf-c-compiler libnl-3-dev libnet1-dev libcap-dev uuid-dev
+    containerd runc iptables nftables iproute2 busybox-static procps xz-utils util-linux mount
+    gcc binutils make pkg-config python3-venv mmdebstrap
+    libprotobuf-c-dev protobuf-c-compiler protobuf-compiler libprotobuf-dev
+    libnl-3-dev libnet1-dev libcap-dev uuid-dev
     libbsd-dev libnftables-dev libgnutls28-dev
 )
 
@@ -54,6 +66,9 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 apt_updated=0
+chroot_only=0
+criu_check="(not run: --chroot)"
+image_digest=""
 
 log() { printf '==> %s\n' "$*"; }
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -169,6 +184,7 @@ install_criu() {
         install -m0755 "$build/criu-$version/criu/criu" "$CRIU_BIN"
         criu_is_wanted_version || die "$CRIU_BIN --version does not report >= $CRIU_MIN_VERSION"
     fi
+    ((chroot_only)) && return
     criu_check=$("$CRIU_BIN" check 2>&1 || true)
     grep -q "Looks good" <<<"$criu_check" \
         || die "'$CRIU_BIN check' failed:"$'\n'"$criu_check"
@@ -265,6 +281,8 @@ install_image() {
     bash "$repo/hack/image/build.sh"
     local want have
     want=$(cat "$repo/build/pyrunc-test-image.digest")
+    image_digest=$want
+    ((chroot_only)) && return
     have=$(ctr -n "$IMAGE_NS" image ls 2>/dev/null | awk -v r="$IMAGE_REF" '$1 == r {print $3}')
     if [[ $have == "$want" ]]; then
         log "image $IMAGE_REF ($want): already imported"
@@ -272,26 +290,40 @@ install_image() {
         log "importing $IMAGE_REF into containerd namespace $IMAGE_NS"
         ctr -n "$IMAGE_NS" image import "$repo/build/pyrunc-test-image.tar" >/dev/null
     fi
-    image_digest=$want
 }
 
 main() {
+    case "${1:-}" in
+        --chroot) chroot_only=1 ;;
+        "") ;;
+        *) die "usage: $0 [--chroot]" ;;
+    esac
     [[ $EUID == 0 ]] || die "run as root"
     install_packages
     install_criu
     install_project
-    ensure_containerd
-    ensure_pipe_max_size
+    if ((!chroot_only)); then
+        ensure_containerd
+        ensure_pipe_max_size
+    fi
     install_image
 
     echo
-    echo "containerd-shim-pyrunc installed:"
+    if ((chroot_only)); then
+        echo "containerd-shim-pyrunc installed (--chroot: no criu check, containerd, sysctl or image import):"
+    else
+        echo "containerd-shim-pyrunc installed:"
+    fi
     echo "  criu:        $CRIU_BIN ($("$CRIU_BIN" --version | head -n1)); criu check: $(tail -n1 <<<"$criu_check")"
     echo "  shim:        $SHIM_LINK -> $(readlink "$SHIM_LINK")"
     echo "  venv:        $VENV (editable: $repo)"
-    echo "  containerd:  $CONTAINERD_SOCK ($(ctr version 2>/dev/null | awk '/Server:/{s=1} s && /Version:/{print $2; exit}'))"
-    echo "  test image:  $IMAGE_REF $image_digest (namespace $IMAGE_NS)"
-    echo "  fs.pipe-max-size: $(sysctl -n fs.pipe-max-size)"
+    if ((!chroot_only)); then
+        echo "  containerd:  $CONTAINERD_SOCK ($(ctr version 2>/dev/null | awk '/Server:/{s=1} s && /Version:/{print $2; exit}'))"
+        echo "  test image:  $IMAGE_REF $image_digest (namespace $IMAGE_NS)"
+        echo "  fs.pipe-max-size: $(sysctl -n fs.pipe-max-size)"
+    else
+        echo "  test image:  built, $image_digest (not imported)"
+    fi
 }
 
 main "$@"
