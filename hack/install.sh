@@ -50,7 +50,7 @@ readonly OLD_SRC_FILE=/etc/apt/sources.list.d/containerd-shim-pyrunc-trixie-src.
 #   network locking), libgnutls28-dev (TLS page server).
 # - programs the shim, hooks, CLI and tests execute: hack/host-programs.txt lists each with
 #   the package that provides it (tests/test_host_programs.py keeps that list complete), e.g.
-#   nftables (nft), iptables, iproute2 (ip, bridge), util-linux (nsenter, mount), kmod.
+#   nftables (nft), iptables, iproute2 (ip, bridge), util-linux (nsenter, unshare, setsid), mount.
 # Left out: libaio-dev (CRIU's test suite), libdrm-dev (amdgpu plugin, not part of
 # `make criu`), python3-protobuf (crit), asciidoc/xmlto (man pages; pull in TeX).
 readonly PACKAGES=(
