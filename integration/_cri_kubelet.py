@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import shutil
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ class Kubelet:
         self.endpoint = endpoint
         self.runtime = api_pb2_grpc.RuntimeServiceStub(channel)
         self.images = api_pb2_grpc.ImageServiceStub(channel)
+        self._log_dirs: dict[str, Path] = {}
 
     @classmethod
     @contextlib.contextmanager
@@ -109,6 +111,7 @@ class Kubelet:
             api_pb2.RunPodSandboxRequest(config=config, runtime_handler=runtime_handler),
             timeout=RUNTIME_REQUEST_TIMEOUT * 2,
         )
+        self._log_dirs[str(resp.pod_sandbox_id)] = log_dir
         return Pod(id=resp.pod_sandbox_id, name=name, namespace=namespace, uid=uid,
                    config=config, log_directory=log_dir)
 
@@ -174,9 +177,13 @@ class Kubelet:
                                     timeout=RUNTIME_REQUEST_TIMEOUT)
 
     def remove_pod(self, pod_id: str) -> None:
+        """StopPodSandbox, RemovePodSandbox, then the pod's log directory (kubelet's job)."""
         self.stop_pod(pod_id)
         self.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
                                       timeout=RUNTIME_REQUEST_TIMEOUT)
+        log_dir = self._log_dirs.pop(pod_id, None)
+        if log_dir is not None:
+            shutil.rmtree(log_dir, ignore_errors=True)
 
     def remove_everything(self) -> list[str]:
         """Stop and remove every container and pod sandbox; returns what failed."""
@@ -197,14 +204,10 @@ class Kubelet:
                 self.remove_pod(p.id)
             except grpc.RpcError as exc:
                 problems.append(f"pod {p.id}: {exc.code()} {exc.details()}")
-            log_dir = p.metadata and POD_LOG_ROOT / (
-                f"{p.metadata.namespace}_{p.metadata.name}_{p.metadata.uid}")
-            if log_dir:
-                _rmtree(log_dir)
+            meta = p.metadata
+            shutil.rmtree(POD_LOG_ROOT / f"{meta.namespace}_{meta.name}_{meta.uid}",
+                          ignore_errors=True)
+        for log_dir in self._log_dirs.values():  # pods whose RunPodSandbox failed midway
+            shutil.rmtree(log_dir, ignore_errors=True)
+        self._log_dirs.clear()
         return problems
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)

@@ -181,6 +181,9 @@ async def run(
     except TimeoutError:
         _kill(child.pid)
         raise TimeoutError(f"{argv[0]} did not finish within {timeout} s") from None
+    except asyncio.CancelledError:  # the caller gave up (a ttrpc deadline): stop the child too
+        _kill(child.pid)
+        raise
     out = outputs[0] if stdout == CAPTURE else b""
     err = outputs[-1] if stderr == CAPTURE and outputs else b""
     return Result(tuple(argv), ex.status, out, err)

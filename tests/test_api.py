@@ -28,6 +28,9 @@ MODULES = [
     "shim.api.containerd.linux.runctypes.runc_pb2",
     "shim.api.containerd.runc.options.oci_pb2",
     "shim.api.containerd.services.containers.v1.containers_pb2",
+    "shim.api.containerd.services.content.v1.content_pb2",
+    "shim.api.containerd.services.diff.v1.diff_pb2",
+    "shim.api.containerd.services.leases.v1.leases_pb2",
     "shim.api.containerd.services.snapshots.v1.snapshots_pb2",
     "shim.api.containerd.services.tasks.v1.tasks_pb2",
     "shim.api.containerd.services.ttrpc.events.v1.events_pb2",
@@ -38,6 +41,7 @@ MODULES = [
     "shim.api.containerd.types.task.task_pb2",
     "shim.api.criu.rpc_pb2",
     "shim.api.google.rpc.status_pb2",
+    "shim.api.k8s.cri.runtime.v1.api_pb2",
     "shim.api.pyrunc.v1.checkpoint_pb2",
     "shim.api.ttrpc.ttrpc_pb2",
 ]

@@ -766,13 +766,18 @@ def test_grpc_stubs_only_for_containerd_grpc_services() -> None:
     found = sorted(str(p.relative_to(api)) for p in api.rglob("*_pb2_grpc.py"))
     assert found == [
         "containerd/services/containers/v1/containers_pb2_grpc.py",
+        "containerd/services/content/v1/content_pb2_grpc.py",
+        "containerd/services/diff/v1/diff_pb2_grpc.py",
+        "containerd/services/leases/v1/leases_pb2_grpc.py",
         "containerd/services/snapshots/v1/snapshots_pb2_grpc.py",
         "containerd/services/tasks/v1/tasks_pb2_grpc.py",
+        "k8s/cri/runtime/v1/api_pb2_grpc.py",
     ]
     for name in found:
         text = (api / name).read_text()
         assert "\nfrom containerd." not in text and "\nimport containerd" not in text
-        assert "\nfrom shim.api.containerd.services." in text
+        assert "\nfrom k8s." not in text and "\nimport k8s" not in text
+        assert "\nfrom shim.api." in text
 
 
 def test_grpc_method_paths() -> None:

@@ -48,6 +48,7 @@ __all__ = ["CheckpointSettings", "Checkpointer"]
 
 _MARGIN_FRACTION: Final = 0.1
 _MARGIN_MAX: Final = 5.0
+_REMOVE_ATTEMPTS: Final = 100
 STATS_FILE: Final = "stats-dump"
 DUMP_LOG: Final = "dump.log"
 
@@ -78,6 +79,17 @@ class _Clock:
         if left is None:
             return None
         return max(left - min(_MARGIN_MAX, left * _MARGIN_FRACTION), 0.001)
+
+
+def _remove(stage: Path) -> None:
+    """Remove the staging directory. After a dump that was given up on, runc is stopped but
+    CRIU may still be writing into it until it notices; retry until the directory is gone
+    (once it is, CRIU cannot create anything there any more)."""
+    for _ in range(_REMOVE_ATTEMPTS):
+        shutil.rmtree(stage, ignore_errors=True)
+        if not stage.exists():
+            return
+        time.sleep(0.1)
 
 
 def _state_name(state: int) -> str:
@@ -119,7 +131,8 @@ class Checkpointer:
         try:
             images, work = stage / "checkpoint", stage / "work"
             options = checkpoint_options(record.runtime, dict(pod.annotations),
-                                         image_path=str(images), work_path=str(work))
+                                         image_path=str(images), work_path=str(work),
+                                         containerd_major=self._ctd.major_version())
             self._dump(cid, options, clock, was_paused=task.status == "PAUSED")
             checkpointed = time.time_ns()
             with self._ctd.lease():
@@ -136,14 +149,19 @@ class Checkpointer:
                     entries.append((name, work / name))
             write_archive(location, entries, clock.expired)
         finally:
-            shutil.rmtree(stage, ignore_errors=True)
+            _remove(stage)
 
     def _dump(self, cid: str, options: Any, clock: _Clock, *, was_paused: bool) -> None:
+        budget = clock.for_dump()
+        until = None if budget is None else time.monotonic() + budget
         try:
-            self._ctd.checkpoint(cid, options, clock.for_dump())
+            self._ctd.checkpoint(cid, options, budget)
         except Upstream as exc:
             self._thaw(cid, was_paused)
-            if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED or clock.expired():
+            # containerd 1.6 reports its own expired deadline as Unknown "context deadline
+            # exceeded"; the clock tells either way.
+            timed_out = until is not None and time.monotonic() >= until
+            if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED or timed_out:
                 raise DeadlineExceeded(
                     f"checkpoint of {cid} did not finish before the deadline; the dump was "
                     f"aborted and the container keeps running ({exc.details})") from exc

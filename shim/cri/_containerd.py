@@ -81,6 +81,7 @@ class Containerd:
         self._leases = leases_pb2_grpc.LeasesStub(channel)
         self.runtime = api_pb2_grpc.RuntimeServiceStub(channel)
         self._lease = ""
+        self._major: int | None = None
 
     def _md(self) -> tuple[tuple[str, str], ...]:
         if self._lease:
@@ -103,6 +104,19 @@ class Containerd:
                 api_pb2.ContainerStatusRequest(container_id=cid, verbose=False), timeout=_SHORT)
         except grpc.RpcError as exc:
             raise Upstream.from_rpc(exc) from None
+
+    def major_version(self) -> int:
+        """containerd's major version, from its CRI Version answer (cached)."""
+        if self._major is None:
+            try:
+                resp = self.runtime.Version(api_pb2.VersionRequest(version="v1"),
+                                            timeout=_SHORT)
+            except grpc.RpcError as exc:
+                raise Upstream.from_rpc(exc, "CRI Version") from None
+            text = str(resp.runtime_version).lstrip("v")
+            head = text.split(".", 1)[0]
+            self._major = int(head) if head.isdigit() else 1
+        return self._major
 
     def sandbox_of(self, cid: str) -> str:
         """The pod sandbox id of container ``cid`` (CRI ListContainers by id)."""

@@ -8,10 +8,14 @@ so flags about those (image-path, work-path, leave-running, pre-dump, lazy pages
 page server, track-mem) are refused with InvalidArgument, as are unknown flags and malformed
 values. The message depends on the container's runtime:
 
-* ``io.containerd.pyrunc.v2``: ``pyrunc.v1.CheckpointOptions`` (every flag below);
-* ``io.containerd.runc.*`` (containerd's runc shim, or ours registered with ``runtime_path``):
+* ``io.containerd.pyrunc.v2`` on containerd 1.x: ``pyrunc.v1.CheckpointOptions`` (every flag
+  below; containerd 1.x forwards options of a type it does not know to the shim untouched);
+* ``io.containerd.pyrunc.v2`` on containerd 2.x, and ``io.containerd.runc.*`` (containerd's
+  runc shim, or ours registered with ``runtime_path``) everywhere:
   ``containerd.runc.v1.CheckpointOptions``, which containerd itself also reads for the image
-  path (fields 1-9 only; a flag beyond them is refused with FailedPrecondition);
+  path (fields 1-9 only; a flag beyond them is refused with FailedPrecondition). containerd 2.x
+  decodes the options of every Tasks/Checkpoint and refuses types it does not know ("type with
+  url pyrunc.v1.CheckpointOptions: not found"), so our own type cannot pass there;
 * any other runtime: FailedPrecondition (its options type is unknown).
 
 ==================== ======================== ===========
@@ -104,24 +108,28 @@ def _values(annotations: Mapping[str, str]) -> dict[str, object]:
 
 
 def checkpoint_options(runtime: str, annotations: Mapping[str, str], *, image_path: str,
-                       work_path: str) -> AnyMessage:
+                       work_path: str, containerd_major: int) -> AnyMessage:
     """The options Any for a leave-running dump into ``image_path`` (CRIU's logs and
-    statistics into ``work_path``) of a container of ``runtime``, with the pod's flags.
+    statistics into ``work_path``) of a container of ``runtime`` run by containerd
+    ``containerd_major``.x, with the pod's flags.
 
     Raises:
         InvalidArgument: a malformed, unknown or endpoint-owned annotation.
         FailedPrecondition: the runtime cannot take the options asked for.
     """
     values = _values(annotations)
-    if runtime == PYRUNC_RUNTIME:
+    if runtime == PYRUNC_RUNTIME and containerd_major < 2:
         return pack(checkpoint_pb2.CheckpointOptions(
             exit=False, image_path=image_path, work_path=work_path, **values))  # type: ignore[arg-type]
-    if runtime.startswith(_RUNC_PREFIX):
+    if runtime == PYRUNC_RUNTIME or runtime.startswith(_RUNC_PREFIX):
         extra = sorted(set(values) - _RUNC_FIELDS)
         if extra:
+            why = (f"containerd {containerd_major}.x passes only containerd.runc.v1."
+                   "CheckpointOptions" if runtime == PYRUNC_RUNTIME else
+                   f"runtime {runtime} takes containerd.runc.v1.CheckpointOptions")
             raise FailedPrecondition(
-                f"runtime {runtime} takes containerd.runc.v1.CheckpointOptions, which has no "
-                f"{', '.join(extra)}; run the pod with runtime io.containerd.pyrunc.v2")
+                f"{why}, which has no {', '.join(extra)}; asked for by the pod's "
+                f"{ANNOTATION_PREFIX}* annotations")
         return pack(oci_pb2.CheckpointOptions(
             exit=False, image_path=image_path, work_path=work_path, **values))  # type: ignore[arg-type]
     raise FailedPrecondition(f"runtime {runtime}: unknown checkpoint options type; the CRI "
