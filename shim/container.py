@@ -43,9 +43,12 @@ from shim.state import (
 )
 from shim.stdio import IOConfig, ProcessIO
 
+# The checkpoint machinery (plan, runner, CRIU client: ~2 MiB and 20 modules) is imported
+# where a checkpoint or restore needs it, not by every shim: those imports are local.
 if TYPE_CHECKING:
-    from shim.checkpoint.plan import CheckpointPlan
-    from shim.checkpoint.runner import LazyDump, NetworkRebuild
+    from shim.checkpoint.netrestore import NetworkRestore
+    from shim.checkpoint.plan import CheckpointPlan, RestoreSource
+    from shim.checkpoint.runner import LazyDump
 
 __all__ = [
     "Container",
@@ -54,7 +57,6 @@ __all__ = [
     "InitProcess",
     "Mount",
     "ProcessBase",
-    "RestoreSource",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,21 +74,6 @@ class Mount:
     type: str
     source: str
     options: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class RestoreSource:
-    """A checkpoint to create the container from (restored at Start, as runc-v2 does).
-
-    ``images_dir`` is containerd's unpacked checkpoint (``CreateTaskRequest.checkpoint``) or
-    the ``image_path`` of ``pyrunc.v1.RestoreOptions``; the rest come from those options.
-    """
-
-    images_dir: str
-    work_dir: str = ""
-    tcp_close: bool = False
-    lazy_pages: bool = False
-    page_server: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +108,7 @@ class ProcessBase:
     def status(self) -> TaskStatus:
         return self.state.status
 
-    def transition(self, target: type[State]) -> None:
+    def transition(self, target: type[State] | State) -> None:
         self.state = check_transition(self.state, target)
 
     def record_exit(self, ex: Exit) -> None:
@@ -178,7 +165,7 @@ class ProcessBase:
     async def do_kill(self, signal: int, all: bool) -> None:
         raise NotImplementedError
 
-    async def do_restore(self) -> None:
+    async def do_restore(self, source: RestoreSource, network: NetworkRestore) -> None:
         raise NotImplementedError
 
     async def do_pause(self) -> None:
@@ -197,7 +184,6 @@ class InitProcess(ProcessBase):
     def __init__(self, container: Container, id: str, io_config: IOConfig, state: State) -> None:
         super().__init__(container, id, io_config, state)
         self._oom: OomWatch | None = None
-        self.network: NetworkRebuild | None = None  # a restore's network rebuild, until Start
 
     def _watch(self) -> None:
         """Watch the init's exit and its memory cgroup's OOMs (``/tasks/oom``)."""
@@ -229,14 +215,14 @@ class InitProcess(ProcessBase):
     async def do_start(self) -> None:
         await self.container.runtime.start(self.container.id)
 
-    async def do_restore(self) -> None:
-        """Start of a container created from a checkpoint: ``runc restore --detach``."""
+    async def do_restore(self, source: RestoreSource, network: NetworkRestore) -> None:
+        """Start of a container created from a checkpoint: ``runc restore --detach``, with
+        ``network`` (entered by the state) rebuilding its network."""
         from shim.checkpoint import runner
         from shim.checkpoint.plan import STORED_PLAN, PageServer, plan_restore
 
         c = self.container
-        source = c.config.restore
-        assert source is not None and self.io is not None
+        assert self.io is not None
         try:
             with open(os.path.join(source.images_dir, STORED_PLAN), "rb") as f:
                 stored: bytes | None = f.read()
@@ -257,7 +243,6 @@ class InitProcess(ProcessBase):
             lazy_pages=source.lazy_pages,
             page_server=page_server if source.lazy_pages else None,
         )
-        network, self.network = self.network, None  # restore() stops it, whatever happens
         restored = await runner.restore(
             c.runtime,
             c.reaper,
@@ -267,8 +252,8 @@ class InitProcess(ProcessBase):
             self.io.runtime_stdio(),
             console_socket=self.io.console_socket,
             no_pivot=c.config.no_pivot,
-            network=network,
         )
+        await network.restored(restored.pid)
         self.pid = restored.pid
         self._watch()
         await self.io.started()
@@ -323,11 +308,6 @@ class InitProcess(ProcessBase):
         if self._oom is not None:
             self._oom.close()
             self._oom = None
-        if self.network is not None:  # created from a checkpoint, deleted without a Start
-            from shim.checkpoint.runner import stop_network_rebuild
-
-            stop_network_rebuild(self.network)
-            self.network = None
         with contextlib.suppress(NotFound):
             await c.runtime.delete(c.id, force=True)
         if self.io is not None:
@@ -426,14 +406,16 @@ class Container:
             if config.restore is None:
                 await c.init.do_create()
             else:  # nothing runs until Start restores it
-                from shim.checkpoint import runner
+                from shim.checkpoint.netrestore import network_restore
 
                 await c.init._open_io()
-                # the network's rebuild service takes a while to start: start it now
-                c.init.network = await runner.start_network_rebuild(
-                    reaper, config.bundle, config.restore.images_dir
-                )
-                c.init.state = CreatedFromCheckpoint()
+                async with contextlib.AsyncExitStack() as stack:
+                    # the network's rebuild service takes a while to start: start it now
+                    network = await stack.enter_async_context(
+                        network_restore(reaper, config.bundle, config.restore.images_dir)
+                    )
+                    c.init.transition(CreatedFromCheckpoint(config.restore, network))
+                    stack.pop_all()  # the state owns it now
         except BaseException:
             if c.init.io is not None:
                 c.init.io.close()

@@ -16,7 +16,7 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.message import DecodeError, Message
@@ -25,7 +25,7 @@ from shim.api.containerd.runc.options import oci_pb2
 from shim.api.containerd.task.v2 import shim_pb2 as api
 from shim.api.containerd.types.task import task_pb2
 from shim.cleanup import write_runtime_options
-from shim.container import Container, ContainerConfig, Mount, RestoreSource, _timestamp
+from shim.container import Container, ContainerConfig, Mount, _timestamp
 from shim.errors import InvalidArgument, NotFound
 from shim.events import Publisher
 from shim.reaper import Reaper
@@ -34,6 +34,9 @@ from shim.runtime._runc import DEFAULT_ROOT
 from shim.stdio import IOConfig
 from shim.ttrpc import RequestContext
 from shim.typeurl import OCI_RESOURCES, pack, type_name, unpack
+
+if TYPE_CHECKING:
+    from shim.checkpoint.plan import RestoreSource
 
 __all__ = ["SERVICE", "TaskService"]
 
@@ -262,7 +265,12 @@ def _restore_source(req: api.CreateTaskRequest) -> RestoreSource | None:
     Raises:
         InvalidArgument: both given, or a relative image path.
     """
-    if type_name(req.options) != _RESTORE_OPTIONS:
+    restoring = type_name(req.options) == _RESTORE_OPTIONS
+    if not restoring and not req.checkpoint:
+        return None
+    from shim.checkpoint.plan import RestoreSource  # the checkpoint machinery: restores only
+
+    if not restoring:
         return RestoreSource(req.checkpoint) if req.checkpoint else None
     from shim.api.pyrunc.v1 import checkpoint_pb2
 

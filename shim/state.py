@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 from shim.errors import FailedPrecondition, Internal, NotFound
 
 if TYPE_CHECKING:
-    from shim.checkpoint.plan import CheckpointPlan
+    from shim.checkpoint.netrestore import NetworkRestore
+    from shim.checkpoint.plan import CheckpointPlan, RestoreSource
 
 __all__ = [
     "TRANSITIONS",
@@ -57,9 +58,9 @@ class TransitionError(Internal):
 class Process(Protocol):
     """What states need from the process they drive."""
 
-    def transition(self, target: type[State]) -> None: ...
+    def transition(self, target: type[State] | State) -> None: ...
     async def do_start(self) -> None: ...
-    async def do_restore(self) -> None: ...
+    async def do_restore(self, source: RestoreSource, network: NetworkRestore) -> None: ...
     async def do_delete(self) -> None: ...
     async def do_kill(self, signal: int, all: bool) -> None: ...
     async def do_pause(self) -> None: ...
@@ -124,17 +125,33 @@ class Created(State):
 
 
 class CreatedFromCheckpoint(State):
-    """Created with a checkpoint: nothing runs yet; start restores (as runc-v2 does)."""
+    """Created with a checkpoint: nothing runs yet; start restores (as runc-v2 does).
+
+    Like containerd's ``createdCheckpointState`` (which holds the ``RestoreOpts``) it holds
+    what the restore needs: the checkpoint to restore from and the network restore, entered
+    at Create (its rebuild service starts early) and left once Start's restore is over or at
+    Delete. A Start that failed leaves the state as it was; a retry enters the network afresh.
+    """
 
     name, status = "created from checkpoint", TaskStatus.CREATED
 
+    def __init__(self, source: RestoreSource, network: NetworkRestore) -> None:
+        self.source = source
+        self.network = network
+
     async def start(self, p: Process) -> None:
-        await p.do_restore()
+        async with self.network:
+            await p.do_restore(self.source, self.network)
         p.transition(Running)
 
     async def delete(self, p: Process) -> None:
+        self.network.close()
         await p.do_delete()
         p.transition(Deleted)
+
+    def exited(self, p: Process) -> None:
+        self.network.close()
+        p.transition(Stopped)
 
 
 class Running(State):
@@ -236,7 +253,7 @@ class ExecDeleted(Deleted):
 
 
 TRANSITIONS: dict[type[State], frozenset[type[State]]] = {
-    Created: frozenset({Running, Stopped, Deleted}),
+    Created: frozenset({CreatedFromCheckpoint, Running, Stopped, Deleted}),
     CreatedFromCheckpoint: frozenset({Running, Stopped, Deleted}),
     Running: frozenset({Paused, Stopped}),
     Paused: frozenset({Running, Stopped}),
@@ -250,13 +267,15 @@ TRANSITIONS: dict[type[State], frozenset[type[State]]] = {
 """Every legal move; :func:`check_transition` enforces it and the tests walk all of it."""
 
 
-def check_transition(current: State, target: type[State]) -> State:
-    """Return the new state object if ``current -> target`` is legal.
+def check_transition(current: State, target: type[State] | State) -> State:
+    """Return the new state object if ``current -> target`` is legal. ``target`` is a state
+    class, or a state object for a state that holds data (:class:`CreatedFromCheckpoint`).
 
     Raises:
         TransitionError: the table does not allow it.
     """
-    if target not in TRANSITIONS[type(current)]:
-        raise TransitionError(f"illegal transition from {current.name} to {target.name}")
-    return target()
+    cls = target if isinstance(target, type) else type(target)
+    if cls not in TRANSITIONS[type(current)]:
+        raise TransitionError(f"illegal transition from {current.name} to {cls.name}")
+    return target() if isinstance(target, type) else target
 

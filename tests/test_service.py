@@ -29,7 +29,7 @@ from google.protobuf.message import Message
 from shim.api.containerd.runc.options import oci_pb2
 from shim.api.containerd.task.v2 import shim_pb2 as api
 from shim.api.pyrunc.v1 import checkpoint_pb2
-from shim.container import RestoreSource
+from shim.checkpoint.plan import RestoreSource
 from shim.errors import (
     AlreadyExists,
     FailedPrecondition,

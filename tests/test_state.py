@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 
+from shim.checkpoint.plan import RestoreSource
 from shim.errors import FailedPrecondition, NotFound
 from shim.state import (
     TRANSITIONS,
@@ -28,13 +29,37 @@ from shim.state import (
 ALL = list(TRANSITIONS)
 
 
+class FakeNetwork:
+    """Stands in for a NetworkRestore: counts entries and closes."""
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+
+    async def __aenter__(self) -> FakeNetwork:
+        self.log.append("enter")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.log.append("close")
+
+
+def make(cls: type[State]) -> State:
+    """A state object; the created-from-checkpoint state holds its restore data."""
+    if cls is CreatedFromCheckpoint:
+        return CreatedFromCheckpoint(RestoreSource("/img"), FakeNetwork())  # type: ignore[arg-type]
+    return cls()
+
+
 @pytest.mark.parametrize(("current", "target"), list(itertools.product(ALL, ALL)))
 def test_transition_table(current: type[State], target: type[State]) -> None:
     if target in TRANSITIONS[current]:
-        assert isinstance(check_transition(current(), target), target)
+        assert isinstance(check_transition(make(current), make(target)), target)
     else:
         with pytest.raises(TransitionError, match=f"from {current.name} to {target.name}"):
-            check_transition(current(), target)
+            check_transition(make(current), make(target))
 
 
 class FakeProcess:
@@ -44,14 +69,15 @@ class FakeProcess:
         self.state = state
         self.calls: list[str] = []
 
-    def transition(self, target: type[State]) -> None:
+    def transition(self, target: type[State] | State) -> None:
         self.state = check_transition(self.state, target)
 
     async def do_start(self) -> None:
         self.calls.append("start")
 
-    async def do_restore(self) -> None:
-        self.calls.append("restore")
+    async def do_restore(self, source: RestoreSource, network: FakeNetwork) -> None:
+        assert network.log[-1] == "enter"  # the state entered it around the restore
+        self.calls.append(f"restore {source.images_dir}")
 
     async def do_delete(self) -> None:
         self.calls.append("delete")
@@ -73,7 +99,7 @@ class FakeProcess:
 ALLOWED: dict[str, dict[type[State], tuple[str, type[State]]]] = {
     "start": {
         Created: ("start", Running),
-        CreatedFromCheckpoint: ("restore", Running),
+        CreatedFromCheckpoint: ("restore /img", Running),
         ExecCreated: ("start", ExecRunning),
     },
     "delete": {
@@ -115,7 +141,7 @@ def _call(op: str, p: FakeProcess) -> None:
 
 @pytest.mark.parametrize(("op", "state"), list(itertools.product(ALLOWED, ALL)))
 def test_operation_matrix(op: str, state: type[State]) -> None:
-    p = FakeProcess(state())
+    p = FakeProcess(make(state))
     if state in ALLOWED[op]:
         work, after = ALLOWED[op][state]
         _call(op, p)
@@ -147,10 +173,46 @@ def test_operation_matrix(op: str, state: type[State]) -> None:
     ],
 )
 def test_exit_moves_live_states_to_stopped(state: type[State], after: type[State]) -> None:
-    p = FakeProcess(state())
+    p = FakeProcess(make(state))
     p.state.exited(p)
     assert type(p.state) is after
 
 
 def test_exec_allowed_only_in_created_and_running() -> None:
-    assert {s for s in ALL if s().can_exec()} == {Created, Running, ExecCreated}
+    assert {s for s in ALL if make(s).can_exec()} == {Created, Running, ExecCreated}
+
+
+def test_created_from_checkpoint_owns_its_network_restore() -> None:
+    """Start enters the network restore around the restore and leaves it; a failed Start
+    keeps the state (a retry enters it again); Delete and an exit close it."""
+    state = make(CreatedFromCheckpoint)
+    assert isinstance(state, CreatedFromCheckpoint)
+    network = state.network
+    assert isinstance(network, FakeNetwork)
+
+    class Failing(FakeProcess):
+        async def do_restore(self, source: RestoreSource, network: FakeNetwork) -> None:
+            raise FailedPrecondition("CRIU says no")
+
+    failing = Failing(state)
+    with pytest.raises(FailedPrecondition):
+        _call("start", failing)  # type: ignore[arg-type]
+    assert failing.state is state and network.log == ["enter", "close"]
+    p = FakeProcess(state)
+    _call("start", p)
+    assert type(p.state) is Running and network.log == ["enter", "close"] * 2
+    for op in ("delete", "exit"):
+        network.log.clear()
+        p = FakeProcess(state)
+        if op == "exit":
+            state.exited(p)
+        else:
+            _call(op, p)
+        assert network.log == ["close"]
+
+
+def test_transition_to_a_data_state_checks_the_table_and_keeps_the_object() -> None:
+    target = make(CreatedFromCheckpoint)
+    assert check_transition(Created(), target) is target
+    with pytest.raises(TransitionError, match="from running to created from checkpoint"):
+        check_transition(Running(), target)

@@ -56,6 +56,7 @@ __all__ = [
     "Namespace",
     "NetworkLock",
     "PageServer",
+    "RestoreSource",
     "checkpoint_args",
     "criu_config",
     "dump_plan",
@@ -176,6 +177,21 @@ class PageServer:
     def __str__(self) -> str:
         host = f"[{self.address}]" if ":" in self.address else self.address
         return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreSource:
+    """A checkpoint to create the container from (restored at Start, as runc-v2 does).
+
+    ``images_dir`` is containerd's unpacked checkpoint (``CreateTaskRequest.checkpoint``) or
+    the ``image_path`` of ``pyrunc.v1.RestoreOptions``; the rest come from those options.
+    """
+
+    images_dir: str
+    work_dir: str = ""
+    tcp_close: bool = False
+    lazy_pages: bool = False
+    page_server: str = ""
 
 
 @dataclass(frozen=True, slots=True)

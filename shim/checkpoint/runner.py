@@ -26,27 +26,12 @@ import contextlib
 import logging
 import os
 import shutil
-import socket
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from shim.bundle import (
-    CRIU_CONFIG,
-    CRIU_CONFIG_ANNOTATION,
-    read_spec,
-    set_restore_hook,
-    spec_annotations,
-)
+from shim.bundle import CRIU_CONFIG, CRIU_CONFIG_ANNOTATION, read_spec, spec_annotations
+from shim.checkpoint import netrestore
 from shim.checkpoint.criu import Criu, Requirements, criu_binary, ensure_capable, log_reason
-from shim.checkpoint.network import (
-    SNAPSHOT,
-    dump_snapshot,
-    has_own_netns,
-    is_loopback_only,
-    load_snapshot,
-    loopback_snapshot,
-)
 from shim.checkpoint.plan import (
     STORED_PLAN,
     CheckpointPlan,
@@ -56,21 +41,11 @@ from shim.checkpoint.plan import (
     restore_args,
 )
 from shim.errors import AlreadyExists, FailedPrecondition, ShimError
-from shim.nethook import hook_argv, lo_up_argv, template_argv
 from shim.reaper import Reaper
 from shim.runtime import Runc, Stdio
-from shim.spawn import Child, Result, run, spawn
-from shim.warm import RUN_DIR, Unavailable, in_host_namespaces, request
+from shim.spawn import Child, Result, spawn
 
-__all__ = [
-    "LazyDump",
-    "NetworkRebuild",
-    "Restored",
-    "checkpoint",
-    "restore",
-    "start_network_rebuild",
-    "stop_network_rebuild",
-]
+__all__ = ["LazyDump", "Restored", "checkpoint", "restore"]
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +54,7 @@ DUMP_LOG = "dump.log"
 RESTORE_LOG = "restore.log"
 _LAZY_READY_TIMEOUT = 600.0
 _LAZY_DAEMON_TIMEOUT = 10.0
-_NETWORK_TIMEOUT = 30.0
 _LOG_TAIL = 256 * 1024  # bytes of a kept CRIU log searched for the reason of a failure
-TEMPLATE_SOCKET = f"{RUN_DIR}/nethook.sock"  # the network rebuild template's
 LAZY_PAGES_SOCKET = "lazy-pages.socket"  # created by `criu lazy-pages` in its work dir
 
 
@@ -207,7 +180,7 @@ async def checkpoint(
     _mkdir_private(plan.work_dir)
     try:
         _write_criu_config(bundle, criu_config(plan, restore=False))
-        await _record_network(reaper, pid, plan)
+        await netrestore.record(reaper, pid, plan.images_dir)
         if plan.lazy_pages:
             child = await _start_lazy_dump(runtime, cid, plan)
             _store_plan(plan)
@@ -219,108 +192,6 @@ async def checkpoint(
         raise type(exc)(f"checkpoint failed: {exc} ({_log_note(kept)})") from exc
     _store_plan(plan)
     return None
-
-
-async def _record_network(reaper: Reaper, pid: int, plan: CheckpointPlan) -> None:
-    """Record the container's own network namespace beside the images. runc always has CRIU
-    leave it out (``empty_ns`` has CLONE_NEWNET whatever ``--empty-ns`` says), so without
-    this a restored container finds not even ``lo`` up. A namespace with nothing but ``lo``
-    is read from /proc; anything else with pyroute2 in a child process (the shim never loads
-    it)."""
-    if not has_own_netns(pid):
-        return
-    out = os.path.join(plan.images_dir, SNAPSHOT)
-    if (loopback := loopback_snapshot(pid)) is not None:
-        with open(out, "wb") as f:
-            f.write(dump_snapshot(loopback))
-        return
-    argv = [sys.executable, "-m", "shim.nethook", "snapshot", str(pid), out]
-    result = await run(reaper, argv, timeout=_NETWORK_TIMEOUT)
-    if result.status != 0:
-        lines = result.stderr.decode(errors="replace").strip().splitlines() or ["no output"]
-        raise FailedPrecondition(f"recording the container's network failed: {lines[-1]}")
-
-
-@dataclass(slots=True)
-class NetworkRebuild:
-    """How a restore gets its network back: through the hook and, for more than ``lo``, the
-    rebuild service it talks to; or, for an ``lo`` without sockets, by the shim afterwards."""
-
-    service: Child | None = None
-    socket: str = ""
-    loopback_after: bool = False
-
-
-async def start_network_rebuild(reaper: Reaper, bundle: Path, images_dir: str) -> NetworkRebuild:
-    """For a checkpoint with a recorded network, name the hook that rebuilds it in the spec
-    (runc runs it at ``setup-namespaces``, before CRIU restores sockets) and, unless only
-    ``lo`` needs to come up (the hook does that alone), start the rebuild service it talks
-    to. A namespace that held nothing but ``lo`` and no inet socket needs no hook (a hook
-    costs a process start inside the restore): ``lo`` is brought up after it. Otherwise make
-    sure no hook of ours is left in the spec."""
-    snapshot = os.path.join(images_dir, SNAPSHOT)
-    try:
-        with open(snapshot, "rb") as f:
-            snap = load_snapshot(f.read())
-    except FileNotFoundError:
-        set_restore_hook(bundle, None)
-        return NetworkRebuild()
-    if is_loopback_only(snap):
-        up = any(link.up for link in snap.links)
-        set_restore_hook(bundle, lo_up_argv() if up and snap.sockets else None)
-        return NetworkRebuild(loopback_after=up and not snap.sockets)
-    os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
-    sock = os.path.join(RUN_DIR, f"net-{os.urandom(6).hex()}.sock")
-    set_restore_hook(bundle, hook_argv(sock))
-    try:
-        await _request_from_template(sock, snapshot)
-        return NetworkRebuild(None, sock)  # a warm service, forked by the template
-    except Unavailable as exc:
-        log.debug("network rebuild template: %s", exc)
-        child = spawn(reaper, [sys.executable, "-m", "shim.nethook", "serve", sock, snapshot])
-        if exc.restart and in_host_namespaces():
-            spawn(reaper, template_argv(TEMPLATE_SOCKET), setsid=True)  # warm for the next
-        return NetworkRebuild(child, sock)
-
-
-async def _request_from_template(sock: str, snapshot: str) -> int:
-    """Have the template fork a warm rebuild service for ``sock``; return its pid (the
-    request blocks for up to 5 s, so it runs in a thread).
-
-    Raises:
-        Unavailable: no template (``restart``: worth starting one), or a stale one, or one in
-            other namespaces.
-    """
-    fields: dict[str, object] = {"socket": sock, "snapshot": snapshot}
-    return await asyncio.to_thread(
-        request, TEMPLATE_SOCKET, fields, what="network rebuild template"
-    )
-
-
-def stop_network_rebuild(network: NetworkRebuild) -> None:
-    """After the restore: end the rebuild service if no hook came (runc failed before it)
-    and remove its socket. A service that listens already is told by a connection that
-    closes without a request (it answers that and exits); one of ours still starting up is
-    killed."""
-    if network.socket:
-        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as conn:
-            conn.setblocking(False)
-            conn.connect(network.socket)
-    if network.service is not None and not network.service.exited.done():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(network.service.pid, 9)
-    if network.socket:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(network.socket)
-
-
-async def _loopback_up(reaper: Reaper, pid: int) -> None:
-    """``ip link set lo up`` in ``pid``'s network namespace (a restored container's)."""
-    argv = ["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "link", "set", "lo", "up"]
-    result = await run(reaper, argv, timeout=_NETWORK_TIMEOUT)
-    if result.status != 0:
-        err = result.stderr.decode(errors="replace").strip()
-        log.warning("could not bring lo up in the restored container (pid %d): %s", pid, err)
 
 
 async def _start_lazy_dump(runtime: Runc, cid: str, plan: CheckpointPlan) -> Child:
@@ -419,29 +290,20 @@ async def restore(
     *,
     console_socket: str | None,
     no_pivot: bool,
-    network: NetworkRebuild | None = None,
 ) -> Restored:
-    """Restore ``cid`` from ``plan.images_dir``; ``network`` is what
-    :func:`start_network_rebuild` started for it earlier, if it was called (it is stopped
-    here either way).
+    """Restore ``cid`` from ``plan.images_dir``. Its network's rebuild is the caller's
+    (:class:`shim.checkpoint.netrestore.NetworkRestore`, started before this is called).
 
     Raises:
         FailedPrecondition: CRIU or the host cannot do it (nothing started).
         ShimError: runc or CRIU failed; the message names the kept CRIU log.
     """
-    # the rebuild service imports for ~130 ms: best started at Create (``network``), else now
-    if network is None:
-        network = await start_network_rebuild(reaper, bundle, plan.images_dir)
-    try:
-        await _ensure_capable(
-            runtime,
-            reaper,
-            Requirements(min_version=plan.required_criu_version, lazy_pages=plan.lazy_pages),
-        )
-        _mkdir_private(plan.work_dir)
-    except BaseException:
-        stop_network_rebuild(network)
-        raise
+    await _ensure_capable(
+        runtime,
+        reaper,
+        Requirements(min_version=plan.required_criu_version, lazy_pages=plan.lazy_pages),
+    )
+    _mkdir_private(plan.work_dir)
     pid_file = bundle / "init.pid"
     daemon: Child | None = None
     try:
@@ -465,9 +327,4 @@ async def restore(
             raise
         kept = _keep_log(plan.work_dir, RESTORE_LOG, bundle)
         raise type(exc)(f"restore failed: {exc} ({_log_note(kept)})") from exc
-    finally:
-        stop_network_rebuild(network)
-    pid = int(pid_file.read_text())
-    if network.loopback_after:
-        await _loopback_up(reaper, pid)
-    return Restored(pid, daemon)
+    return Restored(int(pid_file.read_text()), daemon)

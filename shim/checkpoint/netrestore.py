@@ -1,0 +1,182 @@
+"""A container's network across checkpoint and restore: recorded at the dump, rebuilt at the
+restore.
+
+Strategy: runc always has CRIU leave a container's own network namespace out of the images
+(``empty_ns`` has CLONE_NEWNET whatever ``--empty-ns`` says), so the shim records it beside
+them (:func:`record`, :data:`shim.checkpoint.network.SNAPSHOT`) and rebuilds it at the restore
+(:class:`NetworkRestore`): runc runs an OCI hook at CRIU's ``setup-namespaces`` step that asks
+a rebuild service (:mod:`shim.nethook`) to build the recorded links, addresses and routes into
+the new namespace before CRIU restores sockets. The service imports pyroute2 for ~130 ms, so it
+starts at Create, while nothing runs yet; a warm template (:mod:`shim.warm`'s protocol) forks a
+ready one when it can. A namespace that had nothing but ``lo`` needs no service: the hook
+brings ``lo`` up alone, or, without inet sockets, the shim does after the restore (no hook at
+all: a hook costs a process start inside the restore).
+
+:class:`NetworkRestore` is an async context manager owned by the created-from-checkpoint state
+(:class:`shim.state.CreatedFromCheckpoint`): entered at Create (the service starts), left when
+Start's restore is over or the container is deleted without one (the service is stopped and its
+socket removed). Entering a started one is a no-op, so a Start that failed and is retried
+enters it afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from types import TracebackType
+
+from shim.bundle import set_restore_hook
+from shim.checkpoint.network import (
+    SNAPSHOT,
+    dump_snapshot,
+    has_own_netns,
+    is_loopback_only,
+    load_snapshot,
+    loopback_snapshot,
+)
+from shim.errors import FailedPrecondition
+from shim.nethook import hook_argv, lo_up_argv, template_argv
+from shim.reaper import Reaper
+from shim.spawn import Child, run, spawn
+from shim.warm import RUN_DIR, Unavailable, in_host_namespaces, request
+
+__all__ = ["TEMPLATE_SOCKET", "NetworkRestore", "network_restore", "record"]
+
+log = logging.getLogger(__name__)
+
+TEMPLATE_SOCKET = f"{RUN_DIR}/nethook.sock"
+"""Where the network rebuild template listens (:func:`shim.nethook.template`)."""
+_TIMEOUT = 30.0
+
+
+async def record(reaper: Reaper, pid: int, images_dir: str) -> None:
+    """Record the network namespace of ``pid`` (a container's init) beside the images, if it
+    has its own. A namespace with nothing but ``lo`` is read from /proc; anything else with
+    pyroute2 in a child process (the shim never loads it).
+
+    Raises:
+        FailedPrecondition: the recording failed.
+    """
+    if not has_own_netns(pid):
+        return
+    out = os.path.join(images_dir, SNAPSHOT)
+    if (loopback := loopback_snapshot(pid)) is not None:
+        with open(out, "wb") as f:
+            f.write(dump_snapshot(loopback))
+        return
+    argv = [sys.executable, "-m", "shim.nethook", "snapshot", str(pid), out]
+    result = await run(reaper, argv, timeout=_TIMEOUT)
+    if result.status != 0:
+        lines = result.stderr.decode(errors="replace").strip().splitlines() or ["no output"]
+        raise FailedPrecondition(f"recording the container's network failed: {lines[-1]}")
+
+
+def network_restore(reaper: Reaper, bundle: Path, images_dir: str) -> NetworkRestore:
+    """The network restore of a checkpoint in ``images_dir`` into the container of
+    ``bundle``; nothing starts until it is entered."""
+    return NetworkRestore(reaper, bundle, images_dir)
+
+
+class NetworkRestore:
+    """How a restore gets its network back: the hook named in the spec and, for more than
+    ``lo``, the rebuild service it talks to; or, for an ``lo`` without sockets, the shim
+    bringing it up after the restore (:meth:`restored`). Make it with
+    :func:`network_restore`."""
+
+    def __init__(self, reaper: Reaper, bundle: Path, images_dir: str) -> None:
+        self._reaper = reaper
+        self._bundle = bundle
+        self._snapshot = os.path.join(images_dir, SNAPSHOT)
+        self._started = False
+        self._service: Child | None = None
+        self._socket = ""
+        self._loopback_after = False
+
+    async def __aenter__(self) -> NetworkRestore:
+        if not self._started:
+            await self._start()
+            self._started = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def _start(self) -> None:
+        """Name the hook in the spec (runc runs it at ``setup-namespaces``) and, unless only
+        ``lo`` needs to come up, start the rebuild service it talks to; without a recorded
+        network, make sure no hook of ours is left in the spec."""
+        self._loopback_after = False
+        try:
+            with open(self._snapshot, "rb") as f:
+                snap = load_snapshot(f.read())
+        except FileNotFoundError:
+            set_restore_hook(self._bundle, None)
+            return
+        if is_loopback_only(snap):
+            up = any(link.up for link in snap.links)
+            set_restore_hook(self._bundle, lo_up_argv() if up and snap.sockets else None)
+            self._loopback_after = up and not snap.sockets
+            return
+        os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
+        sock = os.path.join(RUN_DIR, f"net-{os.urandom(6).hex()}.sock")
+        set_restore_hook(self._bundle, hook_argv(sock))
+        self._socket = sock
+        try:
+            await self._request_from_template()  # a warm service, forked by the template
+        except Unavailable as exc:
+            log.debug("network rebuild template: %s", exc)
+            argv = [sys.executable, "-m", "shim.nethook", "serve", sock, self._snapshot]
+            self._service = spawn(self._reaper, argv)
+            if exc.restart and in_host_namespaces():  # warm for the next restore
+                spawn(self._reaper, template_argv(TEMPLATE_SOCKET), setsid=True)
+
+    async def _request_from_template(self) -> int:
+        """Have the template fork a warm rebuild service; return its pid (the request
+        blocks for up to 5 s, so it runs in a thread).
+
+        Raises:
+            Unavailable: no template (``restart``: worth starting one), or a stale one, or
+                one in other namespaces.
+        """
+        fields: dict[str, object] = {"socket": self._socket, "snapshot": self._snapshot}
+        return await asyncio.to_thread(
+            request, TEMPLATE_SOCKET, fields, what="network rebuild template"
+        )
+
+    async def restored(self, pid: int) -> None:
+        """After a successful restore of init ``pid``: bring ``lo`` up if that is left to
+        the shim (``ip link set lo up`` in its namespace; a failure is only logged)."""
+        if not self._loopback_after:
+            return
+        argv = ["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "link", "set", "lo", "up"]
+        result = await run(self._reaper, argv, timeout=_TIMEOUT)
+        if result.status != 0:
+            err = result.stderr.decode(errors="replace").strip()
+            log.warning("could not bring lo up in the restored container (pid %d): %s", pid, err)
+
+    def close(self) -> None:
+        """End the rebuild service if no hook came (runc failed before it) and remove its
+        socket. A service that listens already is told by a connection that closes without a
+        request (it answers that and exits); one of ours still starting up is killed."""
+        self._started = False
+        if self._socket:
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as conn:
+                conn.setblocking(False)
+                conn.connect(self._socket)
+        if self._service is not None and not self._service.exited.done():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._service.pid, 9)
+        if self._socket:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._socket)
+        self._service, self._socket = None, ""
