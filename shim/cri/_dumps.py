@@ -58,13 +58,13 @@ def _fix_ints(msg: Message, value: dict[str, Any]) -> dict[str, Any]:
         is_map = (field.type == FieldDescriptor.TYPE_MESSAGE
                   and field.message_type.GetOptions().map_entry)
         if field.type in _INT64:
-            if field.label == FieldDescriptor.LABEL_REPEATED:
+            if field.is_repeated:
                 value[name] = [int(v) for v in value[name]]
             else:
                 value[name] = int(value[name])
         elif field.type == FieldDescriptor.TYPE_MESSAGE and not is_map:
             sub = getattr(msg, name)
-            if field.label == FieldDescriptor.LABEL_REPEATED:
+            if field.is_repeated:
                 value[name] = [_fix_ints(m, v) for m, v in zip(sub, value[name], strict=True)]
             else:
                 value[name] = _fix_ints(sub, value[name])
