@@ -107,10 +107,14 @@ class Kubelet:
                 ),
             ),
         )
-        resp = self.runtime.RunPodSandbox(
-            api_pb2.RunPodSandboxRequest(config=config, runtime_handler=runtime_handler),
-            timeout=RUNTIME_REQUEST_TIMEOUT * 2,
-        )
+        try:
+            resp = self.runtime.RunPodSandbox(
+                api_pb2.RunPodSandboxRequest(config=config, runtime_handler=runtime_handler),
+                timeout=RUNTIME_REQUEST_TIMEOUT * 2,
+            )
+        except BaseException:
+            shutil.rmtree(log_dir, ignore_errors=True)
+            raise
         self._log_dirs[str(resp.pod_sandbox_id)] = log_dir
         return Pod(id=resp.pod_sandbox_id, name=name, namespace=namespace, uid=uid,
                    config=config, log_directory=log_dir)
@@ -207,7 +211,7 @@ class Kubelet:
             meta = p.metadata
             shutil.rmtree(POD_LOG_ROOT / f"{meta.namespace}_{meta.name}_{meta.uid}",
                           ignore_errors=True)
-        for log_dir in self._log_dirs.values():  # pods whose RunPodSandbox failed midway
+        for log_dir in self._log_dirs.values():  # pods removed by containerd behind our back
             shutil.rmtree(log_dir, ignore_errors=True)
         self._log_dirs.clear()
         return problems

@@ -133,9 +133,11 @@ class Checkpointer:
             options = checkpoint_options(record.runtime, dict(pod.annotations),
                                          image_path=str(images), work_path=str(work),
                                          containerd_major=self._ctd.major_version())
-            self._dump(cid, options, clock, was_paused=task.status == "PAUSED")
-            checkpointed = time.time_ns()
+            # Under one lease: what containerd 1.x's Tasks/Checkpoint puts into its content
+            # store for a runtime it does not read options for, and the rootfs diff's blob.
             with self._ctd.lease():
+                self._dump(cid, options, clock, was_paused=task.status == "PAUSED")
+                checkpointed = time.time_ns()
                 self._ctd.rootfs_diff(record, stage / "rootfs-diff.tar", clock.left())
             self._write_dumps(stage, status, pod, record.runtime, record.spec, task.pid,
                               checkpointed)
