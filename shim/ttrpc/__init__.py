@@ -17,6 +17,7 @@ from ._connection import ClientConnection, ServerConnection
 from ._errors import (
     ClosedError,
     DecodeError,
+    EnvelopeTooComplex,
     LocalProtocolError,
     MessageTooLargeError,
     ProtocolError,
@@ -55,6 +56,7 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionState",
     "DecodeError",
+    "EnvelopeTooComplex",
     "ErrorMapper",
     "Event",
     "Handler",

@@ -227,10 +227,9 @@ class ServerConnection(_Connection):
             try:
                 request = decode_request(data)
             except DecodeError as exc:
-                # The stream is open now; this answer closes it.
-                return StreamRejected(
-                    stream_id, Code.INVALID_ARGUMENT, f"unmarshal request error: {exc}"
-                )
+                # The stream is open now; this answer closes it (INVALID_ARGUMENT, or
+                # RESOURCE_EXHAUSTED for an envelope over the decoder's work bound).
+                return StreamRejected(stream_id, exc.code, f"unmarshal request error: {exc}")
             return RequestReceived(stream_id, request)
         if mtype == _DATA:
             try:

@@ -9,6 +9,8 @@
 #                          calls fail fast.
 #     DecodeError       -- a protobuf message does not decode (stream-level: the
 #                          connection turns it into a rejection of that stream).
+#       EnvelopeTooComplex -- a Request holds more fields than the decoder will read
+#                          (RESOURCE_EXHAUSTED on that stream).
 #     StreamError       -- a stream-level fault carrying the status to answer with.
 # TtrpcError         -- not a protocol fault: a call ended with a non-OK status. The client
 #                       raises it; handlers may raise it to pick the status themselves.
@@ -25,6 +27,7 @@ from ._status import Code, to_code
 __all__ = [
     "ClosedError",
     "DecodeError",
+    "EnvelopeTooComplex",
     "LocalProtocolError",
     "MessageTooLargeError",
     "ProtocolError",
@@ -67,6 +70,12 @@ class DecodeError(RemoteProtocolError):
     """A protobuf message (ttrpc envelope) is malformed."""
 
     code = Code.INVALID_ARGUMENT
+
+
+class EnvelopeTooComplex(DecodeError):
+    """A Request envelope holds more fields than the decoder's work bound allows."""
+
+    code = Code.RESOURCE_EXHAUSTED
 
 
 class StreamError(RemoteProtocolError):

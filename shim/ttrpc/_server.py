@@ -104,11 +104,10 @@ def default_error_mapper(exc: BaseException) -> Status:
 def _metadata(pairs: tuple[tuple[str, str], ...]) -> Mapping[str, tuple[str, ...]]:
     if not pairs:
         return _EMPTY_METADATA
-    grouped: dict[str, tuple[str, ...]] = {}
-    for key, value in pairs:
-        key = key.lower()
-        grouped[key] = (*grouped.get(key, ()), value)
-    return MappingProxyType(grouped)
+    grouped: dict[str, list[str]] = {}
+    for key, value in pairs:  # linear: a repeated key appends, it does not copy
+        grouped.setdefault(key.lower(), []).append(value)
+    return MappingProxyType({key: tuple(values) for key, values in grouped.items()})
 
 
 class Server:

@@ -16,6 +16,11 @@
 #   * anything malformed raises DecodeError: truncated varint or field, varint over 10
 #     bytes, field number 0 or > 2**29-1, wire type 6/7, stray or mismatched end-group,
 #     invalid UTF-8 in a string field, nesting deeper than MAX_DEPTH.
+#   * work is bounded, not only size: a Request envelope may hold at most MAX_REQUEST_FIELDS
+#     field tags in all (its own fields, each metadata entry's fields, the contents of
+#     skipped groups); past that, EnvelopeTooComplex. A 4 MiB frame of two-byte fields would
+#     otherwise keep the decoder busy for over a second while every other stream waits;
+#     containerd sends one to three metadata entries.
 # Status.details stays a tuple of serialized google.protobuf.Any, checked to be well-formed.
 # No I/O here; byte layout facts from the protobuf encoding spec.
 """Protobuf wire codec for ttrpc.Request, ttrpc.Response and google.rpc.Status."""
@@ -24,12 +29,13 @@ from __future__ import annotations
 
 from typing import Final
 
-from ._errors import DecodeError, LocalProtocolError
+from ._errors import DecodeError, EnvelopeTooComplex, LocalProtocolError
 from ._messages import Request, Response, Status
 from ._status import to_code
 
 __all__ = [
     "MAX_DEPTH",
+    "MAX_REQUEST_FIELDS",
     "decode_request",
     "decode_response",
     "decode_status",
@@ -41,6 +47,8 @@ __all__ = [
 
 #: How deeply groups/sub-messages may nest before decoding gives up (protobuf's default).
 MAX_DEPTH: Final = 100
+#: How many field tags one Request envelope may hold in all (see the strategy above).
+MAX_REQUEST_FIELDS: Final = 4096
 
 _MASK64: Final = (1 << 64) - 1
 _MAX_FIELD: Final = (1 << 29) - 1
@@ -194,7 +202,26 @@ def _length(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     return pos, stop
 
 
-def _skip(buf: bytes, pos: int, end: int, field: int, wtype: int, depth: int) -> int:
+class _Budget:
+    """How many more field tags a decode may read."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, tags: int) -> None:
+        self.left = tags
+
+    def take(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise EnvelopeTooComplex(
+                f"request envelope holds more than {MAX_REQUEST_FIELDS} fields"
+            )
+
+
+def _skip(
+    buf: bytes, pos: int, end: int, field: int, wtype: int, depth: int,
+    budget: _Budget | None = None,
+) -> int:
     """Skip the value of an unknown field whose tag was just read; return the new position."""
     if wtype == _WT_VARINT:
         return _varint(buf, pos, end)[1]
@@ -210,11 +237,13 @@ def _skip(buf: bytes, pos: int, end: int, field: int, wtype: int, depth: int) ->
             raise DecodeError("groups nested too deeply")
         while pos < end:
             inner, inner_type, pos = _tag(buf, pos, end)
+            if budget is not None:
+                budget.take()
             if inner_type == _WT_EGROUP:
                 if inner != field:
                     raise DecodeError(f"end-group {inner} does not match group {field}")
                 return pos
-            pos = _skip(buf, pos, end, inner, inner_type, depth + 1)
+            pos = _skip(buf, pos, end, inner, inner_type, depth + 1, budget)
         raise DecodeError(f"unterminated group {field}")
     if wtype == _WT_EGROUP:
         raise DecodeError(f"unexpected end-group {field}")
@@ -280,12 +309,13 @@ def decode_status(data: bytes | bytearray | memoryview) -> Status:
     return _status(buf, 0, len(buf), 0)
 
 
-def _key_value(buf: bytes, pos: int, end: int, depth: int) -> tuple[str, str]:
+def _key_value(buf: bytes, pos: int, end: int, depth: int, budget: _Budget) -> tuple[str, str]:
     if depth >= MAX_DEPTH:
         raise DecodeError("messages nested too deeply")
     key = value = ""
     while pos < end:
         field, wtype, pos = _tag(buf, pos, end)
+        budget.take()
         if wtype == _WT_LEN and (field == 1 or field == 2):
             start, pos = _length(buf, pos, end)
             if field == 1:
@@ -293,7 +323,7 @@ def _key_value(buf: bytes, pos: int, end: int, depth: int) -> tuple[str, str]:
             else:
                 value = _text(buf, start, pos, field)
         else:
-            pos = _skip(buf, pos, end, field, wtype, depth)
+            pos = _skip(buf, pos, end, field, wtype, depth, budget)
     return key, value
 
 
@@ -302,6 +332,7 @@ def decode_request(data: bytes | bytearray | memoryview) -> Request:
 
     Raises:
         DecodeError: the bytes are not a well-formed Request.
+        EnvelopeTooComplex: it holds more than MAX_REQUEST_FIELDS field tags.
     """
     buf = _bytes(data)
     pos, end = 0, len(buf)
@@ -309,8 +340,10 @@ def decode_request(data: bytes | bytearray | memoryview) -> Request:
     payload = b""
     timeout_nano = 0
     metadata: list[tuple[str, str]] = []
+    budget = _Budget(MAX_REQUEST_FIELDS)
     while pos < end:
         field, wtype, pos = _tag(buf, pos, end)
+        budget.take()
         if wtype == _WT_LEN and field != 4:
             start, stop = _length(buf, pos, end)
             if field == 1:
@@ -320,13 +353,13 @@ def decode_request(data: bytes | bytearray | memoryview) -> Request:
             elif field == 3:
                 payload = buf[start:stop]
             elif field == 5:
-                metadata.append(_key_value(buf, start, stop, 1))
+                metadata.append(_key_value(buf, start, stop, 1, budget))
             pos = stop
         elif wtype == _WT_VARINT and field == 4:
             value, pos = _varint(buf, pos, end)
             timeout_nano = value - (1 << 64) if value >> 63 else value
         else:
-            pos = _skip(buf, pos, end, field, wtype, 0)
+            pos = _skip(buf, pos, end, field, wtype, 0, budget)
     return Request(service, method, payload, timeout_nano, tuple(metadata))
 
 

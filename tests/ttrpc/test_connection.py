@@ -27,6 +27,7 @@ from shim.ttrpc import (
     StreamRejected,
 )
 from shim.ttrpc._events import Event
+from shim.ttrpc._wire import MAX_REQUEST_FIELDS, encode_varint
 
 from .helpers import ConnectionPair, drain, frame
 from .test_wire import STATE_REQUEST, STATE_REQUEST_VALUE
@@ -451,3 +452,65 @@ def test_random_frames_are_each_answered_or_skipped(
     for event in answered:
         conn.send(event.stream_id, Response(Status()))  # each owed exactly once
     assert conn.awaiting_response == 0
+
+
+# ------------------------------------------------------------------ decoding work is bounded
+# A Request envelope holds at most MAX_REQUEST_FIELDS field tags in all (its own fields, each
+# metadata entry's fields, the contents of skipped groups): past that the stream is refused
+# RESOURCE_EXHAUSTED at once instead of the decoder walking millions of two-byte fields.
+
+EMPTY_ENTRY = b"\x2a\x00"  # field 5 (metadata), an empty KeyValue
+
+
+def _with_entries(n: int, entry: bytes = EMPTY_ENTRY) -> bytes:
+    return XY_REQUEST + entry * n
+
+
+def test_envelope_at_the_field_bound_is_accepted() -> None:
+    conn = ServerConnection()
+    conn.receive_data(frame(1, REQ, _with_entries(MAX_REQUEST_FIELDS - 2)))
+    [event] = drain(conn)
+    assert isinstance(event, RequestReceived)
+    assert len(event.request.metadata) == MAX_REQUEST_FIELDS - 2
+
+
+def test_envelope_over_the_field_bound_is_refused_and_the_connection_goes_on() -> None:
+    conn = ServerConnection()
+    conn.receive_data(frame(1, REQ, _with_entries(MAX_REQUEST_FIELDS - 1)))
+    conn.receive_data(frame(3, REQ, XY_REQUEST))
+    rejected, received = drain(conn)
+    assert isinstance(rejected, StreamRejected)
+    assert (rejected.stream_id, rejected.code) == (1, Code.RESOURCE_EXHAUSTED)
+    assert f"more than {MAX_REQUEST_FIELDS} fields" in rejected.message
+    assert received == RequestReceived(3, Request("x.Y", "Z"))
+    assert _answer(conn, rejected)
+
+
+def test_a_full_frame_of_empty_metadata_is_refused() -> None:
+    data = _with_entries((MAX_DATA - len(XY_REQUEST)) // len(EMPTY_ENTRY))
+    assert len(data) > MAX_DATA - 2
+    conn = ServerConnection()
+    conn.receive_data(frame(1, REQ, data))
+    [rejected] = drain(conn)
+    assert isinstance(rejected, StreamRejected)
+    assert rejected.code == Code.RESOURCE_EXHAUSTED
+
+
+@pytest.mark.parametrize(
+    "bulk",
+    [
+        # one metadata entry holding thousands of (repeated) key fields
+        b"\x2a" + encode_varint(2 * MAX_REQUEST_FIELDS) + b"\x0a\x00" * MAX_REQUEST_FIELDS,
+        # one unknown group (field 15) holding thousands of empty varint fields
+        b"\x7b" + b"\x08\x00" * MAX_REQUEST_FIELDS + b"\x7c",
+        # thousands of unknown top-level fields
+        b"\x78\x00" * MAX_REQUEST_FIELDS,
+    ],
+    ids=["inside-a-metadata-entry", "inside-a-group", "unknown-fields"],
+)
+def test_every_kind_of_field_counts(bulk: bytes) -> None:
+    conn = ServerConnection()
+    conn.receive_data(frame(1, REQ, XY_REQUEST + bulk))
+    [rejected] = drain(conn)
+    assert isinstance(rejected, StreamRejected)
+    assert rejected.code == Code.RESOURCE_EXHAUSTED
