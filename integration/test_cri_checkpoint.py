@@ -192,6 +192,10 @@ def test_checkpoint_archive(node: Node, network: str) -> None:
     """kubelet's CheckpointContainer: archive 0600 at kubelet's location, containerd 2.x's
     entries exactly named, checkpointctl reads it, the counter keeps counting."""
     pod, cid = run_counter(node, f"counters-{network}", host_network=network == "host")
+    sandbox = node.kubelet.runtime.PodSandboxStatus(
+        api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod.id), timeout=30).status
+    if network == "cni":  # an address from this containerd's own bridge network
+        assert sandbox.network.ip.startswith("10."), sandbox.network
     outdir = node.scratch / "checkpoints"
     outdir.mkdir()
     location = checkpoint_location(outdir, pod.name, pod.namespace, "counter")

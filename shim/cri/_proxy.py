@@ -81,7 +81,8 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
 
         def forward(request: bytes, context: grpc.ServicerContext) -> bytes:
             future = call.future(request, timeout=_timeout(context), metadata=_metadata(context))
-            context.add_callback(future.cancel)
+            if not context.add_callback(future.cancel):  # the caller is already gone
+                future.cancel()
             try:
                 response: bytes = future.result()
             except grpc.RpcError as exc:
@@ -104,7 +105,8 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
 
         def forward(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
             responses = call(request, timeout=_timeout(context), metadata=_metadata(context))
-            context.add_callback(responses.cancel)
+            if not context.add_callback(responses.cancel):  # the caller is already gone
+                responses.cancel()
             try:
                 yield from responses
             except grpc.RpcError as exc:
