@@ -1,7 +1,9 @@
 """The OCI bundle containerd prepares for each container: its spec, read and (once) amended.
 
-Strategy: containerd writes ``config.json`` before Create; the shim reads the annotations and
-cgroups path from it, and adds one annotation before ``runc create``/``runc restore``:
+Strategy: containerd writes ``config.json`` before Create; the shim reads it once, keeps it in
+memory (annotations, cgroups path), amends it with pure functions and writes it back at most
+once per Create (and once more per restore attempt, for the network hook). It adds one
+annotation before ``runc create``/``runc restore``:
 ``org.criu.config`` naming ``<bundle>/criu.conf``. runc keeps the annotations as labels and
 hands that file to CRIU on every checkpoint and restore (a missing file is ignored), which is
 how options runc has no flag for reach CRIU (see ``shim.checkpoint.runner``). A spec that
@@ -17,17 +19,21 @@ from typing import cast
 __all__ = [
     "CRIU_CONFIG",
     "CRIU_CONFIG_ANNOTATION",
+    "CRIU_WORK_DIR",
+    "HOOK_MARK",
     "Spec",
     "cgroups_path",
-    "name_criu_config",
     "read_spec",
-    "set_restore_hook",
     "spec_annotations",
+    "with_criu_config",
+    "with_restore_hook",
     "write_spec",
 ]
 
 CRIU_CONFIG_ANNOTATION = "org.criu.config"
 CRIU_CONFIG = "criu.conf"
+CRIU_WORK_DIR = "work/criu-work"
+"""CRIU's work directory inside the bundle unless a request names one."""
 
 Spec = dict[str, object]
 """A parsed OCI runtime spec (config.json)."""
@@ -64,11 +70,11 @@ HOOK_MARK = "PYRUNC_HOOK=network"
 """In the env of the shim's own hook entry, so a later restore replaces it, not adds one."""
 
 
-def set_restore_hook(bundle: Path, argv: list[str] | None, timeout: int = 30) -> None:
-    """Make ``argv`` the shim's ``createRuntime`` hook (runc runs it at CRIU's
+def with_restore_hook(spec: Spec, argv: list[str] | None, timeout: int = 30) -> Spec:
+    """``spec`` with ``argv`` as the shim's ``createRuntime`` hook (runc runs it at CRIU's
     ``setup-namespaces`` step of a restore, with the restored init's pid in the state), or
-    remove it (``None``). The container's own hooks are kept, and run first."""
-    spec = read_spec(bundle)
+    without it (``None``). The container's own hooks are kept, and run first."""
+    spec = dict(spec)
     raw = spec.get("hooks")
     hooks: dict[str, object] = dict(raw) if isinstance(raw, dict) else {}
     current = hooks.get("createRuntime")
@@ -84,17 +90,14 @@ def set_restore_hook(bundle: Path, argv: list[str] | None, timeout: int = 30) ->
     else:
         hooks.pop("createRuntime", None)
     spec["hooks"] = hooks
-    write_spec(bundle, spec)
+    return spec
 
 
-def name_criu_config(bundle: Path) -> Spec:
-    """Add ``org.criu.config: <bundle>/criu.conf`` to the spec unless it names a file already;
-    return the (possibly amended) spec."""
-    spec = read_spec(bundle)
+def with_criu_config(spec: Spec, bundle: Path) -> Spec:
+    """``spec`` with ``org.criu.config: <bundle>/criu.conf`` unless it names a file already
+    (then ``spec`` itself: nothing to write)."""
     current = spec_annotations(spec)
     if CRIU_CONFIG_ANNOTATION in current:
         return spec
     current[CRIU_CONFIG_ANNOTATION] = str(bundle / CRIU_CONFIG)
-    spec["annotations"] = current
-    write_spec(bundle, spec)
-    return spec
+    return {**spec, "annotations": current}

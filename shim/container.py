@@ -16,7 +16,6 @@ import logging
 import os
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from dataclasses import replace as dataclasses_replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,7 +29,7 @@ from shim.mount import mount_all, unmount_all
 from shim.oom import OomWatch
 from shim.oom import watch as watch_oom
 from shim.reaper import Exit, Reaper
-from shim.runtime import Runc
+from shim.runtime import CreateOpts, Runc
 from shim.spawn import Child
 from shim.state import (
     Created,
@@ -199,15 +198,14 @@ class InitProcess(ProcessBase):
         c = self.container
         io = await self._open_io()
         pid_file = c.bundle / "init.pid"
-        await c.runtime.create(
-            c.id,
+        opts = CreateOpts(
             c.bundle,
             pid_file,
-            io.runtime_stdio(),
             console_socket=io.console_socket,
             no_pivot=c.config.no_pivot,
             no_new_keyring=c.config.no_new_keyring,
         )
+        await c.runtime.create(c.id, opts, io.runtime_stdio())
         self.pid = int(pid_file.read_text())
         self._watch()
         await io.started()
@@ -219,36 +217,16 @@ class InitProcess(ProcessBase):
         """Start of a container created from a checkpoint: ``runc restore --detach``, with
         ``network`` (entered by the state) rebuilding its network."""
         from shim.checkpoint import runner
-        from shim.checkpoint.plan import STORED_PLAN, PageServer, plan_restore
 
         c = self.container
         assert self.io is not None
-        try:
-            with open(os.path.join(source.images_dir, STORED_PLAN), "rb") as f:
-                stored: bytes | None = f.read()
-        except FileNotFoundError:
-            stored = None  # a checkpoint made elsewhere: options from annotations alone
-        plan = plan_restore(
-            source.images_dir,
-            stored,
-            oci.spec_annotations(c.spec),
-            work_dir=source.work_dir or str(c.bundle / "work" / "criu-work"),
-        )
-        page_server = plan.page_server
-        if source.page_server:
-            page_server = PageServer.parse(source.page_server)
-        plan = dataclasses_replace(
-            plan,
-            tcp_close=plan.tcp_close or source.tcp_close,
-            lazy_pages=source.lazy_pages,
-            page_server=page_server if source.lazy_pages else None,
-        )
         restored = await runner.restore(
             c.runtime,
             c.reaper,
             c.id,
             c.bundle,
-            plan,
+            source,
+            c.annotations(),
             self.io.runtime_stdio(),
             console_socket=self.io.console_socket,
             no_pivot=c.config.no_pivot,
@@ -268,7 +246,9 @@ class InitProcess(ProcessBase):
         c = self.container
         was_paused = isinstance(self.state, Paused)
         try:
-            lazy = await runner.checkpoint(c.runtime, c.reaper, c.id, self.pid, c.bundle, plan)
+            lazy = await runner.checkpoint(
+                c.runtime, c.reaper, c.id, self.pid, c.bundle, c.annotations(), plan
+            )
         except BaseException:
             await self._restore_freezer(was_paused)
             raise
@@ -402,8 +382,11 @@ class Container:
             os.makedirs(rootfs, exist_ok=True)
             mount_all([(m.type, m.source, m.options) for m in config.rootfs], rootfs)
         try:
-            c.spec = oci.name_criu_config(config.bundle)
+            spec = oci.read_spec(config.bundle)
+            c.spec = oci.with_criu_config(spec, config.bundle)
             if config.restore is None:
+                if c.spec is not spec:
+                    oci.write_spec(config.bundle, c.spec)
                 await c.init.do_create()
             else:  # nothing runs until Start restores it
                 from shim.checkpoint.netrestore import network_restore
@@ -412,7 +395,7 @@ class Container:
                 async with contextlib.AsyncExitStack() as stack:
                     # the network's rebuild service takes a while to start: start it now
                     network = await stack.enter_async_context(
-                        network_restore(reaper, config.bundle, config.restore.images_dir)
+                        network_restore(reaper, config.bundle, c.spec, config.restore.images_dir)
                     )
                     c.init.transition(CreatedFromCheckpoint(config.restore, network))
                     stack.pop_all()  # the state owns it now

@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError, Message
 from shim.api.containerd.runc.options import oci_pb2
 from shim.api.containerd.task.v2 import shim_pb2 as api
 from shim.api.containerd.types.task import task_pb2
+from shim.bundle import CRIU_WORK_DIR
 from shim.cleanup import write_runtime_options
 from shim.container import Container, ContainerConfig, Mount, _timestamp
 from shim.errors import InvalidArgument, NotFound
@@ -178,7 +179,7 @@ class TaskService:
             req.path,
             req.options if req.HasField("options") else None,
             container.annotations(),
-            default_work_dir=str(container.bundle / "work" / "criu-work"),
+            default_work_dir=str(container.bundle / CRIU_WORK_DIR),
         )
         await container.checkpoint(plan)
         return Empty()
@@ -238,6 +239,9 @@ class TaskService:
         return Empty()
 
 
+_RESTORE_OPTIONS = "pyrunc.v1.RestoreOptions"
+
+
 def _runtime_options(req: api.CreateTaskRequest) -> oci_pb2.Options:
     """containerd.runc.v1.Options from the request, or from the ``runtime_options`` of a
     pyrunc.v1.RestoreOptions (see :func:`_restore_source`); other types are ignored (as
@@ -255,42 +259,14 @@ def _runtime_options(req: api.CreateTaskRequest) -> oci_pb2.Options:
     return options or oci_pb2.Options()
 
 
-_RESTORE_OPTIONS = "pyrunc.v1.RestoreOptions"
-
-
 def _restore_source(req: api.CreateTaskRequest) -> RestoreSource | None:
-    """What to restore from: containerd's unpacked checkpoint (``ctr c restore --live``) or
-    ``pyrunc.v1.RestoreOptions`` (the ``pyrunc restore`` tool); None for a fresh container.
-
-    Raises:
-        InvalidArgument: both given, or a relative image path.
-    """
-    restoring = type_name(req.options) == _RESTORE_OPTIONS
-    if not restoring and not req.checkpoint:
+    """What to restore from (:func:`shim.checkpoint.plan.restore_source`); None for a fresh
+    container, without loading the checkpoint machinery."""
+    if not req.checkpoint and type_name(req.options) != _RESTORE_OPTIONS:
         return None
-    from shim.checkpoint.plan import RestoreSource  # the checkpoint machinery: restores only
+    from shim.checkpoint.plan import restore_source  # the checkpoint machinery: restores only
 
-    if not restoring:
-        return RestoreSource(req.checkpoint) if req.checkpoint else None
-    from shim.api.pyrunc.v1 import checkpoint_pb2
-
-    opts = unpack(req.options, checkpoint_pb2.RestoreOptions)
-    assert opts is not None
-    if req.checkpoint and opts.image_path:
-        raise InvalidArgument("both a checkpoint and RestoreOptions.image_path were given")
-    images = req.checkpoint or opts.image_path
-    if not images:
-        raise InvalidArgument("RestoreOptions without image_path")
-    for name, path in (("image_path", images), ("work_path", opts.work_path)):
-        if path and not os.path.isabs(path):
-            raise InvalidArgument(f"{name} must be absolute: {path!r}")
-    return RestoreSource(
-        images_dir=images,
-        work_dir=opts.work_path,
-        tcp_close=opts.tcp_close,
-        lazy_pages=opts.lazy_pages,
-        page_server=opts.page_server,
-    )
+    return restore_source(req.checkpoint, req.options)
 
 
 def _codec(

@@ -12,10 +12,10 @@ from shim.bundle import (
     CRIU_CONFIG_ANNOTATION,
     HOOK_MARK,
     cgroups_path,
-    name_criu_config,
     read_spec,
-    set_restore_hook,
     spec_annotations,
+    with_criu_config,
+    with_restore_hook,
     write_spec,
 )
 
@@ -78,54 +78,45 @@ def test_write_spec_replaces_atomically(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
 
 
-# -- name_criu_config -------------------------------------------------------------------------
+# -- with_criu_config ---------------------------------------------------------------------
 
 
-def test_name_criu_config_adds_ours(tmp_path: Path) -> None:
-    bundle = bundle_with(tmp_path, SPEC)
-    spec = name_criu_config(bundle)
+def test_with_criu_config_adds_ours(tmp_path: Path) -> None:
+    spec = with_criu_config(SPEC, tmp_path)
     want = {
         "io.kubernetes.cri.container-type": "container",
-        CRIU_CONFIG_ANNOTATION: str(bundle / CRIU_CONFIG),
+        CRIU_CONFIG_ANNOTATION: str(tmp_path / CRIU_CONFIG),
     }
     assert spec["annotations"] == want
-    assert on_disk(bundle)["annotations"] == want
-    # Everything else is untouched.
-    assert {k: v for k, v in on_disk(bundle).items() if k != "annotations"} == {
+    # Everything else is untouched, and so is the spec it was given.
+    assert {k: v for k, v in spec.items() if k != "annotations"} == {
         k: v for k, v in SPEC.items() if k != "annotations"
     }
+    assert SPEC["annotations"] == {"io.kubernetes.cri.container-type": "container"}
 
 
-def test_name_criu_config_without_annotations(tmp_path: Path) -> None:
-    bundle = bundle_with(tmp_path, {"ociVersion": "1.0.2"})
-    name_criu_config(bundle)
-    assert on_disk(bundle) == {
+def test_with_criu_config_without_annotations(tmp_path: Path) -> None:
+    assert with_criu_config({"ociVersion": "1.0.2"}, tmp_path) == {
         "ociVersion": "1.0.2",
-        "annotations": {CRIU_CONFIG_ANNOTATION: str(bundle / "criu.conf")},
+        "annotations": {CRIU_CONFIG_ANNOTATION: str(tmp_path / "criu.conf")},
     }
 
 
-def test_name_criu_config_keeps_a_users_annotation(tmp_path: Path) -> None:
+def test_with_criu_config_keeps_a_users_annotation(tmp_path: Path) -> None:
     spec = dict(SPEC, annotations={CRIU_CONFIG_ANNOTATION: "/etc/my-criu.conf"})
-    bundle = bundle_with(tmp_path, spec)
-    before = (bundle / "config.json").read_bytes()
-    assert name_criu_config(bundle)["annotations"] == {CRIU_CONFIG_ANNOTATION: "/etc/my-criu.conf"}
-    assert (bundle / "config.json").read_bytes() == before  # not even rewritten
+    assert with_criu_config(spec, tmp_path) is spec  # the same object: nothing to write
 
 
-def test_name_criu_config_is_idempotent(tmp_path: Path) -> None:
-    bundle = bundle_with(tmp_path, SPEC)
-    first = name_criu_config(bundle)
-    after_first = (bundle / "config.json").read_bytes()
-    assert name_criu_config(bundle) == first
-    assert (bundle / "config.json").read_bytes() == after_first
+def test_with_criu_config_is_idempotent(tmp_path: Path) -> None:
+    first = with_criu_config(SPEC, tmp_path)
+    assert with_criu_config(first, tmp_path) is first
 
 
-# -- set_restore_hook -------------------------------------------------------------------------
+# -- with_restore_hook ---------------------------------------------------------------------
 
 
-def create_runtime(bundle: Path) -> list[dict[str, object]]:
-    hooks = on_disk(bundle)["hooks"]
+def create_runtime(spec: dict[str, object]) -> list[dict[str, object]]:
+    hooks = spec["hooks"]
     assert isinstance(hooks, dict)
     entries = hooks.get("createRuntime", [])
     assert isinstance(entries, list)
@@ -136,42 +127,39 @@ def ours(argv: list[str], timeout: int = 30) -> dict[str, object]:
     return {"path": argv[0], "args": argv, "env": [HOOK_MARK], "timeout": timeout}
 
 
-def test_set_restore_hook_adds_after_the_containers_own(tmp_path: Path) -> None:
-    bundle = bundle_with(tmp_path, SPEC)
-    set_restore_hook(bundle, ["/usr/bin/hook", "net", "--x"])
+def test_with_restore_hook_adds_after_the_containers_own() -> None:
+    spec = with_restore_hook(SPEC, ["/usr/bin/hook", "net", "--x"])
     theirs = {"path": "/usr/bin/theirs", "args": ["theirs", "x"]}
-    assert create_runtime(bundle) == [theirs, ours(["/usr/bin/hook", "net", "--x"])]
-    hooks = on_disk(bundle)["hooks"]
+    assert create_runtime(spec) == [theirs, ours(["/usr/bin/hook", "net", "--x"])]
+    hooks = spec["hooks"]
     assert isinstance(hooks, dict) and hooks["prestart"] == [{"path": "/usr/bin/pre"}]
+    assert create_runtime(SPEC) == [theirs]  # the given spec is left alone
 
 
-def test_set_restore_hook_replaces_only_our_entry(tmp_path: Path) -> None:
-    bundle = bundle_with(tmp_path, SPEC)
-    set_restore_hook(bundle, ["/usr/bin/hook", "first"])
-    set_restore_hook(bundle, ["/usr/bin/hook", "second"], timeout=5)
+def test_with_restore_hook_replaces_only_our_entry() -> None:
+    spec = with_restore_hook(SPEC, ["/usr/bin/hook", "first"])
+    spec = with_restore_hook(spec, ["/usr/bin/hook", "second"], timeout=5)
     theirs = {"path": "/usr/bin/theirs", "args": ["theirs", "x"]}
-    assert create_runtime(bundle) == [theirs, ours(["/usr/bin/hook", "second"], 5)]
+    assert create_runtime(spec) == [theirs, ours(["/usr/bin/hook", "second"], 5)]
 
 
-def test_set_restore_hook_none_removes_only_ours(tmp_path: Path) -> None:
-    bundle = bundle_with(tmp_path, SPEC)
-    set_restore_hook(bundle, ["/usr/bin/hook"])
-    set_restore_hook(bundle, None)
-    assert create_runtime(bundle) == [{"path": "/usr/bin/theirs", "args": ["theirs", "x"]}]
+def test_with_restore_hook_none_removes_only_ours() -> None:
+    spec = with_restore_hook(with_restore_hook(SPEC, ["/usr/bin/hook"]), None)
+    assert create_runtime(spec) == [{"path": "/usr/bin/theirs", "args": ["theirs", "x"]}]
 
 
-def test_set_restore_hook_without_hooks(tmp_path: Path) -> None:
-    bundle = bundle_with(tmp_path, {"ociVersion": "1.0.2"})
-    set_restore_hook(bundle, ["/h"])
-    assert on_disk(bundle)["hooks"] == {"createRuntime": [ours(["/h"])]}
-    set_restore_hook(bundle, None)  # the key goes away again with our entry
-    assert on_disk(bundle)["hooks"] == {}
-    set_restore_hook(bundle, None)  # removing twice is harmless
-    assert on_disk(bundle) == {"ociVersion": "1.0.2", "hooks": {}}
+def test_with_restore_hook_without_hooks(tmp_path: Path) -> None:
+    spec = with_restore_hook({"ociVersion": "1.0.2"}, ["/h"])
+    assert spec["hooks"] == {"createRuntime": [ours(["/h"])]}
+    spec = with_restore_hook(spec, None)  # the key goes away again with our entry
+    assert spec["hooks"] == {}
+    spec = with_restore_hook(spec, None)  # removing twice is harmless
+    assert spec == {"ociVersion": "1.0.2", "hooks": {}}
+    write_spec(tmp_path, spec)
+    assert on_disk(tmp_path) == spec
 
 
-def test_set_restore_hook_keeps_a_foreign_hook_with_an_env(tmp_path: Path) -> None:
+def test_with_restore_hook_keeps_a_foreign_hook_with_an_env() -> None:
     foreign = {"path": "/x", "env": ["PYRUNC_HOOK=other", "A=b"]}
-    bundle = bundle_with(tmp_path, {"hooks": {"createRuntime": [foreign, "garbage"]}})
-    set_restore_hook(bundle, None)
-    assert create_runtime(bundle) == [foreign, "garbage"]
+    spec = with_restore_hook({"hooks": {"createRuntime": [foreign, "garbage"]}}, None)
+    assert create_runtime(spec) == [foreign, "garbage"]

@@ -17,7 +17,15 @@ import pytest
 
 from shim.errors import FailedPrecondition, NotFound, ShimError
 from shim.reaper import Reaper
-from shim.runtime import Runc, RuntimeConfig, Stdio, classify_error, last_log_error
+from shim.runtime import (
+    CreateOpts,
+    RestoreOpts,
+    Runc,
+    RuntimeConfig,
+    Stdio,
+    classify_error,
+    last_log_error,
+)
 from shim.runtime._runc import DEFAULT_ROOT
 from shim.spawn import Result, read_all
 
@@ -99,19 +107,21 @@ J = "/b/process.json"
 GOLDEN: list[tuple[str, Callable[[Runc], Awaitable[object]], list[str]]] = [
     (
         "create",
-        lambda r: r.create("c1", Path(B), Path(P), Stdio()),
+        lambda r: r.create("c1", CreateOpts(Path(B), Path(P)), Stdio()),
         ["create", "--bundle", B, "--pid-file", P, "c1"],
     ),
     (
         "create-all-options",
         lambda r: r.create(
             "c1",
-            Path(B),
-            Path(P),
+            CreateOpts(
+                Path(B),
+                Path(P),
+                console_socket="/tmp/pty/pty.sock",
+                no_pivot=True,
+                no_new_keyring=True,
+            ),
             Stdio(),
-            console_socket="/tmp/pty/pty.sock",
-            no_pivot=True,
-            no_new_keyring=True,
         ),
         [
             "create",
@@ -146,13 +156,28 @@ GOLDEN: list[tuple[str, Callable[[Runc], Awaitable[object]], list[str]]] = [
     ("update", lambda r: r.update("c1", b"{}"), ["update", "--resources", "-", "c1"]),
     (
         "checkpoint",
-        lambda r: r.checkpoint("c1", ["checkpoint", "--image-path", "/img", "--leave-running"]),
+        lambda r: r.checkpoint("c1", ["--image-path", "/img", "--leave-running"]),
         ["checkpoint", "--image-path", "/img", "--leave-running", "c1"],
     ),
     (
         "restore",
-        lambda r: r.restore("c1", ["restore", "--detach", "--image-path", "/img"], Stdio()),
-        ["restore", "--detach", "--image-path", "/img", "c1"],
+        lambda r: r.restore("c1", RestoreOpts(Path(B), Path(P), ("--image-path", "/img")), Stdio()),
+        [
+            "restore", "--image-path", "/img", "--detach", "--pid-file", P, "--bundle", B,
+            "--no-subreaper", "c1",
+        ],
+    ),
+    (
+        "restore-all-options",
+        lambda r: r.restore(
+            "c1",
+            RestoreOpts(Path(B), Path(P), ("--lazy-pages",), console_socket="/s", no_pivot=True),
+            Stdio(),
+        ),
+        [
+            "restore", "--lazy-pages", "--detach", "--pid-file", P, "--bundle", B,
+            "--console-socket", "/s", "--no-pivot", "--no-subreaper", "c1",
+        ],
     ),
     ("ps", lambda r: r.ps("c1"), ["ps", "--format", "json", "c1"]),
 ]
@@ -174,7 +199,7 @@ def test_golden_argv(
 def test_spawn_checkpoint_argv_and_extra_fds(fake: Fake) -> None:
     async def body(r: Runc) -> None:
         rd, wr = os.pipe()
-        child = r.spawn_checkpoint("c1", ["checkpoint", "--lazy-pages"], extra_fds=[wr])
+        child = r.spawn_checkpoint("c1", ["--lazy-pages"], extra_fds=[wr])
         os.close(wr)
         assert (await child.exited).status == 0
         assert await read_all(rd) == b"fd3"
@@ -186,7 +211,7 @@ def test_spawn_checkpoint_argv_and_extra_fds(fake: Fake) -> None:
 def test_checkpoint_passes_extra_fds(fake: Fake) -> None:
     async def body(r: Runc) -> None:
         rd, wr = os.pipe()
-        await r.checkpoint("c1", ["checkpoint"], extra_fds=[wr])
+        await r.checkpoint("c1", [], extra_fds=[wr])
         os.close(wr)
         assert await read_all(rd) == b"fd3"
 
@@ -213,7 +238,7 @@ def test_create_hands_the_stdio_to_the_runtime(fake: Fake) -> None:
         err_r, err_w = os.pipe()
         os.write(in_w, b"container stdin")
         os.close(in_w)
-        await r.create("c1", Path(B), Path(P), Stdio(in_r, out_w, err_w))
+        await r.create("c1", CreateOpts(Path(B), Path(P)), Stdio(in_r, out_w, err_w))
         for fd in (in_r, out_w, err_w):
             os.close(fd)
         assert await read_all(out_r) == b"runtime stdout"

@@ -27,6 +27,7 @@ from shim.checkpoint.plan import (
     plan_checkpoint,
     plan_restore,
     restore_args,
+    restore_source,
 )
 
 __all__ = [
@@ -52,4 +53,5 @@ __all__ = [
     "plan_checkpoint",
     "plan_restore",
     "restore_args",
+    "restore_source",
 ]

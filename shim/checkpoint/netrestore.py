@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from types import TracebackType
 
-from shim.bundle import set_restore_hook
+from shim.bundle import Spec, with_restore_hook, write_spec
 from shim.checkpoint.network import (
     SNAPSHOT,
     dump_snapshot,
@@ -76,10 +76,13 @@ async def record(reaper: Reaper, pid: int, images_dir: str) -> None:
         raise FailedPrecondition(f"recording the container's network failed: {lines[-1]}")
 
 
-def network_restore(reaper: Reaper, bundle: Path, images_dir: str) -> NetworkRestore:
+def network_restore(
+    reaper: Reaper, bundle: Path, spec: Spec, images_dir: str
+) -> NetworkRestore:
     """The network restore of a checkpoint in ``images_dir`` into the container of
-    ``bundle``; nothing starts until it is entered."""
-    return NetworkRestore(reaper, bundle, images_dir)
+    ``bundle`` whose spec is ``spec``; nothing starts until it is entered (which writes the
+    spec with the hook it needs, or without any of ours)."""
+    return NetworkRestore(reaper, bundle, spec, images_dir)
 
 
 class NetworkRestore:
@@ -88,9 +91,10 @@ class NetworkRestore:
     bringing it up after the restore (:meth:`restored`). Make it with
     :func:`network_restore`."""
 
-    def __init__(self, reaper: Reaper, bundle: Path, images_dir: str) -> None:
+    def __init__(self, reaper: Reaper, bundle: Path, spec: Spec, images_dir: str) -> None:
         self._reaper = reaper
         self._bundle = bundle
+        self._spec = spec
         self._snapshot = os.path.join(images_dir, SNAPSHOT)
         self._started = False
         self._service: Child | None = None
@@ -120,16 +124,16 @@ class NetworkRestore:
             with open(self._snapshot, "rb") as f:
                 snap = load_snapshot(f.read())
         except FileNotFoundError:
-            set_restore_hook(self._bundle, None)
+            self._set_hook(None)
             return
         if is_loopback_only(snap):
             up = any(link.up for link in snap.links)
-            set_restore_hook(self._bundle, lo_up_argv() if up and snap.sockets else None)
+            self._set_hook(lo_up_argv() if up and snap.sockets else None)
             self._loopback_after = up and not snap.sockets
             return
         os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
         sock = os.path.join(RUN_DIR, f"net-{os.urandom(6).hex()}.sock")
-        set_restore_hook(self._bundle, hook_argv(sock))
+        self._set_hook(hook_argv(sock))
         self._socket = sock
         try:
             await self._request_from_template()  # a warm service, forked by the template
@@ -139,6 +143,9 @@ class NetworkRestore:
             self._service = spawn(self._reaper, argv)
             if exc.restart and in_host_namespaces():  # warm for the next restore
                 spawn(self._reaper, template_argv(TEMPLATE_SOCKET), setsid=True)
+
+    def _set_hook(self, argv: list[str] | None) -> None:
+        write_spec(self._bundle, with_restore_hook(self._spec, argv))
 
     async def _request_from_template(self) -> int:
         """Have the template fork a warm rebuild service; return its pid (the request

@@ -8,8 +8,10 @@ value, :class:`CheckpointPlan`, whose field names are CRIU's own (``criu_opts`` 
   message types, or none) plus the container's ``io.pyrunc.checkpoint.*`` annotations, and
   refuses bad or contradictory options with :class:`~shim.errors.InvalidArgument` before
   anything runs;
-* :func:`checkpoint_args` / :func:`restore_args` give the ``runc`` argv (after runc's global
-  flags, before the container id), one flag per plan field in a fixed order;
+* :func:`restore_source` and :func:`plan_restore` are the one restore translation: what Create
+  asked, the stored plan (or the annotations) and the default work dir become one plan;
+* :func:`checkpoint_args` / :func:`restore_args` give the CRIU-related ``runc`` flags, one per
+  plan field in a fixed order (runc's own flags are :mod:`shim.runtime`'s);
 * :func:`criu_config` gives a CRIU configuration file for what runc 1.1 has no flag for;
 * :attr:`CheckpointPlan.required_criu_version` is the oldest CRIU that can carry the plan out;
 * :func:`dump_plan` / :func:`load_plan` store the plan beside the images (:data:`STORED_PLAN`)
@@ -64,6 +66,7 @@ __all__ = [
     "plan_checkpoint",
     "plan_restore",
     "restore_args",
+    "restore_source",
 ]
 
 ANNOTATION_PREFIX: Final = "io.pyrunc.checkpoint."
@@ -595,43 +598,85 @@ def plan_checkpoint(
     )
 
 
+def restore_source(checkpoint: str, options: AnyMessage | None) -> RestoreSource | None:
+    """What a Create asks to restore from: containerd's unpacked checkpoint
+    (``CreateTaskRequest.checkpoint``, ``ctr c restore --live``) or ``pyrunc.v1.RestoreOptions``
+    in its options (the ``pyrunc restore`` tool); None for a fresh container.
+
+    Raises:
+        InvalidArgument: both given, no image path, or a relative path.
+    """
+    opts = None if options is None else unpack(options, checkpoint_pb2.RestoreOptions)
+    if opts is None:
+        return RestoreSource(checkpoint) if checkpoint else None
+    if checkpoint and opts.image_path:
+        raise InvalidArgument("both a checkpoint and RestoreOptions.image_path were given")
+    images = checkpoint or opts.image_path
+    if not images:
+        raise InvalidArgument("RestoreOptions without image_path")
+    for name, path in (("image_path", images), ("work_path", opts.work_path)):
+        if path and not posixpath.isabs(path):
+            raise InvalidArgument(f"{name} must be absolute: {path!r}")
+    return RestoreSource(
+        images_dir=images,
+        work_dir=opts.work_path,
+        tcp_close=opts.tcp_close,
+        lazy_pages=opts.lazy_pages,
+        page_server=opts.page_server,
+    )
+
+
 def plan_restore(
-    checkpoint: str,
+    source: RestoreSource,
     stored: bytes | None,
     annotations: Mapping[str, str],
     *,
-    work_dir: str,
+    default_work_dir: str,
 ) -> CheckpointPlan:
-    """The plan to restore ``checkpoint`` with: the one its dump stored, or a default.
+    """The one restore translation: the plan to restore ``source`` with, from the plan its
+    dump stored (or the annotations), the restore's own options and the default work dir.
 
     Args:
-        checkpoint: ``CreateTaskRequest.checkpoint``, the unpacked images directory.
-        stored: the bytes of ``<checkpoint>/STORED_PLAN``, or None if there is none (a
+        source: what Create asked to restore (:func:`restore_source`).
+        stored: the bytes of ``<images_dir>/STORED_PLAN``, or None if there is none (a
             checkpoint made by another shim): then the plan comes from ``annotations`` alone,
             as for a checkpoint request without options.
         annotations: the restored container's annotations (ignored when ``stored`` is given:
             restore uses the options the dump used).
-        work_dir: CRIU's work directory for the restore.
+        default_work_dir: CRIU's work directory unless ``source`` names one.
 
     Returns:
-        The plan rebased on ``checkpoint`` and ``work_dir`` (no parent: CRIU follows the
-        images' own ``parent`` link).
+        The plan rebased on the images and the work dir (no parent: CRIU follows the images'
+        own ``parent`` link), with ``tcp_close`` if the dump or the restore asks for it and
+        lazy pages (and their page server) as the restore asks.
 
     Raises:
-        InvalidArgument: bad stored plan, bad annotations or paths, or a pre-dump image
-            (it holds only memory and cannot be restored).
+        InvalidArgument: bad stored plan, bad annotations, options or paths, or a pre-dump
+            image (it holds only memory and cannot be restored).
     """
-    checkpoint_dir = _abs_path(checkpoint, "checkpoint")
+    checkpoint_dir = _abs_path(source.images_dir, "checkpoint")
+    work_dir = _abs_path(source.work_dir or default_work_dir, "work_dir")
     if stored is None:
         plan = plan_checkpoint(checkpoint_dir, None, annotations, default_work_dir=work_dir)
     else:
         plan = load_plan(stored)
     if plan.pre_dump:
         raise InvalidArgument(
-            f"checkpoint: {checkpoint!r} holds a pre-dump (memory only); restore from the "
-            "final dump that names it as its parent"
+            f"checkpoint: {source.images_dir!r} holds a pre-dump (memory only); restore from "
+            "the final dump that names it as its parent"
         )
-    return replace(plan, images_dir=checkpoint_dir, work_dir=work_dir, parent_img="")
+    page_server = plan.page_server
+    if source.page_server:
+        page_server = PageServer.parse(source.page_server)
+    return replace(
+        plan,
+        images_dir=checkpoint_dir,
+        work_dir=work_dir,
+        parent_img="",
+        tcp_close=plan.tcp_close or source.tcp_close,
+        lazy_pages=source.lazy_pages,
+        page_server=page_server if source.lazy_pages else None,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -639,7 +684,7 @@ def plan_restore(
 
 
 def checkpoint_args(plan: CheckpointPlan) -> list[str]:
-    """The runc argv after the global flags: ``checkpoint ...``, up to (not incl.) the id.
+    """The CRIU-related flags of ``runc checkpoint`` (the runtime adds the command and id).
 
     One flag per plan field, in this fixed order: ``--image-path --work-path [--parent-path
     REL] [--leave-running] [--tcp-established] [--ext-unix-sk] [--shell-job] [--file-locks]
@@ -649,7 +694,7 @@ def checkpoint_args(plan: CheckpointPlan) -> list[str]:
     the runner must pass a pipe as runc's fd 3. ``manage_cgroups_mode`` ``ignore`` and the
     options runc has no flag for are in :func:`criu_config` instead.
     """
-    argv = ["checkpoint", "--image-path", plan.images_dir, "--work-path", plan.work_dir]
+    argv = ["--image-path", plan.images_dir, "--work-path", plan.work_dir]
     if plan.parent_img:
         argv += ["--parent-path", plan.parent_path]
     if plan.leave_running:
@@ -688,47 +733,18 @@ def _shared_flags(plan: CheckpointPlan) -> list[str]:
     return argv
 
 
-def restore_args(
-    plan: CheckpointPlan,
-    *,
-    bundle: str,
-    pid_file: str,
-    console_socket: str | None,
-    no_pivot: bool,
-    work_dir: str,
-) -> list[str]:
-    """The runc argv after the global flags: ``restore ...``, up to (not incl.) the id.
+def restore_args(plan: CheckpointPlan) -> list[str]:
+    """The CRIU-related flags of ``runc restore`` (the runtime adds its own flags, the
+    command and the id: :class:`shim.runtime.RestoreOpts`).
 
     ``--image-path <images_dir> --work-path <work_dir>``, then what the dump used that
     restore needs (``--tcp-established --ext-unix-sk --shell-job --file-locks --empty-ns
-    --manage-cgroups-mode --auto-dedup --lazy-pages``), then ``--detach --pid-file --bundle
-    [--console-socket] [--no-pivot] --no-subreaper``.
-
-    Raises:
-        InvalidArgument: a path that is not absolute, or contains ``..`` or NUL.
+    --manage-cgroups-mode --auto-dedup --lazy-pages``).
     """
-    argv = [
-        "restore",
-        "--image-path",
-        plan.images_dir,
-        "--work-path",
-        _abs_path(work_dir, "work_dir"),
-    ]
+    argv = ["--image-path", plan.images_dir, "--work-path", plan.work_dir]
     argv += _shared_flags(plan)
     if plan.lazy_pages:
         argv.append("--lazy-pages")
-    argv += [
-        "--detach",
-        "--pid-file",
-        _abs_path(pid_file, "pid_file"),
-        "--bundle",
-        _abs_path(bundle, "bundle"),
-    ]
-    if console_socket is not None:
-        argv += ["--console-socket", _abs_path(console_socket, "console_socket")]
-    if no_pivot:
-        argv.append("--no-pivot")
-    argv.append("--no-subreaper")
     return argv
 
 

@@ -8,7 +8,7 @@ to do; this module does it in a fixed order:
    touched (:func:`shim.checkpoint.criu.ensure_capable`);
 2. create the images and work directories 0700; refuse to overwrite a finished checkpoint;
 3. write the CRIU configuration file for options runc has no flag for into the bundle; the
-   container's ``org.criu.config`` annotation (set by :func:`shim.bundle.name_criu_config`
+   container's ``org.criu.config`` annotation (set by :func:`shim.bundle.with_criu_config`
    before ``runc create``/``restore``) makes runc hand that file to CRIU;
 4. run runc;
 5. on success store the plan beside the images: its presence is what marks a complete
@@ -26,23 +26,26 @@ import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from shim.bundle import CRIU_CONFIG, CRIU_CONFIG_ANNOTATION, read_spec, spec_annotations
+from shim.bundle import CRIU_CONFIG, CRIU_CONFIG_ANNOTATION, CRIU_WORK_DIR
 from shim.checkpoint import netrestore
 from shim.checkpoint.criu import Criu, Requirements, criu_binary, ensure_capable, log_reason
 from shim.checkpoint.plan import (
     STORED_PLAN,
     CheckpointPlan,
+    RestoreSource,
     checkpoint_args,
     criu_config,
     dump_plan,
+    plan_restore,
     restore_args,
 )
 from shim.errors import AlreadyExists, FailedPrecondition, ShimError
 from shim.reaper import Reaper
-from shim.runtime import Runc, Stdio
+from shim.runtime import RestoreOpts, Runc, Stdio
 from shim.spawn import Child, Result, spawn
 
 __all__ = ["LazyDump", "Restored", "checkpoint", "restore"]
@@ -58,10 +61,10 @@ _LOG_TAIL = 256 * 1024  # bytes of a kept CRIU log searched for the reason of a 
 LAZY_PAGES_SOCKET = "lazy-pages.socket"  # created by `criu lazy-pages` in its work dir
 
 
-def _write_criu_config(bundle: Path, text: str) -> None:
+def _write_criu_config(bundle: Path, annotations: Mapping[str, str], text: str) -> None:
     """Write the per-operation CRIU config. Since the annotation replaces runc's default
     file, that file's settings (if any) are kept in front of ours."""
-    named = spec_annotations(read_spec(bundle)).get(CRIU_CONFIG_ANNOTATION)
+    named = annotations.get(CRIU_CONFIG_ANNOTATION)
     ours = str(bundle / CRIU_CONFIG)
     if named != ours:
         if text:
@@ -144,10 +147,17 @@ async def _ensure_capable(runtime: Runc, reaper: Reaper, req: Requirements) -> N
 
 
 async def checkpoint(
-    runtime: Runc, reaper: Reaper, cid: str, pid: int, bundle: Path, plan: CheckpointPlan
+    runtime: Runc,
+    reaper: Reaper,
+    cid: str,
+    pid: int,
+    bundle: Path,
+    annotations: Mapping[str, str],
+    plan: CheckpointPlan,
 ) -> LazyDump | None:
-    """Dump ``cid`` (init ``pid``) as ``plan`` says; with an empty network namespace, record
-    the container's network beside the images first (:mod:`shim.checkpoint.network`).
+    """Dump ``cid`` (init ``pid``, whose spec has ``annotations``) as ``plan`` says; with its
+    own network namespace, record the container's network beside the images first
+    (:func:`shim.checkpoint.netrestore.record`).
 
     Returns:
         None when the dump is complete; for lazy pages, the still running runc once the images
@@ -179,7 +189,7 @@ async def checkpoint(
     created = _mkdir_private(plan.images_dir)
     _mkdir_private(plan.work_dir)
     try:
-        _write_criu_config(bundle, criu_config(plan, restore=False))
+        _write_criu_config(bundle, annotations, criu_config(plan, restore=False))
         await netrestore.record(reaper, pid, plan.images_dir)
         if plan.lazy_pages:
             child = await _start_lazy_dump(runtime, cid, plan)
@@ -285,19 +295,30 @@ async def restore(
     reaper: Reaper,
     cid: str,
     bundle: Path,
-    plan: CheckpointPlan,
+    source: RestoreSource,
+    annotations: Mapping[str, str],
     stdio: Stdio,
     *,
     console_socket: str | None,
     no_pivot: bool,
 ) -> Restored:
-    """Restore ``cid`` from ``plan.images_dir``. Its network's rebuild is the caller's
-    (:class:`shim.checkpoint.netrestore.NetworkRestore`, started before this is called).
+    """Restore ``cid`` (whose spec has ``annotations``) from ``source``, with the plan its
+    dump stored (:func:`shim.checkpoint.plan.plan_restore`). Its network's rebuild is the
+    caller's (:class:`shim.checkpoint.netrestore.NetworkRestore`, entered before this).
 
     Raises:
+        InvalidArgument: the stored plan, the annotations or the restore options are bad.
         FailedPrecondition: CRIU or the host cannot do it (nothing started).
         ShimError: runc or CRIU failed; the message names the kept CRIU log.
     """
+    try:
+        with open(os.path.join(source.images_dir, STORED_PLAN), "rb") as f:
+            stored: bytes | None = f.read()
+    except FileNotFoundError:
+        stored = None  # a checkpoint made elsewhere: options from annotations alone
+    plan = plan_restore(
+        source, stored, annotations, default_work_dir=str(bundle / CRIU_WORK_DIR)
+    )
     await _ensure_capable(
         runtime,
         reaper,
@@ -307,18 +328,17 @@ async def restore(
     pid_file = bundle / "init.pid"
     daemon: Child | None = None
     try:
-        _write_criu_config(bundle, criu_config(plan, restore=True))
+        _write_criu_config(bundle, annotations, criu_config(plan, restore=True))
         if plan.lazy_pages:
             daemon = await _start_lazy_pages_daemon(runtime, reaper, plan)
-        args = restore_args(
-            plan,
-            bundle=str(bundle),
-            pid_file=str(pid_file),
+        opts = RestoreOpts(
+            bundle,
+            pid_file,
+            tuple(restore_args(plan)),
             console_socket=console_socket,
             no_pivot=no_pivot,
-            work_dir=plan.work_dir,
         )
-        await runtime.restore(cid, args, stdio)
+        await runtime.restore(cid, opts, stdio)
     except BaseException as exc:
         if daemon is not None and not daemon.exited.done():
             with contextlib.suppress(ProcessLookupError):

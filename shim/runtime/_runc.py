@@ -2,7 +2,12 @@
 
 Strategy: mirrors go-runc ``runc.go``: one method per runtime command, each renders its argv
 from typed arguments in a fixed order and runs it through :mod:`shim.spawn` (so the one reaper
-sees it). Global flags (``--root <root>/<ns> --log <bundle>/log.json --log-format json
+sees it). The commands with many options take them as a frozen value whose ``args()`` renders
+them (go-runc's ``CreateOpts``/``RestoreOpts``); runc's own flags (``--bundle``,
+``--pid-file``, ``--console-socket``, ``--detach``, ``--no-pivot``, ...) are rendered here and
+nowhere else, while the CRIU-related flags of ``checkpoint``/``restore`` come rendered from the
+checkpoint plan (:func:`shim.checkpoint.plan.checkpoint_args`/``restore_args``). Global flags
+(``--root <root>/<ns> --log <bundle>/log.json --log-format json
 [--criu P] [--systemd-cgroup]``) come from :class:`RuntimeConfig`. Failures raise typed shim
 errors carrying the runtime's own last log line; the runtime's error text is matched only in
 :func:`classify_error`.
@@ -21,7 +26,15 @@ from shim.errors import FailedPrecondition, NotFound, ShimError
 from shim.reaper import Reaper
 from shim.spawn import Child, Result, run, spawn
 
-__all__ = ["Runc", "RuntimeConfig", "Stdio", "classify_error", "last_log_error"]
+__all__ = [
+    "CreateOpts",
+    "RestoreOpts",
+    "Runc",
+    "RuntimeConfig",
+    "Stdio",
+    "classify_error",
+    "last_log_error",
+]
 
 DEFAULT_ROOT = "/run/containerd/runc"
 _TIMEOUT = 60.0
@@ -46,6 +59,53 @@ class Stdio:
     stdin: int | None = None
     stdout: int | None = None
     stderr: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CreateOpts:
+    """``runc create``'s options (go-runc ``CreateOpts``)."""
+
+    bundle: Path
+    pid_file: Path
+    console_socket: str | None = None
+    no_pivot: bool = False
+    no_new_keyring: bool = False
+
+    def args(self) -> list[str]:
+        """``--bundle B --pid-file P [--console-socket S] [--no-pivot] [--no-new-keyring]``."""
+        argv = ["--bundle", str(self.bundle), "--pid-file", str(self.pid_file)]
+        if self.console_socket:
+            argv += ["--console-socket", self.console_socket]
+        if self.no_pivot:
+            argv.append("--no-pivot")
+        if self.no_new_keyring:
+            argv.append("--no-new-keyring")
+        return argv
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreOpts:
+    """``runc restore``'s options (go-runc ``RestoreOpts``): the CRIU-related flags as the
+    checkpoint plan rendered them, and runc's own. A restore always detaches and never makes
+    runc a subreaper (the shim is the restored init's subreaper)."""
+
+    bundle: Path
+    pid_file: Path
+    criu_args: tuple[str, ...] = ()
+    console_socket: str | None = None
+    no_pivot: bool = False
+
+    def args(self) -> list[str]:
+        """``<criu args> --detach --pid-file P --bundle B [--console-socket S] [--no-pivot]
+        --no-subreaper``."""
+        argv = [*self.criu_args, "--detach", "--pid-file", str(self.pid_file)]
+        argv += ["--bundle", str(self.bundle)]
+        if self.console_socket is not None:
+            argv += ["--console-socket", self.console_socket]
+        if self.no_pivot:
+            argv.append("--no-pivot")
+        argv.append("--no-subreaper")
+        return argv
 
 
 def last_log_error(log_path: Path, offset: int = 0) -> str:
@@ -157,25 +217,8 @@ class Runc:
         cls = classify_error(message)
         raise cls(f"{self.config.binary} {command} failed: {message}")
 
-    async def create(
-        self,
-        cid: str,
-        bundle: Path,
-        pid_file: Path,
-        stdio: Stdio,
-        *,
-        console_socket: str | None = None,
-        no_pivot: bool = False,
-        no_new_keyring: bool = False,
-    ) -> None:
-        args = ["create", "--bundle", str(bundle), "--pid-file", str(pid_file)]
-        if console_socket:
-            args += ["--console-socket", console_socket]
-        if no_pivot:
-            args.append("--no-pivot")
-        if no_new_keyring:
-            args.append("--no-new-keyring")
-        await self._run([*args, cid], stdio=stdio)
+    async def create(self, cid: str, opts: CreateOpts, stdio: Stdio) -> None:
+        await self._run(["create", *opts.args(), cid], stdio=stdio)
 
     async def start(self, cid: str) -> None:
         await self._run(["start", cid])
@@ -211,23 +254,25 @@ class Runc:
         await self._run(["update", "--resources", "-", cid], input=resources_json)
 
     async def checkpoint(
-        self, cid: str, args: Sequence[str], *, extra_fds: Sequence[int] = ()
+        self, cid: str, criu_args: Sequence[str], *, extra_fds: Sequence[int] = ()
     ) -> None:
-        """``runc checkpoint``: ``args`` as rendered by the checkpoint plan (from
-        ``checkpoint`` up to, not including, the id); ``extra_fds`` become fds 3, 4, ..."""
-        await self._run([*args, cid], extra_fds=extra_fds, timeout=_CRIU_TIMEOUT)
+        """``runc checkpoint``: ``criu_args`` as rendered by the checkpoint plan;
+        ``extra_fds`` become fds 3, 4, ..."""
+        args = ["checkpoint", *criu_args, cid]
+        await self._run(args, extra_fds=extra_fds, timeout=_CRIU_TIMEOUT)
 
     def spawn_checkpoint(
-        self, cid: str, args: Sequence[str], *, extra_fds: Sequence[int] = ()
+        self, cid: str, criu_args: Sequence[str], *, extra_fds: Sequence[int] = ()
     ) -> Child:
         """Start ``runc checkpoint`` without waiting: a lazy-pages dump serves memory until
         the restoring side has fetched it all, long after the dump is ready."""
-        return spawn(self._reaper, [*self.globals(), *args, cid], extra_fds=extra_fds)
+        argv = [*self.globals(), "checkpoint", *criu_args, cid]
+        return spawn(self._reaper, argv, extra_fds=extra_fds)
 
-    async def restore(self, cid: str, args: Sequence[str], stdio: Stdio) -> None:
-        """``runc restore``: ``args`` as rendered by the plan; ``stdio`` is re-attached by
-        CRIU to the restored process in place of the pipes it had at dump time."""
-        await self._run([*args, cid], stdio=stdio, timeout=_CRIU_TIMEOUT)
+    async def restore(self, cid: str, opts: RestoreOpts, stdio: Stdio) -> None:
+        """``runc restore``; ``stdio`` is re-attached by CRIU to the restored process in
+        place of the pipes it had at dump time."""
+        await self._run(["restore", *opts.args(), cid], stdio=stdio, timeout=_CRIU_TIMEOUT)
 
     async def ps(self, cid: str) -> list[int]:
         result = await self._run(["ps", "--format", "json", cid])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import re
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -38,6 +39,7 @@ from shim.checkpoint.plan import (
     Namespace,
     NetworkLock,
     PageServer,
+    RestoreSource,
     checkpoint_args,
     criu_config,
     dump_plan,
@@ -47,10 +49,11 @@ from shim.checkpoint.plan import (
     restore_args,
 )
 from shim.errors import InvalidArgument
+from shim.runtime import RestoreOpts
 
 IMG = "/run/ckpt/img"  # CheckpointTaskRequest.path
 WORK = "/run/bundle/work/criu-work"  # default_work_dir
-BASE = ["checkpoint", "--image-path", IMG, "--work-path", WORK]
+BASE = ["--image-path", IMG, "--work-path", WORK]
 A = ANNOTATION_PREFIX
 DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "checkpoint-options.md"
 
@@ -122,7 +125,7 @@ def test_common_fields_of_every_options_type(
 def test_image_and_work_path_of_every_options_type(cls: type[Message]) -> None:
     plan = plan_of(cls(image_path="/srv/images", work_path="/srv/work"))
     assert checkpoint_args(plan) == [
-        "checkpoint", "--image-path", "/srv/images", "--work-path", "/srv/work", LR,
+        "--image-path", "/srv/images", "--work-path", "/srv/work", LR,
     ]  # fmt: skip
 
 
@@ -238,7 +241,7 @@ def test_path_annotations() -> None:
         },
     )
     assert checkpoint_args(plan) == [
-        "checkpoint", "--image-path", "/srv/images", "--work-path", "/srv/work",
+        "--image-path", "/srv/images", "--work-path", "/srv/work",
         "--parent-path", "../pre", LR,
     ]  # fmt: skip
     assert plan.track_mem
@@ -281,7 +284,7 @@ def test_everything_at_once_keeps_the_fixed_order() -> None:
     )
     plan = plan_of(msg)
     assert checkpoint_args(plan) == [
-        "checkpoint", "--image-path", "/srv/ck/2", "--work-path", "/srv/work",
+        "--image-path", "/srv/ck/2", "--work-path", "/srv/work",
         "--parent-path", "../1", "--leave-running", "--tcp-established", "--ext-unix-sk",
         "--shell-job", "--file-locks", "--empty-ns", "network", "--manage-cgroups-mode", "strict",
         "--auto-dedup", "--page-server", "dst:27182",
@@ -336,7 +339,7 @@ def test_required_criu_version(lock: NetworkLock | None, version: int) -> None:
     plan = CheckpointPlan(IMG, WORK, network_lock=lock)
     assert plan.required_criu_version == version
     # a restore of the plan asks for the same CRIU as its dump
-    stored = plan_restore("/c", dump_plan(plan), {}, work_dir="/w")
+    stored = plan_restore(RestoreSource("/c"), dump_plan(plan), {}, default_work_dir="/w")
     assert stored.required_criu_version == version
 
 
@@ -659,18 +662,11 @@ BUNDLE = "/run/containerd/io.containerd.runtime.v2.task/default/c1"
 
 
 def test_restore_args_default_plan() -> None:
-    plan = plan_restore("/tmp/ctrd-checkpoint1", None, {}, work_dir=BUNDLE + "/work")
-    argv = restore_args(
-        plan,
-        bundle=BUNDLE,
-        pid_file=BUNDLE + "/init.pid",
-        console_socket=None,
-        no_pivot=False,
-        work_dir=BUNDLE + "/work",
+    plan = plan_restore(
+        RestoreSource("/tmp/ctrd-checkpoint1"), None, {}, default_work_dir=BUNDLE + "/work"
     )
-    assert argv == [
-        "restore", "--image-path", "/tmp/ctrd-checkpoint1", "--work-path", BUNDLE + "/work",
-        "--detach", "--pid-file", BUNDLE + "/init.pid", "--bundle", BUNDLE, "--no-subreaper",
+    assert restore_args(plan) == [
+        "--image-path", "/tmp/ctrd-checkpoint1", "--work-path", BUNDLE + "/work",
     ]  # fmt: skip
 
 
@@ -694,36 +690,56 @@ def test_restore_args_carry_what_the_dump_used() -> None:
         link_remap=True,
         ghost_limit=99,
     )
-    plan = plan_restore("/tmp/ctrd-checkpoint2", dump_plan(dumped), {}, work_dir="/r/work")
+    source = RestoreSource("/tmp/ctrd-checkpoint2", work_dir="/r/work", lazy_pages=True)
+    plan = plan_restore(source, dump_plan(dumped), {}, default_work_dir="/unused")
     assert plan == dataclasses.replace(
         dumped, images_dir="/tmp/ctrd-checkpoint2", work_dir="/r/work", parent_img=""
     )
-    argv = restore_args(
-        plan,
-        bundle=BUNDLE,
-        pid_file=BUNDLE + "/init.pid",
-        console_socket="/run/console.sock",
-        no_pivot=True,
-        work_dir="/r/work",
-    )
-    assert argv == [
-        "restore", "--image-path", "/tmp/ctrd-checkpoint2", "--work-path", "/r/work",
+    assert restore_args(plan) == [
+        "--image-path", "/tmp/ctrd-checkpoint2", "--work-path", "/r/work",
         "--tcp-established", "--ext-unix-sk", "--shell-job", "--file-locks",
         "--empty-ns", "network", "--manage-cgroups-mode", "soft", "--auto-dedup", "--lazy-pages",
-        "--detach", "--pid-file", BUNDLE + "/init.pid", "--bundle", BUNDLE,
-        "--console-socket", "/run/console.sock", "--no-pivot", "--no-subreaper",
     ]  # fmt: skip
     assert criu_config(plan, restore=True) == "tcp-close\nmanage-cgroups=soft\n"
 
 
+def test_restore_options_join_the_stored_plan() -> None:
+    """The one restore translation: tcp_close if either side asks, lazy pages only if the
+    restore asks (with its own page server, else the dump's), the work dir of the request
+    or the default."""
+    stored = dump_plan(
+        CheckpointPlan("/a", "/b", lazy_pages=True, page_server=PageServer("10.0.0.1", 1))
+    )
+    plan = plan_restore(RestoreSource("/c"), stored, {}, default_work_dir="/w")
+    assert (plan.lazy_pages, plan.page_server, plan.tcp_close) == (False, None, False)
+    plan = plan_restore(
+        RestoreSource("/c", lazy_pages=True, tcp_close=True), stored, {}, default_work_dir="/w"
+    )
+    assert (plan.lazy_pages, plan.page_server, plan.tcp_close) == (
+        True, PageServer("10.0.0.1", 1), True,
+    )  # fmt: skip
+    source = RestoreSource("/c", "/mine//work/", lazy_pages=True, page_server="[::1]:9")
+    plan = plan_restore(source, stored, {}, default_work_dir="/w")
+    assert (plan.page_server, plan.work_dir) == (PageServer("::1", 9), "/mine/work")
+    with pytest.raises(InvalidArgument, match="page_server"):
+        plan_restore(
+            RestoreSource("/c", lazy_pages=True, page_server="nope"), stored, {},
+            default_work_dir="/w",
+        )  # fmt: skip
+
+
 def test_restore_uses_the_stored_plan_not_annotations() -> None:
     stored = dump_plan(CheckpointPlan("/a", "/b", tcp_established=True))
-    plan = plan_restore("/c", stored, {A + "shell-job": "true"}, work_dir="/w")
+    plan = plan_restore(
+        RestoreSource("/c"), stored, {A + "shell-job": "true"}, default_work_dir="/w"
+    )
     assert plan.tcp_established and not plan.shell_job
 
 
 def test_restore_without_stored_plan_uses_annotations() -> None:
-    plan = plan_restore("/c", None, {A + "tcp-established": "true"}, work_dir="/w")
+    plan = plan_restore(
+        RestoreSource("/c"), None, {A + "tcp-established": "true"}, default_work_dir="/w"
+    )
     assert plan.tcp_established
     assert (plan.images_dir, plan.work_dir) == ("/c", "/w")
 
@@ -731,24 +747,20 @@ def test_restore_without_stored_plan_uses_annotations() -> None:
 def test_restore_refuses_a_pre_dump() -> None:
     stored = dump_plan(CheckpointPlan("/a", "/b", pre_dump=True))
     with pytest.raises(InvalidArgument, match="holds a pre-dump"):
-        plan_restore("/c", stored, {}, work_dir="/w")
+        plan_restore(RestoreSource("/c"), stored, {}, default_work_dir="/w")
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("source", "default", "message"),
     [
-        ({"bundle": "b"}, "bundle: path 'b' is not absolute"),
-        ({"pid_file": "/b/../p"}, "pid_file: path '/b/../p' contains '..'"),
-        ({"console_socket": "s"}, "console_socket: path 's' is not absolute"),
-        ({"work_dir": "w"}, "work_dir: path 'w' is not absolute"),
+        (RestoreSource("c"), "/w", "checkpoint: path 'c' is not absolute"),
+        (RestoreSource("/c", "/b/../../w"), "/w", "work_dir: path '/b/../../w' contains '..'"),
+        (RestoreSource("/c"), "w", "work_dir: path 'w' is not absolute"),
     ],
 )
-def test_restore_args_check_paths(kwargs: dict[str, str], message: str) -> None:
-    args: dict[str, str] = {
-        "bundle": "/b", "pid_file": "/b/p", "console_socket": "/s", "work_dir": "/w", **kwargs,
-    }  # fmt: skip
-    with pytest.raises(InvalidArgument, match=message):
-        restore_args(CheckpointPlan("/i", "/w"), no_pivot=False, **args)
+def test_plan_restore_checks_paths(source: RestoreSource, default: str, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=re.escape(message)):
+        plan_restore(source, None, {}, default_work_dir=default)
 
 
 # --------------------------------------------------------------------------------------------
@@ -919,10 +931,11 @@ def test_every_restore_flag_exists_in_runc() -> None:
         empty_ns=frozenset({Namespace.NETWORK}), manage_cgroups_mode=CgroupMode.FULL,
         auto_dedup=True, lazy_pages=True, page_server=PageServer("h", 1),
     )  # fmt: skip
-    argv = restore_args(
-        full, bundle="/b", pid_file="/p", console_socket="/c", no_pivot=True, work_dir="/w"
+    criu_args = tuple(restore_args(full))
+    opts = RestoreOpts(
+        pathlib.Path("/b"), pathlib.Path("/p"), criu_args, console_socket="/c", no_pivot=True
     )
-    for flag in _flags(argv):
+    for flag in _flags(opts.args()):
         assert f"{flag} " in text or f"{flag}," in text, flag
 
 
