@@ -11,7 +11,9 @@
 #   - a running containerd (started by hand when its socket does not answer: no systemd here);
 #   - fs.pipe-max-size >= 4 MiB (CRIU lazy pages without CAP_SYS_RESOURCE);
 #   - the test image localhost/pyrunc-test:latest (hack/image/build.sh), imported into
-#     containerd's "default" namespace.
+#     containerd's "default" namespace;
+#   - the Kubernetes-side parts (hack/install-k8s.sh): containerd 2.1.9 in a private prefix,
+#     checkpointctl, CNI plugins, the CRI API proto, the pause image.
 # Idempotent: every step first checks whether it is already done, so a second run takes
 # seconds and changes nothing. Needs no network but the package registries.
 #
@@ -307,6 +309,9 @@ main() {
         ensure_pipe_max_size
     fi
     install_image
+    # containerd 2.1.9 (a second daemon for tests), checkpointctl, CNI plugins, the CRI API
+    # proto and the pause image: what the CRI endpoint and its tests need
+    bash "$repo/hack/install-k8s.sh"
 
     echo
     if ((chroot_only)); then
