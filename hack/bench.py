@@ -9,7 +9,7 @@ the processes that map them).
 
 Usage (root, containerd running, test image imported by hack/install.sh):
     hack/bench.py [--address SOCK] [--runs N] [--out FILE] [--readme]
-                  [--sections lifecycle,memory,ttrpc,checkpoint,network]
+                  [--sections lifecycle,memory,ttrpc,checkpoint,network,cri]
                   [--ckpt-sizes 0,64,512] [--ckpt-runs N] [--ckpt-runs-large N] [--net-runs N]
 ``--readme`` rewrites the tables between the BENCH markers (lifecycle, memory, ttrpc) and the
 BENCH-CHECKPOINT markers in README.md from the results; a section that did not run leaves its
@@ -20,6 +20,10 @@ Section ``checkpoint``: a container runs ``memfill N`` (0 MiB: ``sleep``), then
 a new container are timed (wall clock of ctr, which includes containerd writing and reading
 the checkpoint in its content store: the same work for both shims). Medians per size; large
 sizes get fewer runs (``--ckpt-runs-large``, from 512 MiB).
+
+Section ``cri``: ``hack/bench_cri.py`` (CRI CheckpointContainer of a 64 MiB container through
+``pyrunc cri serve`` on containerd 1.6 vs containerd 2.1.9's own CRI with runc; needs
+hack/install-k8s.sh).
 
 Section ``network`` (pyrunc only, BENCH-NETWORK markers): what rebuilding a container's network
 at restore costs. One ``sleep`` container per variant is checkpointed once with ``pyrunc
@@ -56,7 +60,7 @@ RUNC = "io.containerd.runc.v2"
 RUNTIMES = (PYRUNC, RUNC)
 NAMESPACE = "pyrunc-bench"
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("lifecycle", "memory", "ttrpc", "checkpoint", "network")
+SECTIONS = ("lifecycle", "memory", "ttrpc", "checkpoint", "network", "cri")
 
 
 class Ctr:
@@ -689,6 +693,11 @@ def main() -> int:
         )
     if "network" in sections:
         results["network"] = bench_network(ctr, args.address, args.net_runs)
+    if "cri" in sections:  # hack/bench_cri.py: CRI CheckpointContainer, ours vs containerd 2.1.9
+        cri = subprocess.run([sys.executable, str(ROOT / "hack" / "bench_cri.py"), "--json"],
+                             check=True, capture_output=True, text=True)
+        results["cri"] = json.loads(cri.stdout)
+        print(f"CRI CheckpointContainer ratio ours/reference: {results['cri']['ratio']:.2f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     if "lifecycle" in results and "memory" in results:

@@ -17,9 +17,11 @@ through containerd's gRPC API only, so it works where that plugin is missing):
    ``location`` and renames it into place.
 
 Whatever fails, the private directory goes, no file appears at ``location``, and a task that
-was running but is found paused afterwards (a dump killed at the deadline can leave the freezer
-frozen) is resumed. The caller's deadline bounds every step; Tasks/Checkpoint gets the time
-left less a margin, so the shim aborts the dump before the caller gives up.
+was running but is found paused afterwards is resumed. The caller's deadline bounds every step;
+Tasks/Checkpoint gets the time left less a margin, so the shim gives the dump up (it stops
+runc) before the caller does. CRIU itself is not killed (its parasite may be inside the
+container's processes): it notices that runc is gone at its next step, fails and lets the
+container go, for a large container a few seconds after the deadline.
 """
 
 from __future__ import annotations
@@ -165,8 +167,9 @@ class Checkpointer:
             timed_out = until is not None and time.monotonic() >= until
             if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED or timed_out:
                 raise DeadlineExceeded(
-                    f"checkpoint of {cid} did not finish before the deadline; the dump was "
-                    f"aborted and the container keeps running ({exc.details})") from exc
+                    f"checkpoint of {cid} did not finish before the deadline; it was given up "
+                    f"(runc stopped, nothing written) and the container keeps running "
+                    f"({exc.details})") from exc
             if exc.code == grpc.StatusCode.NOT_FOUND:
                 raise NotFound(f"container {cid}: {exc.details}") from exc
             raise
