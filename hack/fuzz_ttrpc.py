@@ -331,12 +331,46 @@ class Report:
     rss_before_kib: int
     rss_after_kib: int
     rss_growth_kib: int
+    rss_after_each_round_kib: list[int]
     fds_before: int
     fds_after: int
     container_running: bool
     same_pid: bool
     rootfs_mounted: bool
     shim_alive: bool
+
+
+async def _round(
+    args: argparse.Namespace, path: str, cid: str, pid: int, rng: random.Random, sent: Sent,
+    probe: Probe,
+) -> int:
+    """One round of ``--frames`` frames (at most ``--seconds``) with the idle and slowloris
+    connections and the State probe around it; returns how many connections it opened."""
+    limit = sent.frames + args.frames
+    deadline = time.monotonic() + args.seconds
+    stop_probe = asyncio.Event()
+    idle = []
+    for _ in range(IDLE_CONNECTIONS):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with contextlib.suppress(OSError):
+            s.connect(path)
+        idle.append(s)
+    prober = asyncio.create_task(_probe(path, cid, pid, stop_probe, probe))
+    loris = [asyncio.create_task(_slowloris(path, deadline)) for _ in range(SLOWLORIS)]
+    workers = [
+        asyncio.create_task(_worker(path, random.Random(rng.random()), sent, limit, deadline))
+        for _ in range(WORKERS)
+    ]
+    connections = sum(await asyncio.gather(*workers))
+    for t in loris:
+        t.cancel()
+    await asyncio.gather(*loris, return_exceptions=True)
+    for s in idle:
+        s.close()
+    await asyncio.sleep(SETTLE)
+    stop_probe.set()
+    await prober
+    return connections + IDLE_CONNECTIONS + SLOWLORIS
 
 
 async def _campaign(args: argparse.Namespace, runtime: str, seed: int) -> Report:
@@ -360,34 +394,14 @@ async def _campaign(args: argparse.Namespace, runtime: str, seed: int) -> Report
 
         rng = random.Random(seed)
         sent = Sent()
-        stop_probe = asyncio.Event()
         probe = Probe()
+        connections = 0
+        rounds_rss: list[int] = []
         t0 = time.monotonic()
-        deadline = t0 + args.seconds
-        idle = []
-        for _ in range(IDLE_CONNECTIONS):
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            with contextlib.suppress(OSError):
-                s.connect(path)
-            idle.append(s)
-        prober = asyncio.create_task(_probe(path, cid, pid, stop_probe, probe))
-        loris = [asyncio.create_task(_slowloris(path, deadline)) for _ in range(SLOWLORIS)]
-        workers = [
-            asyncio.create_task(
-                _worker(path, random.Random(rng.random()), sent, args.frames, deadline)
-            )
-            for _ in range(WORKERS)
-        ]
-        connections = sum(await asyncio.gather(*workers))
+        for _ in range(args.rounds):
+            connections += await _round(args, path, cid, pid, rng, sent, probe)
+            rounds_rss.append(_rss_kib(shim_pid) if os.path.exists(f"/proc/{shim_pid}") else 0)
         elapsed = time.monotonic() - t0
-        for t in loris:
-            t.cancel()
-        await asyncio.gather(*loris, return_exceptions=True)
-        for s in idle:
-            s.close()
-        await asyncio.sleep(SETTLE)
-        stop_probe.set()
-        await prober
         alive = os.path.exists(f"/proc/{shim_pid}")
         rss1 = _rss_kib(shim_pid) if alive else 0
         fds1 = _fds(shim_pid) if alive else 0
@@ -399,7 +413,7 @@ async def _campaign(args: argparse.Namespace, runtime: str, seed: int) -> Report
             frames=sent.frames,
             seconds=round(elapsed, 1),
             kinds=dict(sorted(sent.kinds.items())),
-            connections=connections + IDLE_CONNECTIONS + SLOWLORIS,
+            connections=connections,
             probes=len(probe.latencies_ms),
             probe_failures=len(probe.failures),
             probe_failure_examples=probe.failures[:5],
@@ -409,6 +423,7 @@ async def _campaign(args: argparse.Namespace, runtime: str, seed: int) -> Report
             rss_before_kib=rss0,
             rss_after_kib=rss1,
             rss_growth_kib=rss1 - rss0,
+            rss_after_each_round_kib=rounds_rss,
             fds_before=fds0,
             fds_after=fds1,
             container_running=running,
@@ -426,6 +441,10 @@ async def _campaign(args: argparse.Namespace, runtime: str, seed: int) -> Report
         _ctr(args, "container", "rm", cid, check=False)
 
 
+def _cell(value: object) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def _table(reports: list[Report]) -> str:
     rows = [
         ("frames sent", "frames"), ("seconds", "seconds"), ("connections", "connections"),
@@ -433,6 +452,7 @@ def _table(reports: list[Report]) -> str:
         ("State p50 ms", "state_p50_ms"), ("State p99 ms", "state_p99_ms"),
         ("State max ms", "state_max_ms"), ("RSS before KiB", "rss_before_kib"),
         ("RSS after KiB", "rss_after_kib"), ("RSS growth KiB", "rss_growth_kib"),
+        ("RSS after each round KiB", "rss_after_each_round_kib"),
         ("fds before", "fds_before"), ("fds after", "fds_after"),
         ("container running", "container_running"), ("same pid", "same_pid"),
         ("rootfs mounted", "rootfs_mounted"), ("shim alive", "shim_alive"),
@@ -440,7 +460,7 @@ def _table(reports: list[Report]) -> str:
     head = "| measure | " + " | ".join(r.runtime for r in reports) + " |"
     sep = "|---|" + "---:|" * len(reports)
     body = [
-        f"| {label} | " + " | ".join(str(getattr(r, key)) for r in reports) + " |"
+        f"| {label} | " + " | ".join(_cell(getattr(r, key)) for r in reports) + " |"
         for label, key in rows
     ]
     return "\n".join([head, sep, *body])
@@ -464,8 +484,10 @@ def healthy(r: Report) -> list[str]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--frames", type=int, default=100_000, help="frames per runtime")
-    p.add_argument("--seconds", type=float, default=600.0, help="time bound per runtime")
+    p.add_argument("--frames", type=int, default=100_000, help="frames per round")
+    p.add_argument("--seconds", type=float, default=600.0, help="time bound per round")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="rounds against the same shim (RSS after each: a leak keeps growing)")
     p.add_argument("--runtime", action="append", help="runtime(s) to fuzz (default: both)")
     p.add_argument("--address", default="/run/containerd/containerd.sock")
     p.add_argument("--namespace", default="default")
