@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import re
 import stat
@@ -449,3 +450,58 @@ def test_container_events_stream_forwarded(ep_node: Node) -> None:
             assert cid in seen
         finally:
             stream.cancel()  # type: ignore[attr-defined]
+
+
+# --- the format, entry by entry, against containerd 2.1.9's own archive ----------------------
+
+
+def _archive_of(kubelet: Kubelet, handler: str, outdir: Path) -> Path:
+    pod = kubelet.run_pod("format", host_network=True, runtime_handler=handler)
+    cid = kubelet.create_container(pod, "counter", IMAGE_REF, ["/bin/sh", "-c", COUNTER_SCRIPT])
+    wait_until(lambda: last_count(kubelet, cid) >= 3, 20, message="the counter to count")
+    outdir.mkdir()
+    location = checkpoint_location(outdir, pod.name, pod.namespace, "counter")
+    kubelet.checkpoint(cid, location)
+    return location
+
+
+def _top_level(location: Path) -> dict[str, tuple[str, int, object]]:
+    """name -> (type, mode, format) of each top-level entry."""
+    out: dict[str, tuple[str, int, object]] = {}
+    with tarfile.open(location) as tar:
+        for m in tar.getmembers():
+            if "/" in m.name:
+                continue
+            fmt: object = None
+            f = tar.extractfile(m) if m.isfile() else None
+            data = f.read() if f is not None else b""
+            if m.name.endswith(".dump") or m.name == "status":
+                fmt = sorted(json.loads(data))  # the JSON document's keys
+            elif m.name == "rootfs-diff.tar":
+                fmt = data[:2]  # gzip magic
+            out[m.name] = ("dir" if m.isdir() else "file", m.mode, fmt)
+        assert tar.getmember("checkpoint/descriptors.json").isfile()
+    return out
+
+
+def test_archive_format_matches_containerd_2(ep_node: Node,
+                                             daemons: dict[Version, CriContainerd]) -> None:
+    """Our endpoint's archive next to containerd 2.1.9's own (runc.v2): the same top-level
+    entries with the same types, modes and document keys."""
+    if Version.V2_1 not in daemons:
+        daemons[Version.V2_1] = CriContainerd.start(Version.V2_1)
+    ours = _top_level(_archive_of(ep_node.kubelet, ep_node.handler, ep_node.scratch / "ours"))
+    with Kubelet.connect(f"unix://{daemons[Version.V2_1].address}") as reference:
+        try:
+            theirs = _top_level(_archive_of(reference, "runc", ep_node.scratch / "theirs"))
+        finally:
+            assert reference.remove_everything() == []
+    assert ours.keys() == theirs.keys()
+    for name in sorted(theirs):
+        kind, mode, fmt = theirs[name]
+        if name == "status.dump":  # fields left out when empty differ with the container
+            assert {"id", "metadata", "state", "image", "image_ref", "log_path"} <= set(
+                ours[name][2]), ours[name]  # type: ignore[arg-type]
+            assert ours[name][:2] == (kind, mode)
+            continue
+        assert ours[name] == (kind, mode, fmt), name
