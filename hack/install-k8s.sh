@@ -19,7 +19,7 @@ set -euo pipefail
 
 readonly PREFIX=/opt/containerd-shim-pyrunc
 readonly CACHE_DIR=/var/cache/containerd-shim-pyrunc/k8s
-readonly MIRROR=http://deb.debian.org/debian
+readonly DEFAULT_MIRROR=http://deb.debian.org/debian
 readonly KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 
 readonly CONTAINERD_VERSION=2.1.9
@@ -54,17 +54,28 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The Debian archive this machine's apt uses for its own release (the same mirror for the
+# other suites), else deb.debian.org.
+debian_mirror() {
+    local codename uri
+    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+    uri=$(apt-get indextargets --no-release-info --format '$(TARGET_OF) $(RELEASE) $(SITE)' \
+        2>/dev/null | awk -v c="$codename" '$1 == "deb" && $2 == c {print $3; exit}')
+    echo "${uri:-$DEFAULT_MIRROR}"
+}
+
 # A private apt state for sid and trixie (binary indexes only), made on first use.
 private_apt() {
-    local arch
+    local arch mirror
     if [[ -z $apt_state ]]; then
         apt_state=$(mktemp -d /var/tmp/pyrunc-k8s-apt.XXXXXX)
         arch=$(dpkg --print-architecture)
+        mirror=$(debian_mirror)
         mkdir -p "$apt_state/lists/partial" "$apt_state/cache/archives/partial" \
             "$apt_state/sources.list.d" "$apt_state/preferences.d"
         {
-            echo "deb [arch=$arch signed-by=$KEYRING] $MIRROR sid main"
-            echo "deb [arch=$arch signed-by=$KEYRING] $MIRROR trixie main"
+            echo "deb [arch=$arch signed-by=$KEYRING] $mirror sid main"
+            echo "deb [arch=$arch signed-by=$KEYRING] $mirror trixie main"
         } >"$apt_state/sources.list"
         log "apt-get update (private state: sid, trixie)"
         apt_private apt-get update -qq
