@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Kubernetes-side parts the CRI endpoint (`pyrunc cri serve`) and its tests need,
 # as root, beside what hack/install.sh installs. Nothing here replaces a system package:
-#   - containerd 2.1.9 (Debian sid, containerd=2.1.9+ds1-5), unpacked with dpkg-deb -x into
-#     $PREFIX/containerd-2.1.9 beside the system's containerd 1.6 (tests run it as a second
-#     daemon with its own config, root, state and socket);
+#   - containerd 2.1.9 (Debian sid, containerd=2.1.9+ds1-5) and 1.7.24 (Debian trixie), each
+#     unpacked with dpkg-deb -x into $PREFIX/containerd-<version> beside the system's
+#     containerd 1.6 (tests run them as further daemons with their own config, root, state and
+#     socket);
 #   - checkpointctl 1.3.0 (Debian trixie), which needs glibc >= 2.38: trixie's libc6 is unpacked
 #     next to it and the wrapper /usr/local/bin/checkpointctl runs it through trixie's loader;
 #   - the CNI plugins (Debian's containernetworking-plugins, /usr/lib/cni) for bridge pods;
@@ -25,6 +26,9 @@ readonly KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 readonly CONTAINERD_VERSION=2.1.9
 readonly CONTAINERD_DEB_VERSION=2.1.9+ds1-5
 readonly CONTAINERD_PREFIX=$PREFIX/containerd-$CONTAINERD_VERSION
+readonly CONTAINERD17_VERSION=1.7.24
+readonly CONTAINERD17_SUITE=trixie
+readonly CONTAINERD17_PREFIX=$PREFIX/containerd-$CONTAINERD17_VERSION
 
 readonly CHECKPOINTCTL_VERSION=1.3.0
 readonly CHECKPOINTCTL_PREFIX=$PREFIX/checkpointctl-$CHECKPOINTCTL_VERSION
@@ -45,6 +49,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 apt_state=""
 fetched=""
 version=""
+containerd_version=""
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'install-k8s.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -133,22 +138,43 @@ unpack() {
     mv "$tmp" "$dir"
 }
 
-install_containerd2() {
-    local bin=$CONTAINERD_PREFIX/usr/bin/containerd v deb
-    if [[ -x $bin ]] && v=$("$bin" --version 2>/dev/null) && [[ $v == *" $CONTAINERD_VERSION"[+\ ]* ]]; then
-        log "containerd $CONTAINERD_VERSION: already in $CONTAINERD_PREFIX"
+# install_containerd VERSION DEB_VERSION PREFIX: unpack Debian's containerd DEB_VERSION into
+# PREFIX (unless a containerd VERSION is there) and check that it runs; sets $containerd_version.
+install_containerd() {
+    local version=$1 deb_version=$2 prefix=$3 bin=$3/usr/bin/containerd v deb
+    if [[ -x $bin ]] && v=$("$bin" --version 2>/dev/null) && [[ $v == *" $version"[+~\ ]* ]]; then
+        log "containerd $version: already in $prefix"
     else
-        fetch containerd "$CONTAINERD_DEB_VERSION"
+        fetch containerd "$deb_version"
         deb=$fetched
-        log "unpacking $(basename "$deb") into $CONTAINERD_PREFIX"
+        log "unpacking $(basename "$deb") into $prefix"
         mkdir -p "$PREFIX"
-        unpack "$deb" "$CONTAINERD_PREFIX"
+        unpack "$deb" "$prefix"
     fi
     v=$("$bin" --version) || die "$bin does not run"
-    [[ $v == *" $CONTAINERD_VERSION"[+\ ]* ]] || die "$bin reports '$v', expected $CONTAINERD_VERSION"
-    [[ -x $CONTAINERD_PREFIX/usr/bin/containerd-shim-runc-v2 ]] \
-        || die "$CONTAINERD_PREFIX has no containerd-shim-runc-v2"
-    containerd2_version=$v
+    [[ $v == *" $version"[+~\ ]* ]] || die "$bin reports '$v', expected $version"
+    [[ -x $prefix/usr/bin/containerd-shim-runc-v2 ]] || die "$prefix has no containerd-shim-runc-v2"
+    containerd_version=$v
+}
+
+install_containerd2() {
+    install_containerd "$CONTAINERD_VERSION" "$CONTAINERD_DEB_VERSION" "$CONTAINERD_PREFIX"
+    containerd2_version=$containerd_version
+}
+
+# containerd 1.7 (its CRI answers CheckpointContainer "not implemented"): trixie's package.
+install_containerd17() {
+    if [[ ! -x $CONTAINERD17_PREFIX/usr/bin/containerd ]]; then
+        suite_version containerd "$CONTAINERD17_SUITE"
+        case $version in
+            "$CONTAINERD17_VERSION"[~+-]*) ;;
+            *) die "$CONTAINERD17_SUITE has containerd '${version:-none}', expected $CONTAINERD17_VERSION" ;;
+        esac
+    else
+        version=unused
+    fi
+    install_containerd "$CONTAINERD17_VERSION" "$version" "$CONTAINERD17_PREFIX"
+    containerd17_version=$containerd_version
 }
 
 # The wrapper: checkpointctl 1.3.0 is linked against glibc 2.38+, bookworm has 2.36; run it
@@ -241,6 +267,7 @@ install_cri_proto() {
 main() {
     [[ $EUID == 0 ]] || die "run as root"
     install_containerd2
+    install_containerd17
     install_checkpointctl
     install_cni
     install_cri_proto
@@ -249,6 +276,7 @@ main() {
     echo
     echo "Kubernetes parts installed:"
     echo "  containerd:    $CONTAINERD_PREFIX/usr/bin/containerd ($containerd2_version)"
+    echo "  containerd:    $CONTAINERD17_PREFIX/usr/bin/containerd ($containerd17_version)"
     echo "  checkpointctl: $CHECKPOINTCTL_LINK -> $CHECKPOINTCTL_PREFIX ($checkpointctl_version)"
     echo "  CNI plugins:   $CNI_DIR ($CNI_PACKAGE $cni_version)"
     echo "  CRI API:       $CRI_PROTO_IN_REPO = $CRI_API_PREFIX/$CRI_PROTO_IN_DEB"

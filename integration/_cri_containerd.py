@@ -1,4 +1,4 @@
-"""A private containerd with its CRI plugin enabled (1.6 or 2.1), for the CRI tests.
+"""A private containerd with its CRI plugin enabled (1.6, 1.7 or 2.1), for the CRI tests.
 
 Strategy: the harness's :class:`~integration.harness.Containerd` disables CRI; this starter
 writes a config of its own with CRI on and everything private: root, state, sockets, the CRI
@@ -11,7 +11,7 @@ the CNI bridge, host-local's IP reservations and the directory, also after a fai
 Runtime handlers (what a pod's ``runtime_handler`` names):
 
 =============  ===============================================  =====================
-handler        containerd 1.6                                   containerd 2.1
+handler        containerd 1.6 and 1.7                           containerd 2.1
 =============  ===============================================  =====================
 ``runc``       io.containerd.runc.v2                            io.containerd.runc.v2
 ``pyrunc``     io.containerd.pyrunc.v2                          io.containerd.pyrunc.v2
@@ -19,9 +19,9 @@ handler        containerd 1.6                                   containerd 2.1
                                                                 ``runtime_path`` = our shim
 =============  ===============================================  =====================
 
-Facts (measured here): containerd 2.1.9 needs ``restrict_oom_score_adj`` (root lacks
-CAP_SYS_RESOURCE in this VM) and NRI disabled; it runs its own containerd-shim-runc-v2, so its
-``usr/bin`` goes first in PATH.
+containerd 1.7 takes the 1.6 configuration. Facts (measured here): containerd 2.1.9 needs
+``restrict_oom_score_adj`` (root lacks CAP_SYS_RESOURCE in this VM) and NRI disabled. 1.7 and
+2.1 run their own containerd-shim-runc-v2, so their ``usr/bin`` goes first in PATH.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ PAUSE_REF: Final = "localhost/pyrunc-pause:latest"
 PAUSE_TAR: Final = REPO / "build" / "pyrunc-pause-image.tar"
 PAUSE_BUILD: Final = REPO / "hack" / "image" / "build-pause.sh"
 CONTAINERD2_PREFIX: Final = Path("/opt/containerd-shim-pyrunc/containerd-2.1.9")
+CONTAINERD17_PREFIX: Final = Path("/opt/containerd-shim-pyrunc/containerd-1.7.24")
 SHIM_PATH: Final = "/usr/local/bin/containerd-shim-pyrunc-v2"
 CNI_BIN: Final = "/usr/lib/cni"
 HOST_LOCAL_STATE: Final = Path("/var/lib/cni/networks")
@@ -76,10 +77,16 @@ _instances_lock = threading.Lock()
 
 
 class Version(enum.Enum):
-    """Which containerd: the system's 1.6.20 or the private 2.1.9."""
+    """Which containerd: the system's 1.6.20, the private 1.7.24 or the private 2.1.9."""
 
     V1_6 = "1.6"
+    V1_7 = "1.7"
     V2_1 = "2.1"
+
+    @property
+    def prefix(self) -> Path | None:
+        """Where hack/install-k8s.sh unpacked it (None: the system's)."""
+        return {Version.V1_7: CONTAINERD17_PREFIX, Version.V2_1: CONTAINERD2_PREFIX}.get(self)
 
 
 def ensure_pause_tar() -> Path:
@@ -211,15 +218,13 @@ class CriContainerd:
 
     @property
     def binary(self) -> str:
-        if self.version is Version.V2_1:
-            return str(CONTAINERD2_PREFIX / "usr" / "bin" / "containerd")
-        return "containerd"
+        prefix = self.version.prefix
+        return str(prefix / "usr" / "bin" / "containerd") if prefix else "containerd"
 
     @property
     def ctr_binary(self) -> str:
-        if self.version is Version.V2_1:
-            return str(CONTAINERD2_PREFIX / "usr" / "bin" / "ctr")
-        return "ctr"
+        prefix = self.version.prefix
+        return str(prefix / "usr" / "bin" / "ctr") if prefix else "ctr"
 
     @classmethod
     def start(cls, version: Version, *, timeout: float = 60) -> CriContainerd:
@@ -229,8 +234,9 @@ class CriContainerd:
             HarnessError: a binary is missing or containerd did not come up (log included).
         """
         global _instances
-        if version is Version.V2_1 and not (CONTAINERD2_PREFIX / "usr/bin/containerd").exists():
-            raise HarnessError(f"{CONTAINERD2_PREFIX} is missing (run hack/install-k8s.sh)")
+        prefix = version.prefix
+        if prefix is not None and not (prefix / "usr/bin/containerd").exists():
+            raise HarnessError(f"{prefix} is missing (run hack/install-k8s.sh)")
         if not Path(CNI_BIN, "bridge").exists():
             raise HarnessError(f"CNI plugins missing in {CNI_BIN} (run hack/install-k8s.sh)")
         with _instances_lock:
@@ -260,11 +266,10 @@ class CriContainerd:
         env = dict(os.environ)
         path = [d for d in env.get("PATH", "").split(":") if d]
         path += [d for d in _PATH_DIRS if d not in path]
-        if version is Version.V2_1:
-            path.insert(0, str(CONTAINERD2_PREFIX / "usr" / "bin"))
+        if prefix is not None:  # its own containerd-shim-runc-v2 and ctr
+            path.insert(0, str(prefix / "usr" / "bin"))
         env["PATH"] = ":".join(path)
-        binary = (str(CONTAINERD2_PREFIX / "usr" / "bin" / "containerd")
-                  if version is Version.V2_1 else "containerd")
+        binary = str(prefix / "usr" / "bin" / "containerd") if prefix else "containerd"
         with open(directory / "containerd.log", "wb") as log:
             proc = subprocess.Popen(
                 [binary, "--config", str(config)],

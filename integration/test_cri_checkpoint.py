@@ -4,6 +4,7 @@ A kubelet stand-in (:mod:`integration._cri_kubelet`) drives CRI against four set
 
 * ``ctrd16-endpoint``: containerd 1.6.20 (its CRI has no CheckpointContainer) behind
   ``pyrunc cri serve``, pods on ``io.containerd.pyrunc.v2``;
+* ``ctrd17-endpoint``: containerd 1.7.24 (its CRI answers "not implemented"), the same;
 * ``ctrd21-endpoint``: containerd 2.1.9 behind ``pyrunc cri serve``, the same pods;
 * ``ctrd21-own-pyrunc``: containerd 2.1.9's own CRI, the shim registered as
   config.toml.example says (runtime_type io.containerd.runc.v2 + runtime_path);
@@ -43,6 +44,7 @@ CRIU_UNSUPPORTED = "CRIU binary not found or too old (<31600). Failed to checkpo
 # name -> (containerd, through our endpoint?, runtime handler)
 SETUPS = {
     "ctrd16-endpoint": (Version.V1_6, True, "pyrunc"),
+    "ctrd17-endpoint": (Version.V1_7, True, "pyrunc"),
     "ctrd21-endpoint": (Version.V2_1, True, "pyrunc"),
     "ctrd21-own-pyrunc": (Version.V2_1, False, "pyrunc-rp"),
     "ctrd21-own-runc": (Version.V2_1, False, "runc"),
@@ -416,7 +418,7 @@ def test_forwarded_byte_for_byte(ep_node: Node) -> None:
 
 
 def test_container_events_stream_forwarded(ep_node: Node) -> None:
-    """GetContainerEvents (server streaming) passes through: on containerd 2.x a new
+    """GetContainerEvents (server streaming) passes through: on containerd 1.7 and 2.x a new
     container's events arrive through the endpoint; containerd 1.6 does not implement it, and
     the endpoint answers the same status and message as containerd."""
     assert ep_node.endpoint is not None
