@@ -40,6 +40,15 @@ from google.protobuf.message import Message
 from shim.api.containerd.linux.runctypes import runc_pb2
 from shim.api.containerd.runc.options import oci_pb2
 from shim.api.pyrunc.v1 import checkpoint_pb2
+from shim.checkpoint.options import (
+    BY_PLAN,
+    OPTIONS,
+    CgroupMode,
+    Kind,
+    Namespace,
+    NetworkLock,
+    Option,
+)
 from shim.errors import InvalidArgument
 from shim.typeurl import type_name, unpack
 
@@ -105,30 +114,6 @@ OPTION_TYPES: Final[frozenset[str]] = frozenset(
 """Full names of the option messages :func:`plan_checkpoint` accepts in the request's Any."""
 
 
-class CgroupMode(enum.Enum):
-    """CRIU ``--manage-cgroups`` mode (``criu_opts.manage_cgroups_mode``)."""
-
-    SOFT = "soft"
-    FULL = "full"
-    STRICT = "strict"
-    IGNORE = "ignore"  # runc 1.1 has no flag value for it: rendered into the CRIU config
-
-
-class NetworkLock(enum.Enum):
-    """CRIU ``--network-lock`` method (``criu_opts.network_lock``)."""
-
-    IPTABLES = "iptables"  # CRIU's default
-    NFTABLES = "nftables"
-    SKIP = "skip"
-
-
-class Namespace(enum.Enum):
-    """A namespace runc can leave empty on restore (``--empty-ns``): runc 1.1 knows only this."""
-
-    NETWORK = "network"
-
-
-# Namespace names of the OCI runtime spec (linux.namespaces[].type) that runc can't empty.
 _OTHER_NAMESPACES: Final = frozenset({"pid", "mount", "ipc", "uts", "user", "cgroup", "time"})
 
 _PORT = re.compile(r"[0-9]{1,5}")
@@ -319,28 +304,14 @@ class _Asked:
 
 def _merge(req: _Asked, ann: _Asked) -> _Asked:
     """The request wins where it sets a non-default value; a bool set in either is on."""
-    return _Asked(
-        exit=req.exit or ann.exit,
-        open_tcp=req.open_tcp or ann.open_tcp,
-        external_unix_sockets=req.external_unix_sockets or ann.external_unix_sockets,
-        terminal=req.terminal or ann.terminal,
-        file_locks=req.file_locks or ann.file_locks,
-        empty_namespaces=_first(req.empty_namespaces, ann.empty_namespaces),
-        cgroups_mode=_first(req.cgroups_mode, ann.cgroups_mode),
-        image_path=_first(req.image_path, ann.image_path),
-        work_path=_first(req.work_path, ann.work_path),
-        parent_path=_first(req.parent_path, ann.parent_path),
-        pre_dump=req.pre_dump or ann.pre_dump,
-        auto_dedup=req.auto_dedup or ann.auto_dedup,
-        lazy_pages=req.lazy_pages or ann.lazy_pages,
-        page_server=_first(req.page_server, ann.page_server),
-        tcp_close=req.tcp_close or ann.tcp_close,
-        tcp_skip_in_flight=req.tcp_skip_in_flight or ann.tcp_skip_in_flight,
-        link_remap=req.link_remap or ann.link_remap,
-        ghost_limit=_first(req.ghost_limit, ann.ghost_limit),
-        network_lock=_first(req.network_lock, ann.network_lock),
-        track_mem=req.track_mem or ann.track_mem,
-    )
+    merged: dict[str, Any] = {}
+    for o in OPTIONS:
+        a, b = getattr(req, o.request), getattr(ann, o.request)
+        merged[o.request] = (a or b) if o.kind in _BOOLS else _first(a, b)
+    return _Asked(**merged)
+
+
+_BOOLS: Final = frozenset({Kind.FLAG, Kind.EXIT})
 
 
 def _first(a: T | None, b: T | None) -> T | None:
@@ -411,41 +382,41 @@ def _ghost_limit(value: int, option: str) -> int | None:
 
 
 def _from_message(msg: Any) -> _Asked:
-    """Read one of the three CheckpointOptions messages (shared fields 1-9 by name)."""
+    """Read one of the three CheckpointOptions messages (containerd's fields 1-9 by name, the
+    rest from ``pyrunc.v1.CheckpointOptions`` only)."""
     extended = msg.DESCRIPTOR.full_name == checkpoint_pb2.CheckpointOptions.DESCRIPTOR.full_name
-    common: dict[str, Any] = {
-        "exit": bool(msg.exit),
-        "open_tcp": bool(msg.open_tcp),
-        "external_unix_sockets": bool(msg.external_unix_sockets),
-        "terminal": bool(msg.terminal),
-        "file_locks": bool(msg.file_locks),
-        "empty_namespaces": _namespaces(list(msg.empty_namespaces), "empty_namespaces"),
-        "cgroups_mode": _cgroup_mode(str(msg.cgroups_mode), "cgroups_mode"),
-        "image_path": _abs_path(msg.image_path, "image_path") if msg.image_path else None,
-        "work_path": _abs_path(msg.work_path, "work_path") if msg.work_path else None,
-    }
-    if not extended:
-        return _Asked(**common)
-    status_fd = int(msg.status_fd)
-    if status_fd not in (0, -1):
-        raise InvalidArgument(
-            f"status_fd: {status_fd} names a descriptor of the caller, which cannot cross "
-            "ttrpc; leave it 0 (the shim passes runc its own pipe when lazy_pages is set)"
-        )
+    if extended:
+        status_fd = int(msg.status_fd)
+        if status_fd not in (0, -1):
+            raise InvalidArgument(
+                f"status_fd: {status_fd} names a descriptor of the caller, which cannot cross "
+                "ttrpc; leave it 0 (the shim passes runc its own pipe when lazy_pages is set)"
+            )
     return _Asked(
-        **common,
-        parent_path=_abs_path(msg.parent_path, "parent_path") if msg.parent_path else None,
-        pre_dump=bool(msg.pre_dump),
-        auto_dedup=bool(msg.auto_dedup),
-        lazy_pages=bool(msg.lazy_pages),
-        page_server=PageServer.parse(msg.page_server) if msg.page_server else None,
-        tcp_close=bool(msg.tcp_close),
-        tcp_skip_in_flight=bool(msg.tcp_skip_in_flight),
-        link_remap=bool(msg.link_remap),
-        ghost_limit=_ghost_limit(int(msg.ghost_limit), "ghost_limit"),
-        network_lock=_network_lock(str(msg.network_lock), "network_lock"),
-        track_mem=bool(msg.track_mem),
+        **{
+            o.request: _from_request_field(o, getattr(msg, o.request))
+            for o in OPTIONS
+            if extended or o.containerd
+        }
     )
+
+
+def _from_request_field(o: Option, raw: Any) -> Any:
+    """One request field's value as :class:`_Asked` holds it (None / False: not set)."""
+    name = o.request
+    if o.kind in _BOOLS:
+        return bool(raw)
+    if o.kind is Kind.PATH:
+        return _abs_path(raw, name) if raw else None
+    if o.kind is Kind.NAMESPACES:
+        return _namespaces(list(raw), name)
+    if o.kind is Kind.CGROUP_MODE:
+        return _cgroup_mode(str(raw), name)
+    if o.kind is Kind.NETWORK_LOCK:
+        return _network_lock(str(raw), name)
+    if o.kind is Kind.PAGE_SERVER:
+        return PageServer.parse(raw, option=name) if raw else None
+    return _ghost_limit(int(raw), name)  # Kind.BYTES
 
 
 def _from_any(options: AnyMessage | None) -> _Asked:
@@ -465,32 +436,11 @@ def _from_any(options: AnyMessage | None) -> _Asked:
     )
 
 
-# Annotation name (after ANNOTATION_PREFIX) -> _Asked field; named like the runc flag, or like
-# the CRIU option where runc has none. "leave-running: false" asks for exit.
-_ANNOTATION_FIELDS: Final[Mapping[str, str]] = {
-    "image-path": "image_path",
-    "work-path": "work_path",
-    "parent-path": "parent_path",
-    "leave-running": "exit",
-    "tcp-established": "open_tcp",
-    "ext-unix-sk": "external_unix_sockets",
-    "shell-job": "terminal",
-    "file-locks": "file_locks",
-    "empty-ns": "empty_namespaces",
-    "manage-cgroups-mode": "cgroups_mode",
-    "auto-dedup": "auto_dedup",
-    "pre-dump": "pre_dump",
-    "lazy-pages": "lazy_pages",
-    "page-server": "page_server",
-    "tcp-close": "tcp_close",
-    "skip-in-flight": "tcp_skip_in_flight",
-    "link-remap": "link_remap",
-    "ghost-limit": "ghost_limit",
-    "network-lock": "network_lock",
-    "track-mem": "track_mem",
-}
+# Annotation name (after ANNOTATION_PREFIX) -> option; named like the runc flag, or like the
+# CRIU option where runc has none. "leave-running: false" asks for exit.
+_BY_ANNOTATION: Final[Mapping[str, Option]] = {o.annotation: o for o in OPTIONS}
 
-ANNOTATIONS: Final[frozenset[str]] = frozenset(ANNOTATION_PREFIX + n for n in _ANNOTATION_FIELDS)
+ANNOTATIONS: Final[frozenset[str]] = frozenset(ANNOTATION_PREFIX + n for n in _BY_ANNOTATION)
 """Every annotation :func:`plan_checkpoint` understands (others under the prefix are refused)."""
 
 _INT = re.compile(r"[0-9]+")
@@ -509,36 +459,36 @@ def _from_annotations(annotations: Mapping[str, str]) -> _Asked:
     for key in sorted(annotations):
         if not key.startswith(ANNOTATION_PREFIX):
             continue
-        name = key.removeprefix(ANNOTATION_PREFIX)
-        text = annotations[key]
-        field = _ANNOTATION_FIELDS.get(name)
-        if field is None:
+        o = _BY_ANNOTATION.get(key.removeprefix(ANNOTATION_PREFIX))
+        if o is None:
             raise InvalidArgument(
                 f"annotation {key}: unknown checkpoint option; known: "
-                + ", ".join(sorted(_ANNOTATION_FIELDS))
+                + ", ".join(sorted(_BY_ANNOTATION))
             )
-        where = f"annotation {key}"
-        value: Any
-        if field == "exit":
-            value = not _bool(text, key)
-        elif field in ("image_path", "work_path", "parent_path"):
-            value = _abs_path(text, where) if text else None
-        elif field == "empty_namespaces":
-            value = _namespaces([n.strip() for n in text.split(",") if n.strip()], where)
-        elif field == "cgroups_mode":
-            value = _cgroup_mode(text, where)
-        elif field == "page_server":
-            value = PageServer.parse(text, option=where) if text else None
-        elif field == "ghost_limit":
-            if not _INT.fullmatch(text):
-                raise InvalidArgument(f"{where}: {text!r} is not a number of bytes")
-            value = _ghost_limit(int(text), where)
-        elif field == "network_lock":
-            value = _network_lock(text, where)
-        else:
-            value = _bool(text, key)
-        values[field] = value
+        values[o.request] = _from_annotation(o, key, annotations[key])
     return _Asked(**values)
+
+
+def _from_annotation(o: Option, key: str, text: str) -> Any:
+    """One annotation's value as :class:`_Asked` holds it."""
+    where = f"annotation {key}"
+    if o.kind is Kind.EXIT:
+        return not _bool(text, key)
+    if o.kind is Kind.FLAG:
+        return _bool(text, key)
+    if o.kind is Kind.PATH:
+        return _abs_path(text, where) if text else None
+    if o.kind is Kind.NAMESPACES:
+        return _namespaces([n.strip() for n in text.split(",") if n.strip()], where)
+    if o.kind is Kind.CGROUP_MODE:
+        return _cgroup_mode(text, where)
+    if o.kind is Kind.NETWORK_LOCK:
+        return _network_lock(text, where)
+    if o.kind is Kind.PAGE_SERVER:
+        return PageServer.parse(text, option=where) if text else None
+    if not _INT.fullmatch(text):  # Kind.BYTES
+        raise InvalidArgument(f"{where}: {text!r} is not a number of bytes")
+    return _ghost_limit(int(text), where)
 
 
 def plan_checkpoint(
@@ -574,28 +524,21 @@ def plan_checkpoint(
     images_dir = asked.image_path or (_abs_path(path, "path") if path else None)
     if images_dir is None:
         raise InvalidArgument("path: empty, and no image_path given")
-    return CheckpointPlan(
-        images_dir=images_dir,
-        work_dir=asked.work_path or _abs_path(default_work_dir, "default_work_dir"),
-        leave_running=not asked.exit,
-        tcp_established=asked.open_tcp,
-        ext_unix_sk=asked.external_unix_sockets,
-        shell_job=asked.terminal,
-        file_locks=asked.file_locks,
-        empty_ns=asked.empty_namespaces or frozenset(),
-        manage_cgroups_mode=asked.cgroups_mode,
-        auto_dedup=asked.auto_dedup,
-        pre_dump=asked.pre_dump,
-        track_mem=asked.track_mem,
-        parent_img=asked.parent_path or "",
-        lazy_pages=asked.lazy_pages,
-        page_server=asked.page_server,
-        tcp_close=asked.tcp_close,
-        tcp_skip_in_flight=asked.tcp_skip_in_flight,
-        link_remap=asked.link_remap,
-        ghost_limit=asked.ghost_limit,
-        network_lock=asked.network_lock,
-    )
+    fields: dict[str, Any] = {o.plan: _to_plan(o, getattr(asked, o.request)) for o in OPTIONS}
+    fields["images_dir"] = images_dir
+    fields["work_dir"] = asked.work_path or _abs_path(default_work_dir, "default_work_dir")
+    return CheckpointPlan(**fields)
+
+
+def _to_plan(o: Option, value: Any) -> Any:
+    """What was asked for, as the plan's field holds it."""
+    if o.kind is Kind.EXIT:
+        return not value
+    if o.kind is Kind.PATH:
+        return value or ""
+    if o.kind is Kind.NAMESPACES:
+        return value or frozenset()
+    return value
 
 
 def restore_source(checkpoint: str, options: AnyMessage | None) -> RestoreSource | None:
@@ -790,35 +733,22 @@ def criu_config(plan: CheckpointPlan, *, restore: bool) -> str:
 # --------------------------------------------------------------------------------------------
 # The stored plan.
 
-_STORED_KEYS: Final = frozenset({"version"} | set(CheckpointPlan.__dataclass_fields__))
+_STORED_KEYS: Final = frozenset({"version"} | set(BY_PLAN))
 
 
 def dump_plan(plan: CheckpointPlan) -> bytes:
     """The plan as versioned JSON (``{"version": 1, ...}``): sorted keys, same bytes for
     equal plans."""
-    doc: dict[str, object] = {
-        "version": STORED_PLAN_VERSION,
-        "images_dir": plan.images_dir,
-        "work_dir": plan.work_dir,
-        "leave_running": plan.leave_running,
-        "tcp_established": plan.tcp_established,
-        "ext_unix_sk": plan.ext_unix_sk,
-        "shell_job": plan.shell_job,
-        "file_locks": plan.file_locks,
-        "empty_ns": sorted(ns.value for ns in plan.empty_ns),
-        "manage_cgroups_mode": _enum_value(plan.manage_cgroups_mode),
-        "auto_dedup": plan.auto_dedup,
-        "pre_dump": plan.pre_dump,
-        "track_mem": plan.track_mem,
-        "parent_img": plan.parent_img,
-        "lazy_pages": plan.lazy_pages,
-        "page_server": None if plan.page_server is None else str(plan.page_server),
-        "tcp_close": plan.tcp_close,
-        "tcp_skip_in_flight": plan.tcp_skip_in_flight,
-        "link_remap": plan.link_remap,
-        "ghost_limit": plan.ghost_limit,
-        "network_lock": _enum_value(plan.network_lock),
-    }
+    doc: dict[str, object] = {"version": STORED_PLAN_VERSION}
+    for o in OPTIONS:
+        value = getattr(plan, o.plan)
+        if o.kind is Kind.NAMESPACES:
+            value = sorted(ns.value for ns in value)
+        elif o.kind in (Kind.CGROUP_MODE, Kind.NETWORK_LOCK):
+            value = _enum_value(value)
+        elif o.kind is Kind.PAGE_SERVER:
+            value = None if value is None else str(value)
+        doc[o.plan] = value
     return (json.dumps(doc, sort_keys=True, indent=2) + "\n").encode()
 
 
@@ -870,36 +800,30 @@ def _plan_from_json(data: bytes) -> CheckpointPlan:
             raise InvalidArgument(f"{key} is empty (write null for none)")
         return value
 
-    empty_ns = doc["empty_ns"]
-    if not isinstance(empty_ns, list) or not all(type(n) is str for n in empty_ns):
-        raise InvalidArgument(f"empty_ns is not a list of names: {empty_ns!r}")
-    ghost = doc["ghost_limit"]
-    if ghost is not None and type(ghost) is not int:
-        raise InvalidArgument(f"ghost_limit is not a number: {ghost!r}")
-    mode, lock, page_server = (
-        opt_str("manage_cgroups_mode"),
-        opt_str("network_lock"),
-        opt_str("page_server"),
-    )
-    return CheckpointPlan(
-        images_dir=get("images_dir", str),
-        work_dir=get("work_dir", str),
-        leave_running=get("leave_running", bool),
-        tcp_established=get("tcp_established", bool),
-        ext_unix_sk=get("ext_unix_sk", bool),
-        shell_job=get("shell_job", bool),
-        file_locks=get("file_locks", bool),
-        empty_ns=_namespaces(empty_ns, "empty_ns") or frozenset(),
-        manage_cgroups_mode=None if mode is None else _cgroup_mode(mode, "manage_cgroups_mode"),
-        auto_dedup=get("auto_dedup", bool),
-        pre_dump=get("pre_dump", bool),
-        track_mem=get("track_mem", bool),
-        parent_img=get("parent_img", str),
-        lazy_pages=get("lazy_pages", bool),
-        page_server=None if page_server is None else PageServer.parse(page_server),
-        tcp_close=get("tcp_close", bool),
-        tcp_skip_in_flight=get("tcp_skip_in_flight", bool),
-        link_remap=get("link_remap", bool),
-        ghost_limit=ghost,
-        network_lock=None if lock is None else _network_lock(lock, "network_lock"),
-    )
+    fields: dict[str, Any] = {}
+    for o in OPTIONS:
+        key = o.plan
+        if o.kind in _BOOLS:
+            fields[key] = get(key, bool)
+        elif o.kind is Kind.PATH:
+            fields[key] = get(key, str)
+        elif o.kind is Kind.NAMESPACES:
+            names = doc[key]
+            if not isinstance(names, list) or not all(type(n) is str for n in names):
+                raise InvalidArgument(f"{key} is not a list of names: {names!r}")
+            fields[key] = _namespaces(names, key) or frozenset()
+        elif o.kind is Kind.BYTES:
+            if doc[key] is not None and type(doc[key]) is not int:
+                raise InvalidArgument(f"{key} is not a number: {doc[key]!r}")
+            fields[key] = doc[key]
+        else:
+            text = opt_str(key)
+            if text is None:
+                fields[key] = None
+            elif o.kind is Kind.CGROUP_MODE:
+                fields[key] = _cgroup_mode(text, key)
+            elif o.kind is Kind.NETWORK_LOCK:
+                fields[key] = _network_lock(text, key)
+            else:  # Kind.PAGE_SERVER
+                fields[key] = PageServer.parse(text)
+    return CheckpointPlan(**fields)

@@ -19,7 +19,10 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Any
 from urllib.parse import urlsplit
+
+from shim.checkpoint.options import OPTIONS, CgroupMode, Kind, NetworkLock, Option
 
 from ._cri import CriServeCommand, add_cri_parser, cri_command
 
@@ -27,7 +30,7 @@ __all__ = [
     "DEFAULT_ADDRESS",
     "DEFAULT_FIFO_DIR",
     "DEFAULT_NAMESPACE",
-    "CgroupsMode",
+    "CgroupMode",
     "CheckpointCommand",
     "Command",
     "Globals",
@@ -47,23 +50,6 @@ DEFAULT_FIFO_DIR = "/run/containerd/fifo"
 ENV_ADDRESS = "CONTAINERD_ADDRESS"
 ENV_NAMESPACE = "CONTAINERD_NAMESPACE"
 _UINT64_MAX = (1 << 64) - 1
-
-
-class CgroupsMode(enum.Enum):
-    """``--manage-cgroups-mode`` (runc's values; CRIU ``--manage-cgroups=MODE``)."""
-
-    SOFT = "soft"
-    FULL = "full"
-    STRICT = "strict"
-    IGNORE = "ignore"
-
-
-class NetworkLock(enum.Enum):
-    """``--network-lock`` (CRIU's methods)."""
-
-    IPTABLES = "iptables"
-    NFTABLES = "nftables"
-    SKIP = "skip"
 
 
 class LinuxNamespace(enum.Enum):
@@ -88,7 +74,9 @@ class Globals:
 
 @dataclass(frozen=True, slots=True)
 class CheckpointCommand:
-    """``pyrunc checkpoint``: fields named after the flags; paths are absolute or ""."""
+    """``pyrunc checkpoint``: fields named after the flags of
+    :data:`shim.checkpoint.options.OPTIONS` (made from that table; a test holds the two
+    together); paths are absolute or ""."""
 
     globals: Globals
     container_id: str
@@ -100,7 +88,7 @@ class CheckpointCommand:
     shell_job: bool = False
     file_locks: bool = False
     empty_ns: tuple[LinuxNamespace, ...] = ()
-    manage_cgroups_mode: CgroupsMode | None = None
+    manage_cgroups_mode: CgroupMode | None = None
     auto_dedup: bool = False
     pre_dump: bool = False
     parent_path: str = ""
@@ -261,45 +249,47 @@ def _checkpoint_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     )
     _add_globals(p, environ, top=False)
     p.add_argument("container_id", metavar="ID", type=_nonempty, help="container id")
-    p.add_argument("--image-path", type=_path, metavar="DIR",
-                   help="write the CRIU images to DIR (default: containerd's temporary dir)")
-    p.add_argument("--work-path", type=_path, metavar="DIR",
-                   help="CRIU work dir for logs (default: the shim's choice)")
-    p.add_argument("--exit", action="store_true", help="stop the task once it is dumped")
-    p.add_argument("--tcp-established", action="store_true",
-                   help="dump established TCP connections")
-    p.add_argument("--ext-unix-sk", action="store_true", help="allow external unix sockets")
-    p.add_argument("--shell-job", action="store_true",
-                   help="allow a task attached to a terminal (shell job)")
-    p.add_argument("--file-locks", action="store_true", help="dump file locks")
-    p.add_argument("--empty-ns", action="append", default=[], metavar="NS",
-                   choices=[ns.value for ns in LinuxNamespace],
-                   help="do not dump namespace NS, it is recreated empty (repeatable; the shim "
-                   "supports 'network')")
-    p.add_argument("--manage-cgroups-mode", choices=[m.value for m in CgroupsMode],
-                   help="CRIU's cgroup handling")
-    p.add_argument("--auto-dedup", action="store_true",
-                   help="punch holes in parent images for pages dumped again")
-    p.add_argument("--pre-dump", action="store_true",
-                   help="dump memory only and leave the task running")
-    p.add_argument("--parent-path", type=_path, metavar="DIR",
-                   help="images of a previous pre-dump to build on")
-    p.add_argument("--lazy-pages", action="store_true",
-                   help="leave memory pages to be served on demand after the dump")
-    p.add_argument("--page-server", type=parse_host_port, metavar="HOST:PORT",
-                   help="send memory pages to the CRIU page server at HOST:PORT")
-    p.add_argument("--tcp-close", action="store_true",
-                   help="restore established TCP connections closed")
-    p.add_argument("--tcp-skip-in-flight", action="store_true",
-                   help="skip TCP connections not yet fully established")
-    p.add_argument("--link-remap", action="store_true",
-                   help="dump open but unlinked files by linking them back")
-    p.add_argument("--ghost-limit", type=parse_size, metavar="BYTES",
-                   help="largest deleted file CRIU copies into the images (suffix K/M/G ok)")
-    p.add_argument("--network-lock", choices=[m.value for m in NetworkLock],
-                   help="how CRIU locks the network during the dump")
+    for o in OPTIONS:
+        if o.flag:
+            _add_option_flag(p, o)
     p.add_argument("-q", "--quiet", action="store_true",
                    help="do not print the checkpoint's content-store descriptors")
+
+
+_FLAG_FORMS: Mapping[Kind, dict[str, object]] = {
+    Kind.FLAG: {"action": "store_true"},
+    Kind.EXIT: {"action": "store_true"},
+    Kind.PATH: {"type": _path, "metavar": "DIR"},
+    Kind.NAMESPACES: {"action": "append", "default": [], "metavar": "NS",
+                      "choices": [ns.value for ns in LinuxNamespace]},
+    Kind.CGROUP_MODE: {"choices": [m.value for m in CgroupMode]},
+    Kind.NETWORK_LOCK: {"choices": [m.value for m in NetworkLock]},
+    Kind.PAGE_SERVER: {"type": parse_host_port, "metavar": "HOST:PORT"},
+    Kind.BYTES: {"type": parse_size, "metavar": "BYTES"},
+}
+
+
+def _add_option_flag(p: argparse.ArgumentParser, o: Option) -> None:
+    """The ``pyrunc checkpoint`` flag of one checkpoint option, by its kind."""
+    p.add_argument(o.flag, help=o.help, **_FLAG_FORMS[o.kind])  # type: ignore[arg-type]
+
+
+def _option_value(o: Option, value: Any, here: str) -> Any:
+    """A parsed flag as :class:`CheckpointCommand` holds it."""
+    if o.kind is Kind.PATH:
+        return _absolute(str(value) if value else None, here)
+    if o.kind is Kind.NAMESPACES:
+        assert isinstance(value, list)
+        return tuple(LinuxNamespace(v) for v in value)
+    if o.kind is Kind.CGROUP_MODE:
+        return CgroupMode(value) if value else None
+    if o.kind is Kind.NETWORK_LOCK:
+        return NetworkLock(value) if value else None
+    if o.kind is Kind.PAGE_SERVER:
+        return value or ""
+    if o.kind is Kind.BYTES:
+        return value or 0
+    return bool(value)
 
 
 def _restore_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -413,30 +403,11 @@ def parse_args(
     if ns.command == "cri":
         return cri_command(ns)
     if ns.command == "checkpoint":
+        options: dict[str, Any] = {
+            o.dest: _option_value(o, getattr(ns, o.dest), here) for o in OPTIONS if o.flag
+        }
         return CheckpointCommand(
-            globals=glob,
-            container_id=ns.container_id,
-            image_path=_absolute(ns.image_path, here),
-            work_path=_absolute(ns.work_path, here),
-            exit=ns.exit,
-            tcp_established=ns.tcp_established,
-            ext_unix_sk=ns.ext_unix_sk,
-            shell_job=ns.shell_job,
-            file_locks=ns.file_locks,
-            empty_ns=tuple(LinuxNamespace(v) for v in ns.empty_ns),
-            manage_cgroups_mode=(CgroupsMode(ns.manage_cgroups_mode)
-                                 if ns.manage_cgroups_mode else None),
-            auto_dedup=ns.auto_dedup,
-            pre_dump=ns.pre_dump,
-            parent_path=_absolute(ns.parent_path, here),
-            lazy_pages=ns.lazy_pages,
-            page_server=ns.page_server or "",
-            tcp_close=ns.tcp_close,
-            tcp_skip_in_flight=ns.tcp_skip_in_flight,
-            link_remap=ns.link_remap,
-            ghost_limit=ns.ghost_limit or 0,
-            network_lock=NetworkLock(ns.network_lock) if ns.network_lock else None,
-            quiet=ns.quiet,
+            globals=glob, container_id=ns.container_id, quiet=ns.quiet, **options
         )
     if ns.command == "restore":
         if ns.lazy_pages != bool(ns.page_server):
