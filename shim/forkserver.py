@@ -131,8 +131,12 @@ def serve_forever() -> None:
     import shim.service  # noqa: F401
     from shim.proctitle import set_cmdline
 
-    set_cmdline(["containerd-shim-pyrunc-v2", "forkserver"])
-    serve(SOCKET_PATH, _fork_daemon, fds=1)
+    serve(
+        SOCKET_PATH,
+        _fork_daemon,
+        fds=1,
+        ready=lambda: set_cmdline(["containerd-shim-pyrunc-v2", "forkserver"]),
+    )
 
 
 if __name__ == "__main__":

@@ -87,10 +87,12 @@ def template(socket_path: str) -> None:
                 os._exit(code)
         return pid
 
-    set_cmdline(["containerd-shim-pyrunc-v2", "nethook-template"])
     os.chdir("/")  # not the bundle of the shim that started it
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-    serve_requests(socket_path, fork_service, idle=TEMPLATE_IDLE)
+    title = ["containerd-shim-pyrunc-v2", "nethook-template"]
+    serve_requests(
+        socket_path, fork_service, idle=TEMPLATE_IDLE, ready=lambda: set_cmdline(title)
+    )
 
 
 def hook_argv(socket_path: str) -> list[str]:

@@ -251,6 +251,7 @@ def serve(
     *,
     fds: int = 0,
     idle: float | None = None,
+    ready: Callable[[], None] | None = None,
 ) -> None:
     """Serve requests on ``path`` one at a time until a stale request comes (or ``idle``
     seconds pass without one); ``handle`` forks the worker and returns its pid, which is the
@@ -261,12 +262,16 @@ def serve(
         handle: makes the worker for a request that passed every check.
         fds: how many file descriptors a request must carry.
         idle: seconds without a request after which the server ends; None: never.
+        ready: called once the socket is ours (e.g. to show the server's title: a server
+            that finds another one serving exits without ever looking like one).
     """
-    stamp, place = code_stamp(), where_am_i()
     bound = bind_unique(path)
     if bound is None:
         return
     listener, inode = bound
+    stamp, place = code_stamp(), where_am_i()  # requests meanwhile wait in the backlog
+    if ready is not None:
+        ready()
     listener.settimeout(idle)
     my_uid = os.geteuid()
     try:
