@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Final
 
@@ -85,6 +86,10 @@ def run_cri(cmd: CriServeCommand) -> int:
 
     logging.basicConfig(level=logging.INFO if cmd.verbose else logging.WARNING,
                         format="pyrunc cri: %(levelname)s %(message)s")
-    return serve(ServeConfig(listen=cmd.listen, containerd=cmd.containerd,
-                             namespace=cmd.namespace, work_dir=Path(cmd.work_dir),
-                             criu=cmd.criu))
+    try:
+        return serve(ServeConfig(listen=cmd.listen, containerd=cmd.containerd,
+                                 namespace=cmd.namespace, work_dir=Path(cmd.work_dir),
+                                 criu=cmd.criu))
+    except OSError as exc:
+        print(f"pyrunc cri serve: {exc.strerror or exc}", file=sys.stderr)
+        return 1
