@@ -308,8 +308,8 @@ def test_deadline_aborts_the_dump(ep_node: Node) -> None:
     """The gRPC deadline passes mid-dump: DEADLINE_EXCEEDED, no file, container thawed."""
     pod = ep_node.kubelet.run_pod("deadline", host_network=True,
                                   runtime_handler=ep_node.handler)
-    cid = ep_node.kubelet.create_container(pod, "memfill", IMAGE_REF, ["memfill", "256", "3"])
-    wait_until(lambda: "filled 256 MiB" in log_lines(ep_node.kubelet, cid), 60,
+    cid = ep_node.kubelet.create_container(pod, "memfill", IMAGE_REF, ["memfill", "512", "3"])
+    wait_until(lambda: "filled 512 MiB" in log_lines(ep_node.kubelet, cid), 60,
                message="memfill to fill")
     location = checkpoint_location(ep_node.scratch, pod.name, pod.namespace, "memfill")
     err = rpc_error(ep_node.kubelet.checkpoint, cid, location, deadline=0.4)
@@ -321,7 +321,7 @@ def test_deadline_aborts_the_dump(ep_node: Node) -> None:
     state = ep_node.kubelet.container_status(cid).state
     assert state == api_pb2.ContainerState.CONTAINER_RUNNING
     ep_node.kubelet.exec_sync(cid, ["kill", "-USR1", "1"])
-    wait_until(lambda: "verify ok 256 MiB" in log_lines(ep_node.kubelet, cid), 30,
+    wait_until(lambda: "verify ok 512 MiB" in log_lines(ep_node.kubelet, cid), 60,
                message="memfill to answer (running, thawed)")
 
 
