@@ -154,15 +154,6 @@ def test_version_matches_criu_dash_v(binary: str) -> None:
         assert str(version) == m.group(0).split()[-1]
 
 
-def test_check_passes(binary: str) -> None:
-    with_criu(binary, lambda c: c.check())
-
-
-def test_check_keeps_its_log_when_asked(binary: str, tmp_path: Path) -> None:
-    with_criu(binary, lambda c: c.check(log_dir=str(tmp_path)))
-    assert (tmp_path / "check.log").exists()
-
-
 def test_features_match_independent_kernel_probes(binary: str) -> None:
     features = with_criu(binary, lambda c: c.features(pidfd_store=True))
     assert features.mem_track is kernel_has_soft_dirty()
