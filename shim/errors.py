@@ -4,6 +4,10 @@ Strategy: mirrors containerd's ``errdefs`` (errors.go / grpc.go). Deep code rais
 classes below (``raise NotFound(...) from exc``); only :func:`to_status` at the ttrpc boundary
 turns any exception into a wire status. Matching on a tool's error text happens in one tested
 helper per tool (see ``shim.runtime``), never here.
+
+There is no ``Unavailable`` here: nothing the shim does answers UNAVAILABLE. A warm process
+that cannot serve (:class:`shim.warm.Unavailable`) only makes the caller do the work itself
+and never reaches containerd.
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ __all__ = [
     "InvalidArgument",
     "NotFound",
     "ShimError",
-    "Unavailable",
     "Unimplemented",
     "to_status",
+    "with_context",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,12 +59,27 @@ class Unimplemented(ShimError):
     code = Code.UNIMPLEMENTED
 
 
-class Unavailable(ShimError):
-    code = Code.UNAVAILABLE
-
-
 class Internal(ShimError):
     code = Code.INTERNAL
+
+
+_KINDS: tuple[type[ShimError], ...] = (
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    Unimplemented,
+    Internal,
+)
+
+
+def with_context(exc: ShimError, message: str) -> ShimError:
+    """A new error of ``exc``'s kind (the errdefs class it derives from, so the same wire
+    code) saying ``message``; raise it ``from exc``. Unlike ``type(exc)(message)`` it works
+    for every subclass, whatever its constructor takes.
+    """
+    kind = next((k for k in _KINDS if isinstance(exc, k)), ShimError)
+    return kind(message)
 
 
 def to_status(exc: BaseException) -> Status:

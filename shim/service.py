@@ -3,8 +3,8 @@
 Strategy: mirrors containerd ``runtime/v2/runc/task/service.go`` but stays thin: each handler
 decodes its request message, finds the container, calls one container operation and builds
 the response. Errors are raised as typed :mod:`shim.errors` and mapped to status codes once,
-by :func:`shim.errors.to_status` at the ttrpc boundary. The table :data:`METHODS` lists every
-RPC with its request type, so registration and tests read the same data.
+by :func:`shim.errors.to_status` at the ttrpc boundary. :meth:`TaskService.handlers` pairs
+every RPC with its request type and handler (registration and tests read the same data).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError, Message
 from shim.api.containerd.runc.options import oci_pb2
 from shim.api.containerd.task.v2 import shim_pb2 as api
 from shim.api.containerd.types.task import task_pb2
-from shim.bundle import CRIU_WORK_DIR
+from shim.bundle import CRIU_WORK_DIR, RESTORE_ANNOTATION, read_spec, spec_annotations
 from shim.cleanup import write_runtime_options
 from shim.container import Container, ContainerConfig, Mount, _timestamp
 from shim.errors import InvalidArgument, NotFound
@@ -262,11 +262,13 @@ def _runtime_options(req: api.CreateTaskRequest) -> oci_pb2.Options:
 def _restore_source(req: api.CreateTaskRequest) -> RestoreSource | None:
     """What to restore from (:func:`shim.checkpoint.plan.restore_source`); None for a fresh
     container, without loading the checkpoint machinery."""
-    if not req.checkpoint and type_name(req.options) != _RESTORE_OPTIONS:
+    annotations = spec_annotations(read_spec(Path(req.bundle)))
+    if (not req.checkpoint and type_name(req.options) != _RESTORE_OPTIONS
+            and RESTORE_ANNOTATION not in annotations):
         return None
     from shim.checkpoint.plan import restore_source  # the checkpoint machinery: restores only
 
-    return restore_source(req.checkpoint, req.options)
+    return restore_source(req.checkpoint, req.options, annotations)
 
 
 def _codec(

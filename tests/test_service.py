@@ -33,55 +33,19 @@ from shim.checkpoint.plan import RestoreSource
 from shim.errors import (
     AlreadyExists,
     FailedPrecondition,
-    Internal,
     InvalidArgument,
     NotFound,
     ShimError,
-    Unavailable,
-    Unimplemented,
     to_status,
 )
 from shim.reaper import Reaper
 from shim.service import TaskService, _restore_source
-from shim.state import TaskStatus, TransitionError
+from shim.state import TaskStatus
 from shim.ttrpc import Code, RequestContext
 from shim.typeurl import OCI_RESOURCES, pack
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
-
-# -- to_status (shim/errors.py) ----------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("exc", "code"),
-    [
-        (NotFound("x"), Code.NOT_FOUND),
-        (AlreadyExists("x"), Code.ALREADY_EXISTS),
-        (FailedPrecondition("x"), Code.FAILED_PRECONDITION),
-        (InvalidArgument("x"), Code.INVALID_ARGUMENT),
-        (Unimplemented("x"), Code.UNIMPLEMENTED),
-        (Unavailable("x"), Code.UNAVAILABLE),
-        (Internal("x"), Code.INTERNAL),
-        (TransitionError("x"), Code.INTERNAL),
-        (ShimError("x"), Code.UNKNOWN),
-    ],
-)
-def test_to_status_of_typed_errors(exc: ShimError, code: Code) -> None:
-    status = to_status(exc)
-    assert (status.code, status.message) == (code, "x")
-
-
-def test_to_status_of_other_exceptions(caplog: pytest.LogCaptureFixture) -> None:
-    assert to_status(TimeoutError()).code == Code.DEADLINE_EXCEEDED
-    assert to_status(TimeoutError()).message == "deadline exceeded"
-    assert to_status(TimeoutError("runc took too long")).message == "runc took too long"
-    assert to_status(asyncio.CancelledError()).code == Code.CANCELLED
-    assert caplog.records == []
-    status = to_status(ValueError("boom"))
-    assert (status.code, status.message) == (Code.UNKNOWN, "ValueError: boom")
-    assert [r.exc_info is not None for r in caplog.records] == [True]  # logged with traceback
-
 
 # -- _restore_source ----------------------------------------------------------------------------
 

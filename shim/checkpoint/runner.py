@@ -43,7 +43,7 @@ from shim.checkpoint.plan import (
     plan_restore,
     restore_args,
 )
-from shim.errors import AlreadyExists, FailedPrecondition, ShimError
+from shim.errors import AlreadyExists, FailedPrecondition, ShimError, with_context
 from shim.reaper import Reaper
 from shim.runtime import RestoreOpts, Runc, Stdio
 from shim.spawn import Child, Result, spawn
@@ -93,12 +93,13 @@ def _mkdir_private(path: str) -> bool:
     return True
 
 
-def _keep_log(work_dir: str, name: str, bundle: Path) -> Path:
-    """Copy CRIU's log out of the work dir into the bundle; return where it is kept."""
+def _keep_log(work_dir: str, name: str, bundle: Path) -> str:
+    """Copy CRIU's log out of the work dir into the bundle; return the note for the error
+    (:func:`_log_note`). File work: run it in a thread."""
     kept = bundle / f"criu-{name}"
     with contextlib.suppress(OSError):
         shutil.copyfile(os.path.join(work_dir, name), kept)
-    return kept
+    return _log_note(kept)
 
 
 def _log_note(kept: Path) -> str:
@@ -114,7 +115,8 @@ def _log_note(kept: Path) -> str:
 
 
 def _discard_images(images_dir: str, *, created: bool) -> None:
-    """Remove what a failed dump wrote, so nothing looks like a usable checkpoint."""
+    """Remove what a failed dump wrote, so nothing looks like a usable checkpoint. File
+    work: run it in a thread."""
     if created:
         shutil.rmtree(images_dir, ignore_errors=True)
         return
@@ -197,9 +199,9 @@ async def checkpoint(
             return LazyDump(child, plan)
         await runtime.checkpoint(cid, checkpoint_args(plan))
     except ShimError as exc:
-        kept = _keep_log(plan.work_dir, DUMP_LOG, bundle)
-        _discard_images(plan.images_dir, created=created)
-        raise type(exc)(f"checkpoint failed: {exc} ({_log_note(kept)})") from exc
+        note = await asyncio.to_thread(_keep_log, plan.work_dir, DUMP_LOG, bundle)
+        await asyncio.to_thread(_discard_images, plan.images_dir, created=created)
+        raise with_context(exc, f"checkpoint failed: {exc} ({note})") from exc
     _store_plan(plan)
     return None
 
@@ -345,6 +347,6 @@ async def restore(
                 os.kill(daemon.pid, 9)
         if not isinstance(exc, ShimError):
             raise
-        kept = _keep_log(plan.work_dir, RESTORE_LOG, bundle)
-        raise type(exc)(f"restore failed: {exc} ({_log_note(kept)})") from exc
+        note = await asyncio.to_thread(_keep_log, plan.work_dir, RESTORE_LOG, bundle)
+        raise with_context(exc, f"restore failed: {exc} ({note})") from exc
     return Restored(int(pid_file.read_text()), daemon)

@@ -12,7 +12,6 @@ rootfs mounts, which are handed back to Tasks/Create as they came.
 from __future__ import annotations
 
 import contextlib
-import enum
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -23,7 +22,7 @@ from google.protobuf import any_pb2
 from shim.api.containerd.services.containers.v1 import containers_pb2, containers_pb2_grpc
 from shim.api.containerd.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
 from shim.api.containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
-from shim.api.containerd.types.task import task_pb2
+from shim.state import TaskStatus
 
 from ._errors import CtlError
 
@@ -41,17 +40,6 @@ __all__ = [
 NAMESPACE_HEADER = "containerd-namespace"
 
 T = TypeVar("T")
-
-
-class TaskStatus(enum.Enum):
-    """containerd.v1.types.Status, by name."""
-
-    UNKNOWN = "UNKNOWN"
-    CREATED = "CREATED"
-    RUNNING = "RUNNING"
-    STOPPED = "STOPPED"
-    PAUSED = "PAUSED"
-    PAUSING = "PAUSING"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +79,10 @@ def grpc_target(address: str) -> str:
 
 
 def _status_name(value: int) -> TaskStatus:
+    """``containerd.v1.types.Status`` as :class:`shim.state.TaskStatus` (UNKNOWN for a value
+    this tool does not know)."""
     try:
-        return TaskStatus(str(task_pb2.Status.Name(value)))
+        return TaskStatus(value)
     except ValueError:
         return TaskStatus.UNKNOWN
 

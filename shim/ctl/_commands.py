@@ -73,7 +73,7 @@ def run_tasks(cmd: TasksCommand, api: API, out: TextIO) -> int:
         for t in tasks:
             print(t.id, file=out)
         return 0
-    _table([("TASK", "PID", "STATUS"), *((t.id, str(t.pid), t.status.value) for t in tasks)], out)
+    _table([("TASK", "PID", "STATUS"), *((t.id, str(t.pid), t.status.name) for t in tasks)], out)
     return 0
 
 
