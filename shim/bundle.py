@@ -21,6 +21,7 @@ __all__ = [
     "CRIU_CONFIG_ANNOTATION",
     "CRIU_WORK_DIR",
     "HOOK_MARK",
+    "RESTORE_ANNOTATION",
     "Spec",
     "cgroups_path",
     "read_spec",
@@ -34,6 +35,10 @@ CRIU_CONFIG_ANNOTATION = "org.criu.config"
 CRIU_CONFIG = "criu.conf"
 CRIU_WORK_DIR = "work/criu-work"
 """CRIU's work directory inside the bundle unless a request names one."""
+
+RESTORE_ANNOTATION = "io.pyrunc.restore.checkpoint"
+"""Spec annotation: the CRIU images directory a container is created from (restored at Start).
+The CRI endpoint sets it on a container it creates from a checkpoint archive or image."""
 
 Spec = dict[str, object]
 """A parsed OCI runtime spec (config.json)."""

@@ -29,6 +29,7 @@ from google.protobuf.message import Message
 from shim.api.containerd.runc.options import oci_pb2
 from shim.api.containerd.task.v2 import shim_pb2 as api
 from shim.api.pyrunc.v1 import checkpoint_pb2
+from shim.bundle import RESTORE_ANNOTATION
 from shim.checkpoint.plan import RestoreSource
 from shim.errors import (
     AlreadyExists,
@@ -761,3 +762,39 @@ def test_runtime_options_come_from_restore_options_too() -> None:
     assert _runtime_options(api.CreateTaskRequest(id="c", options=pack(runtime))) == runtime
     bare = api.CreateTaskRequest(id="c", options=pack(checkpoint_pb2.RestoreOptions()))
     assert _runtime_options(bare) == oci_pb2.Options()
+
+
+# -- restore by spec annotation (the CRI endpoint's restore) -------------------------------------
+
+
+def _annotated_bundle(tmp_path: Path, value: str) -> str:
+    (tmp_path / "config.json").write_text(
+        json.dumps({"ociVersion": "1.0.2", "annotations": {RESTORE_ANNOTATION: value}})
+    )
+    return str(tmp_path)
+
+
+def test_restore_source_from_the_spec_annotation(tmp_path: Path) -> None:
+    req = api.CreateTaskRequest(id="c1", bundle=_annotated_bundle(tmp_path, "/var/ck/checkpoint"))
+    assert _restore_source(req) == RestoreSource("/var/ck/checkpoint")
+
+
+@pytest.mark.parametrize(
+    ("value", "checkpoint", "match"),
+    [
+        ("ck/checkpoint", "", "is not absolute"),
+        ("/a/../b", "", "contains '..'"),
+        ("/var/ck", "/other", "were both given"),
+    ],
+)
+def test_restore_annotation_refused(tmp_path: Path, value: str, checkpoint: str,
+                                    match: str) -> None:
+    req = api.CreateTaskRequest(id="c1", bundle=_annotated_bundle(tmp_path, value),
+                                checkpoint=checkpoint)
+    with pytest.raises(InvalidArgument, match=match):
+        _restore_source(req)
+
+
+def test_no_annotation_no_restore(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"annotations": {"a": "b"}}))
+    assert _restore_source(api.CreateTaskRequest(id="c1", bundle=str(tmp_path))) is None

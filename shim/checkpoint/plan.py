@@ -40,6 +40,7 @@ from google.protobuf.message import Message
 from shim.api.containerd.linux.runctypes import runc_pb2
 from shim.api.containerd.runc.options import oci_pb2
 from shim.api.pyrunc.v1 import checkpoint_pb2
+from shim.bundle import RESTORE_ANNOTATION
 from shim.checkpoint.options import (
     BY_PLAN,
     OPTIONS,
@@ -541,15 +542,25 @@ def _to_plan(o: Option, value: Any) -> Any:
     return value
 
 
-def restore_source(checkpoint: str, options: AnyMessage | None) -> RestoreSource | None:
+def restore_source(
+    checkpoint: str, options: AnyMessage | None, annotations: Mapping[str, str] | None = None
+) -> RestoreSource | None:
     """What a Create asks to restore from: containerd's unpacked checkpoint
-    (``CreateTaskRequest.checkpoint``, ``ctr c restore --live``) or ``pyrunc.v1.RestoreOptions``
-    in its options (the ``pyrunc restore`` tool); None for a fresh container.
+    (``CreateTaskRequest.checkpoint``, ``ctr c restore --live``), ``pyrunc.v1.RestoreOptions``
+    in its options (the ``pyrunc restore`` tool), or the spec annotation
+    :data:`~shim.bundle.RESTORE_ANNOTATION` (the CRI endpoint's restore); None for a fresh
+    container.
 
     Raises:
-        InvalidArgument: both given, no image path, or a relative path.
+        InvalidArgument: two of them given, no image path, or a relative path.
     """
     opts = None if options is None else unpack(options, checkpoint_pb2.RestoreOptions)
+    annotated = (annotations or {}).get(RESTORE_ANNOTATION, "")
+    if annotated:
+        if checkpoint or opts is not None:
+            raise InvalidArgument(
+                f"annotation {RESTORE_ANNOTATION} and a checkpoint in the request were both given")
+        return RestoreSource(_abs_path(annotated, RESTORE_ANNOTATION))
     if opts is None:
         return RestoreSource(checkpoint) if checkpoint else None
     if checkpoint and opts.image_path:

@@ -23,21 +23,32 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,containerd/services/content/v1/content.proto\x12\x1e\x63ontainerd.services.content.v1\x1a\x1bgoogle/protobuf/empty.proto\"B\n\x12ReadContentRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04size\x18\x03 \x01(\x03\"3\n\x13ReadContentResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"&\n\x14\x44\x65leteContentRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t2\xd4\x01\n\x07\x43ontent\x12q\n\x04Read\x12\x32.containerd.services.content.v1.ReadContentRequest\x1a\x33.containerd.services.content.v1.ReadContentResponse0\x01\x12V\n\x06\x44\x65lete\x12\x34.containerd.services.content.v1.DeleteContentRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,containerd/services/content/v1/content.proto\x12\x1e\x63ontainerd.services.content.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"B\n\x12ReadContentRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04size\x18\x03 \x01(\x03\"3\n\x13ReadContentResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"&\n\x14\x44\x65leteContentRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"\x9e\x02\n\x13WriteContentRequest\x12;\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32+.containerd.services.content.v1.WriteAction\x12\x0b\n\x03ref\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x10\n\x08\x65xpected\x18\x04 \x01(\t\x12\x0e\n\x06offset\x18\x05 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x12O\n\x06labels\x18\x07 \x03(\x0b\x32?.containerd.services.content.v1.WriteContentRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe2\x01\n\x14WriteContentResponse\x12;\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32+.containerd.services.content.v1.WriteAction\x12.\n\nstarted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\r\n\x05total\x18\x05 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x06 \x01(\t*.\n\x0bWriteAction\x12\x08\n\x04STAT\x10\x00\x12\t\n\x05WRITE\x10\x01\x12\n\n\x06\x43OMMIT\x10\x02\x32\xcc\x02\n\x07\x43ontent\x12q\n\x04Read\x12\x32.containerd.services.content.v1.ReadContentRequest\x1a\x33.containerd.services.content.v1.ReadContentResponse0\x01\x12V\n\x06\x44\x65lete\x12\x34.containerd.services.content.v1.DeleteContentRequest\x1a\x16.google.protobuf.Empty\x12v\n\x05Write\x12\x33.containerd.services.content.v1.WriteContentRequest\x1a\x34.containerd.services.content.v1.WriteContentResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shim.api.containerd.services.content.v1.content_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_READCONTENTREQUEST']._serialized_start=109
-  _globals['_READCONTENTREQUEST']._serialized_end=175
-  _globals['_READCONTENTRESPONSE']._serialized_start=177
-  _globals['_READCONTENTRESPONSE']._serialized_end=228
-  _globals['_DELETECONTENTREQUEST']._serialized_start=230
-  _globals['_DELETECONTENTREQUEST']._serialized_end=268
-  _globals['_CONTENT']._serialized_start=271
-  _globals['_CONTENT']._serialized_end=483
+  _globals['_WRITECONTENTREQUEST_LABELSENTRY']._loaded_options = None
+  _globals['_WRITECONTENTREQUEST_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_WRITEACTION']._serialized_start=821
+  _globals['_WRITEACTION']._serialized_end=867
+  _globals['_READCONTENTREQUEST']._serialized_start=142
+  _globals['_READCONTENTREQUEST']._serialized_end=208
+  _globals['_READCONTENTRESPONSE']._serialized_start=210
+  _globals['_READCONTENTRESPONSE']._serialized_end=261
+  _globals['_DELETECONTENTREQUEST']._serialized_start=263
+  _globals['_DELETECONTENTREQUEST']._serialized_end=301
+  _globals['_WRITECONTENTREQUEST']._serialized_start=304
+  _globals['_WRITECONTENTREQUEST']._serialized_end=590
+  _globals['_WRITECONTENTREQUEST_LABELSENTRY']._serialized_start=545
+  _globals['_WRITECONTENTREQUEST_LABELSENTRY']._serialized_end=590
+  _globals['_WRITECONTENTRESPONSE']._serialized_start=593
+  _globals['_WRITECONTENTRESPONSE']._serialized_end=819
+  _globals['_CONTENT']._serialized_start=870
+  _globals['_CONTENT']._serialized_end=1202
 # @@protoc_insertion_point(module_scope)
