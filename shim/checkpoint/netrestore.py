@@ -30,12 +30,13 @@ import sys
 from pathlib import Path
 from types import TracebackType
 
-from shim.bundle import Spec, with_restore_hook, write_spec
+from shim.bundle import Spec, read_spec, with_restore_hook, write_spec
 from shim.checkpoint.network import (
     SNAPSHOT,
     dump_snapshot,
     has_own_netns,
     is_loopback_only,
+    joins_netns,
     load_snapshot,
     loopback_snapshot,
 )
@@ -54,15 +55,17 @@ TEMPLATE_SOCKET = f"{RUN_DIR}/nethook.sock"
 _TIMEOUT = 30.0
 
 
-async def record(reaper: Reaper, pid: int, images_dir: str) -> None:
+async def record(reaper: Reaper, pid: int, images_dir: str, bundle: Path) -> None:
     """Record the network namespace of ``pid`` (a container's init) beside the images, if it
-    has its own. A namespace with nothing but ``lo`` is read from /proc; anything else with
-    pyroute2 in a child process (the shim never loads it).
+    has its own and the spec in ``bundle`` creates it (one joined by path, a CNI pod's, is not
+    the container's: :func:`~shim.checkpoint.network.joins_netns`). A namespace with nothing
+    but ``lo`` is read from /proc; anything else with pyroute2 in a child process (the shim
+    never loads it).
 
     Raises:
         FailedPrecondition: the recording failed.
     """
-    if not has_own_netns(pid):
+    if not has_own_netns(pid) or joins_netns(read_spec(bundle)):
         return
     out = os.path.join(images_dir, SNAPSHOT)
     if (loopback := loopback_snapshot(pid)) is not None:
@@ -120,6 +123,9 @@ class NetworkRestore:
         ``lo`` needs to come up, start the rebuild service it talks to; without a recorded
         network, make sure no hook of ours is left in the spec."""
         self._loopback_after = False
+        if joins_netns(self._spec):  # not the container's: a record (older archives) is ignored
+            self._set_hook(None)
+            return
         try:
             with open(self._snapshot, "rb") as f:
                 snap = load_snapshot(f.read())

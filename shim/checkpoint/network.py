@@ -23,7 +23,7 @@ import select
 import socket
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -45,6 +45,7 @@ __all__ = [
     "has_own_netns",
     "interfaces",
     "is_loopback_only",
+    "joins_netns",
     "load_snapshot",
     "loopback_snapshot",
     "probe_from_host",
@@ -211,6 +212,18 @@ def has_own_netns(pid: int) -> bool:
         return os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
     except OSError:
         return False
+
+
+def joins_netns(spec: Mapping[str, object]) -> bool:
+    """True if the OCI ``spec`` joins an existing network namespace by ``path`` (a CNI pod's,
+    say): the container does not own it, so its network is neither recorded at a checkpoint
+    nor rebuilt at a restore (whoever made the namespace sets it up again)."""
+    linux = spec.get("linux")
+    namespaces = linux.get("namespaces") if isinstance(linux, dict) else None
+    if not isinstance(namespaces, list):
+        return False
+    return any(isinstance(ns, dict) and ns.get("type") == "network" and bool(ns.get("path"))
+               for ns in namespaces)
 
 
 LOOPBACK = Link(name="lo", kind="loopback", mtu=65536, mac="00:00:00:00:00:00", up=True)

@@ -192,7 +192,7 @@ async def checkpoint(
     _mkdir_private(plan.work_dir)
     try:
         _write_criu_config(bundle, annotations, criu_config(plan, restore=False))
-        await netrestore.record(reaper, pid, plan.images_dir)
+        await netrestore.record(reaper, pid, plan.images_dir, bundle)
         if plan.lazy_pages:
             child = await _start_lazy_dump(runtime, cid, plan)
             _store_plan(plan)

@@ -548,3 +548,84 @@ def test_probe_from_host_skips_what_it_cannot_probe() -> None:
 
     with contextlib.ExitStack() as release:
         assert probe_from_host(snap, release) == frozenset()
+
+
+# -- a network namespace joined by path is not the container's ------------------------------
+
+
+def _spec(*namespaces: dict[str, str]) -> dict[str, object]:
+    return {"ociVersion": "1.0.2", "linux": {"namespaces": list(namespaces)}}
+
+
+@pytest.mark.parametrize(
+    ("spec", "joins"),
+    [
+        (_spec({"type": "network", "path": "/var/run/netns/cni-1"}), True),
+        (_spec({"type": "pid"}, {"type": "network"}), False),
+        (_spec({"type": "network", "path": ""}), False),
+        (_spec({"type": "ipc", "path": "/proc/1/ns/ipc"}), False),
+        (_spec(), False),  # no network entry: the host's namespace
+        ({"linux": {"namespaces": "bogus"}}, False),
+        ({}, False),
+    ],
+)
+def test_joins_netns(spec: dict[str, object], joins: bool) -> None:
+    assert network.joins_netns(spec) is joins
+
+
+def _bundle(directory: Path, spec: dict[str, object]) -> Path:
+    directory.mkdir(exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(spec))
+    return directory
+
+
+def test_record_skips_a_namespace_joined_by_path(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a namespace the spec creates is recorded (lo only here: no pyroute2 child)."""
+    import asyncio
+
+    from shim.checkpoint import netrestore
+
+    monkeypatch.setattr(netrestore, "has_own_netns", lambda pid: True)
+    monkeypatch.setattr(netrestore, "loopback_snapshot", lambda pid: NetworkSnapshot(
+        links=(network.LOOPBACK,), addresses=(), routes=(), sockets=False))
+    images = tmp_path / "images"
+    images.mkdir()
+    joined = _bundle(tmp_path / "joined", _spec({"type": "network", "path": "/run/netns/c"}))
+    asyncio.run(netrestore.record(None, 1, str(images), joined))  # type: ignore[arg-type]
+    assert os.listdir(images) == []
+    owned = _bundle(tmp_path / "owned", _spec({"type": "network"}))
+    asyncio.run(netrestore.record(None, 1, str(images), owned))  # type: ignore[arg-type]
+    assert os.listdir(images) == [network.SNAPSHOT]
+
+
+def test_restore_ignores_a_record_when_the_spec_joins_by_path(tmp_path: Path) -> None:
+    """An archive written before the fix holds a record of the pod's namespace: a restore into
+    a pod (its spec joins the pod's namespace by path) names no hook of ours and starts no
+    rebuild service; with a spec that creates its namespace the same record gets the hook."""
+    import asyncio
+
+    from shim.bundle import HOOK_MARK, read_spec, with_restore_hook
+    from shim.checkpoint import netrestore
+
+    images = tmp_path / "images"
+    images.mkdir()
+    snap = NetworkSnapshot(links=(network.LOOPBACK,), addresses=(), routes=(), sockets=True)
+    (images / network.SNAPSHOT).write_bytes(dump_snapshot(snap))
+
+    def hooks_after_entering(spec: dict[str, object], name: str) -> list[object]:
+        bundle = _bundle(tmp_path / name, with_restore_hook(spec, ["/bin/true"]))
+
+        async def enter() -> None:
+            restore = netrestore.network_restore(
+                None, bundle, spec, str(images))  # type: ignore[arg-type]
+            async with restore:
+                assert restore._service is None
+
+        asyncio.run(enter())
+        raw = read_spec(bundle).get("hooks")
+        entries = raw.get("createRuntime", []) if isinstance(raw, dict) else []
+        return [h for h in entries if HOOK_MARK in h.get("env", [])]
+
+    assert hooks_after_entering(_spec({"type": "network", "path": "/run/netns/c"}), "pod") == []
+    assert len(hooks_after_entering(_spec({"type": "network"}), "own")) == 1
