@@ -9,8 +9,9 @@
 # 3. Its containerd has stopped by then, so every process still in the namespace outlived
 #    the suite: each is written to LEFTOVERS as "KIND PID ARGV..." and killed. KIND is
 #    "shim" (a shim with a container id), "helper" (a shim binary's long-lived warm process,
-#    kept by design: pyrunc's fork server and network template), or "process" (anything
-#    else, such as a container's processes). Reporting from here, before this process
+#    kept by design: pyrunc's fork server and network template), "containerd" (the suite's
+#    own, when the suite was cut short by its timeout), or "process" (anything else, such
+#    as a container's processes). Reporting from here, before this process
 #    exits, names them; the kernel would kill them silently when process 1 exits.
 # 4. Containers left in runc's state are deleted (runc delete -f), which removes their cgroups.
 #
@@ -40,7 +41,9 @@ others() {
         line=${args[*]}
         line=${line%"${line##*[![:space:]]}"}   # a rewritten command line is padded
         kind=process
-        if [[ ${args[0]##*/} == containerd-shim-* ]]; then
+        if [[ ${args[0]##*/} == containerd ]]; then
+            kind=containerd   # the suite's own, left running when the suite was cut short
+        elif [[ ${args[0]##*/} == containerd-shim-* ]]; then
             case "$line " in
                 *" -id "*) kind=shim ;;
                 *" forkserver "|*" nethook-template "*) kind=helper ;;
