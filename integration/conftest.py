@@ -3,8 +3,9 @@
 Session scope: ``containerd`` (an isolated daemon with the test image imported into the
 ``pyrunc-it`` namespace) and ``image`` (the image ref). Test scope: ``runtime`` (parametrized:
 ``runc`` = ``io.containerd.runc.v2``, the control, and ``pyrunc`` = ``io.containerd.pyrunc.v2``),
-``ctr`` (bound to the daemon and namespace) and ``containers`` (runs containers with
-``runtime`` and removes all of them afterwards, even when the test failed).
+``ctr`` (bound to the daemon and namespace), ``containers`` (runs containers with
+``runtime`` and removes all of them afterwards, even when the test failed) and ``scratch`` (a
+fresh directory on disk for images, work dirs and other output; removed afterwards).
 
 Everything here needs root; without it every test in this directory is skipped. When a test
 fails, the report gets the part of the containerd log written during that test.
@@ -15,7 +16,10 @@ match ``pyrunc``).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Generator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +138,14 @@ def containers(
         problems = box.cleanup()
         if problems:
             print("\ncontainer cleanup:", *problems, sep="\n  ")
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """A fresh empty directory on disk (not tmpfs: CRIU images can be large) for images, work
+    dirs and a test's other output; removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="pyrunc-it-", dir="/var/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

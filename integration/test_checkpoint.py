@@ -29,10 +29,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import stat
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -99,16 +97,6 @@ def checkpoint_ref(ctr: Ctr) -> Iterator[Callable[[str], str]]:
         ctr("images", "rm", ref, check=False)
     left = set(refs) & set(ctr("images", "ls", "-q").stdout.split())
     assert not left, f"checkpoint images left behind: {left}"
-
-
-@pytest.fixture
-def scratch() -> Iterator[Path]:
-    """A fresh empty directory for images and work dirs; removed afterwards."""
-    path = Path(tempfile.mkdtemp(prefix="pyrunc-ck-", dir="/var/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def shm(containers: Containers, cid: str, path: str) -> str:

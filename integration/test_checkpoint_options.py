@@ -42,11 +42,9 @@ import json
 import os
 import platform
 import re
-import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -87,16 +85,6 @@ _NOTE = re.compile(r"pyrunc: note: \S+ was checkpointed; containerd stored no ne
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def scratch() -> Iterator[Path]:
-    """A private directory on disk for images and work dirs; removed after the test."""
-    path = Path(tempfile.mkdtemp(prefix="pyrunc-opt-", dir="/var/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

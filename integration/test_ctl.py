@@ -69,7 +69,7 @@ def test_tasks_lists_a_task_started_with_ctr(
     rows = table(proc.stdout)
     assert rows[started.id] == (started.pid, "RUNNING")
     # the same view as ctr's
-    assert {cid: (t.pid, t.status.value) for cid, t in containers.ctr.tasks().items()} == rows
+    assert {cid: (t.pid, t.status.name) for cid, t in containers.ctr.tasks().items()} == rows
 
     containers.ctr("tasks", "pause", started.id)
     containers.ctr.wait_status(started.id, TaskStatus.PAUSED)

@@ -33,10 +33,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import struct
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,16 +74,6 @@ def _criu_reads_network_lock() -> None:
             f"(fixed in {format_version(CRIU_VERSION_NETWORK_LOCK)}); hack/install.sh builds "
             "a newer one"
         )
-
-
-@pytest.fixture
-def scratch() -> Iterator[Path]:
-    """A private directory on disk for images, work dirs and the monitor's output."""
-    path = Path(tempfile.mkdtemp(prefix="pyrunc-nl-", dir="/var/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def nft(pid: int, *args: str) -> str:

@@ -1,0 +1,333 @@
+"""A private containerd daemon per test session, and its complete teardown."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from shim.state import TaskStatus
+
+from ._common import _PATH_DIRS, IMAGE_REF, NAMESPACE, TASK_DIR, CtrError, HarnessError, wait_until
+from .ctr import Ctr, TaskInfo
+from .mounts import mounts_under, unmount_all_under
+from .procs import (
+    _flag,
+    _proc_pids,
+    container_processes,
+    pid_alive,
+    proc_cmdline,
+    shim_processes,
+    shim_socket_path,
+    socket_is_live,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Leftovers:
+    """What a removed container must not leave behind (all empty when clean)."""
+
+    processes: tuple[int, ...] = ()
+    shims: tuple[int, ...] = ()
+    mounts: tuple[str, ...] = ()
+    bundle: str | None = None
+    live_socket: str | None = None
+
+    @property
+    def clean(self) -> bool:
+        """True if nothing was left."""
+        return self == Leftovers()
+
+
+_CONFIG_TEMPLATE: Final = """\
+version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+
+[grpc]
+  address = "{address}"
+
+[ttrpc]
+  address = "{address}.ttrpc"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+"""
+
+
+def _environment() -> dict[str, str]:
+    env = dict(os.environ)
+    path = env.get("PATH", "").split(":")
+    env["PATH"] = ":".join([*path, *(d for d in _PATH_DIRS if d not in path)])
+    return env
+
+
+class Containerd:
+    """A private containerd daemon; make one with :meth:`start`, end it with :meth:`stop`."""
+
+    def __init__(self, directory: Path, proc: subprocess.Popen[bytes]) -> None:
+        self.dir = directory
+        self.root = directory / "root"
+        self.state = directory / "state"
+        self.address = str(directory / "c.sock")
+        self.log_path = directory / "containerd.log"
+        self.proc = proc
+        self.known: set[tuple[str, str]] = set()  # (namespace, id) of every container seen
+        self._stopped = False
+
+    @property
+    def pid(self) -> int:
+        """The daemon's pid."""
+        return self.proc.pid
+
+    @classmethod
+    def start(
+        cls, *, prefix: str = "/run/pyrunc-it-", timeout: float = 30, netns: str | None = None
+    ) -> Containerd:
+        """Start an isolated containerd in a fresh ``<prefix>XXXX`` directory.
+
+        Args:
+            prefix: where the directory goes (socket paths must stay short).
+            timeout: seconds to wait for it to answer.
+            netns: run it in the network namespace at this path (``nsenter --net``; only
+                the network namespace changes): a containerd standing for another host.
+
+        Returns:
+            The running daemon, answering ``ctr version``.
+
+        Raises:
+            HarnessError: it did not come up within ``timeout``; the message holds its log.
+        """
+        if shutil.which("containerd") is None or shutil.which("ctr") is None:
+            raise HarnessError("containerd and ctr must be installed (run hack/install.sh)")
+        parent, base = os.path.split(prefix)
+        directory = Path(tempfile.mkdtemp(prefix=base, dir=parent or None))
+        config = directory / "config.toml"
+        config.write_text(
+            _CONFIG_TEMPLATE.format(
+                root=directory / "root", state=directory / "state", address=directory / "c.sock"
+            )
+        )
+        enter = ["nsenter", f"--net={netns}"] if netns else []
+        with open(directory / "containerd.log", "wb") as log:
+            proc = subprocess.Popen(
+                [*enter, "containerd", "--config", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=directory,
+                env=_environment(),
+                start_new_session=True,
+            )
+        daemon = cls(directory, proc)
+        try:
+            daemon._wait_ready(timeout)
+        except BaseException:
+            tail = daemon.log_tail()
+            daemon.stop()
+            raise HarnessError(f"containerd did not start; log tail:\n{tail}") from None
+        return daemon
+
+    def restart(self, timeout: float = 30) -> None:
+        """Stop containerd (SIGTERM, its shims keep running) and start it again on the same
+        root, state and sockets, as an upgrade or a crash-restart of containerd does."""
+        argv = [str(a) for a in self.proc.args]  # type: ignore[union-attr]
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=20)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
+                env=_environment(),
+                start_new_session=True,
+            )
+        self._wait_ready(timeout)
+
+    def _wait_ready(self, timeout: float) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise HarnessError(f"containerd exited with status {self.proc.returncode}")
+            probe = subprocess.run(
+                ["ctr", "--address", self.address, "version"],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=10,
+                check=False,
+            )
+            return probe.returncode == 0
+
+        wait_until(ready, timeout, interval=0.1, message="containerd to answer `ctr version`")
+
+    def __enter__(self) -> Containerd:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def ctr(self, namespace: str = NAMESPACE) -> Ctr:
+        """A :class:`Ctr` bound to this daemon and ``namespace``."""
+        return Ctr(self.address, namespace)
+
+    def log_size(self) -> int:
+        """Current size of the daemon log (an offset for :meth:`log_tail`)."""
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def log_tail(self, lines: int = 60, *, since: int = 0) -> str:
+        """The last ``lines`` lines of the daemon log written after byte offset ``since``."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(since)
+                data = f.read()
+        except OSError as exc:
+            return f"(no log: {exc})"
+        return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+    def bundle(self, namespace: str, cid: str) -> Path:
+        """The bundle directory (the shim's cwd) of ``cid``."""
+        return self.state / TASK_DIR / namespace / cid
+
+    def import_image(self, tarball: Path, ref: str = IMAGE_REF, namespace: str = NAMESPACE) -> str:
+        """``ctr images import`` ``tarball`` into ``namespace`` and check ``ref`` arrived."""
+        ctr = self.ctr(namespace)
+        ctr("images", "import", str(tarball), timeout=180)
+        refs = ctr("images", "ls", "-q").stdout.split()
+        if ref not in refs:
+            raise HarnessError(f"importing {tarball} gave {refs}, not {ref}")
+        return ref
+
+    def leftovers(self, namespace: str, cid: str) -> Leftovers:
+        """What container ``cid`` left behind: processes, shim, mounts, bundle, live socket."""
+        bundle = self.bundle(namespace, cid)
+        sock = shim_socket_path(self.address, namespace, cid)
+        return Leftovers(
+            processes=tuple(container_processes(namespace, cid)),
+            shims=tuple(shim_processes(self.address, cid)),
+            mounts=tuple(mounts_under(bundle)),
+            bundle=str(bundle) if bundle.exists() else None,
+            live_socket=str(sock) if sock.exists() and socket_is_live(sock) else None,
+        )
+
+    def remove_stale_socket(self, namespace: str, cid: str) -> bool:
+        """Unlink ``cid``'s shim socket file if nothing listens on it; True if removed."""
+        sock = shim_socket_path(self.address, namespace, cid)
+        if sock.exists() and not socket_is_live(sock):
+            sock.unlink(missing_ok=True)
+            return True
+        return False
+
+    def namespaces(self) -> list[str]:
+        """``ctr namespaces ls -q``."""
+        proc = subprocess.run(
+            ["ctr", "--address", self.address, "namespaces", "ls", "-q"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        return proc.stdout.split()
+
+    def purge(self, namespace: str) -> list[str]:
+        """Kill and delete every task and container in ``namespace``; returns problems."""
+        problems = []
+        ctr = self.ctr(namespace)
+        try:
+            ids = set(ctr.containers())
+            tasks = ctr.tasks()
+        except (CtrError, subprocess.TimeoutExpired) as exc:
+            return [f"listing {namespace}: {exc}"]
+        ids |= set(tasks)
+        self.known |= {(namespace, cid) for cid in ids}
+        for cid in sorted(ids):
+            problems += remove_container(ctr, cid, tasks.get(cid))
+        return problems
+
+    def stop(self) -> list[str]:
+        """Tear everything down (idempotent); returns what could not be cleaned."""
+        if self._stopped:
+            return []
+        self._stopped = True
+        problems: list[str] = []
+        if self.proc.poll() is None:
+            try:
+                for ns in self.namespaces():
+                    problems += self.purge(ns)
+            except (OSError, subprocess.SubprocessError) as exc:  # a hung daemon: go on
+                problems.append(f"purging containers: {exc!r}")
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                problems.append("containerd ignored SIGTERM for 20s; SIGKILLed")
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        # shims of this daemon that outlived it (their cwd is a bundle under our state dir)
+        for pid in self._own_shims():
+            problems.append(f"killed stray shim {pid} {proc_cmdline(pid)}")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        stuck = unmount_all_under(self.dir)
+        if stuck:
+            problems.append(f"could not unmount {stuck}")
+        for ns, cid in self.known:
+            sock = shim_socket_path(self.address, ns, cid)
+            if sock.exists() and not socket_is_live(sock):
+                sock.unlink(missing_ok=True)
+        if not stuck:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return problems
+
+    def _own_shims(self) -> list[int]:
+        found = []
+        for pid in _proc_pids():
+            argv = proc_cmdline(pid)
+            if _flag(argv, "-address") == self.address and pid_alive(pid):
+                found.append(pid)
+        return found
+
+
+def remove_container(ctr: Ctr, cid: str, task: TaskInfo | None = None) -> list[str]:
+    """Best-effort removal of ``cid`` and its task: resume, SIGKILL all, delete both.
+
+    Returns:
+        Problems seen (empty when the container and task are gone).
+    """
+    problems = []
+
+    def attempt(*args: str, timeout: float) -> subprocess.CompletedProcess[str] | None:
+        try:
+            return ctr(*args, check=False, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            problems.append(f"{cid}: `ctr {' '.join(args)}` timed out")
+            return None
+
+    if task is None:
+        try:
+            task = ctr.task(cid)
+        except (CtrError, subprocess.TimeoutExpired) as exc:
+            problems.append(f"{cid}: listing tasks: {exc}")
+    if task is not None:
+        if task.status in (TaskStatus.PAUSED, TaskStatus.PAUSING):
+            attempt("tasks", "resume", cid, timeout=30)
+        if task.status is not TaskStatus.STOPPED:
+            attempt("tasks", "kill", "-a", "-s", "SIGKILL", cid, timeout=30)
+        attempt("tasks", "rm", "-f", cid, timeout=60)
+    proc = attempt("containers", "rm", cid, timeout=60)
+    if proc is not None and proc.returncode != 0 and "not found" not in proc.stderr:
+        problems.append(f"{cid}: `ctr c rm` failed: {proc.stderr.strip()}")
+    return problems
