@@ -29,7 +29,7 @@ from shim.mount import mount_all, unmount_all
 from shim.oom import OomWatch
 from shim.oom import watch as watch_oom
 from shim.reaper import Exit, Reaper
-from shim.runtime import CreateOpts, Runc
+from shim.runtime import CreateOpts, Runtime
 from shim.spawn import Child
 from shim.state import (
     Created,
@@ -354,7 +354,7 @@ class Container:
     """One container served by this shim. Make it with :meth:`create`."""
 
     def __init__(
-        self, config: ContainerConfig, runtime: Runc, reaper: Reaper, publish: Publish
+        self, config: ContainerConfig, runtime: Runtime, reaper: Reaper, publish: Publish
     ) -> None:
         self.config = config
         self.id = config.id
@@ -370,7 +370,7 @@ class Container:
 
     @classmethod
     async def create(
-        cls, config: ContainerConfig, runtime: Runc, reaper: Reaper, publish: Publish
+        cls, config: ContainerConfig, runtime: Runtime, reaper: Reaper, publish: Publish
     ) -> Container:
         """Mount the rootfs, ``runc create`` the container and publish TaskCreate.
 

@@ -45,7 +45,7 @@ from shim.checkpoint.plan import (
 )
 from shim.errors import AlreadyExists, FailedPrecondition, ShimError, with_context
 from shim.reaper import Reaper
-from shim.runtime import RestoreOpts, Runc, Stdio
+from shim.runtime import RestoreOpts, Runtime, Stdio
 from shim.spawn import Child, Result, spawn
 
 __all__ = ["LazyDump", "Restored", "checkpoint", "restore"]
@@ -143,13 +143,13 @@ class LazyDump:
     plan: CheckpointPlan
 
 
-async def _ensure_capable(runtime: Runc, reaper: Reaper, req: Requirements) -> None:
+async def _ensure_capable(runtime: Runtime, reaper: Reaper, req: Requirements) -> None:
     criu = Criu(reaper, criu_binary(runtime.config.criu_path))
     await ensure_capable(criu, req)
 
 
 async def checkpoint(
-    runtime: Runc,
+    runtime: Runtime,
     reaper: Reaper,
     cid: str,
     pid: int,
@@ -206,7 +206,7 @@ async def checkpoint(
     return None
 
 
-async def _start_lazy_dump(runtime: Runc, cid: str, plan: CheckpointPlan) -> Child:
+async def _start_lazy_dump(runtime: Runtime, cid: str, plan: CheckpointPlan) -> Child:
     """Start runc with a status pipe as fd 3; return once CRIU reports the images ready."""
     read_end, write_end = os.pipe()
     try:
@@ -251,7 +251,7 @@ class Restored:
     lazy_daemon: Child | None = None
 
 
-async def _start_lazy_pages_daemon(runtime: Runc, reaper: Reaper, plan: CheckpointPlan) -> Child:
+async def _start_lazy_pages_daemon(runtime: Runtime, reaper: Reaper, plan: CheckpointPlan) -> Child:
     """``criu lazy-pages --page-server --address A --port P -D images -W work``: it serves
     page faults of the restored process from the source's page server. runc's restore finds
     it through ``lazy-pages.socket`` in the shared work dir, so wait for that socket."""
@@ -293,7 +293,7 @@ async def _start_lazy_pages_daemon(runtime: Runc, reaper: Reaper, plan: Checkpoi
 
 
 async def restore(
-    runtime: Runc,
+    runtime: Runtime,
     reaper: Reaper,
     cid: str,
     bundle: Path,

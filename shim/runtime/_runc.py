@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 from shim.errors import FailedPrecondition, NotFound, ShimError
 from shim.reaper import Reaper
@@ -30,6 +30,7 @@ __all__ = [
     "CreateOpts",
     "RestoreOpts",
     "Runc",
+    "Runtime",
     "RuntimeConfig",
     "Stdio",
     "classify_error",
@@ -140,6 +141,40 @@ def classify_error(message: str) -> type[ShimError]:
     if "container is paused" in lowered or "not paused" in lowered:
         return FailedPrecondition
     return ShimError
+
+
+class Runtime(Protocol):
+    """What the shim asks of an OCI runtime: :class:`Runc` (runc, crun), or a test's fake.
+    One method per runtime command, as go-runc's ``Runc``."""
+
+    config: RuntimeConfig
+
+    def log_offset(self) -> int: ...
+    def raise_for(self, command: str, result: Result, log_offset: int) -> NoReturn: ...
+    async def create(self, cid: str, opts: CreateOpts, stdio: Stdio) -> None: ...
+    async def start(self, cid: str) -> None: ...
+    async def exec(
+        self,
+        cid: str,
+        process_json: Path,
+        pid_file: Path,
+        stdio: Stdio,
+        *,
+        console_socket: str | None = None,
+    ) -> None: ...
+    async def kill(self, cid: str, signal: int, *, all: bool = False) -> None: ...
+    async def delete(self, cid: str, *, force: bool = False) -> None: ...
+    async def pause(self, cid: str) -> None: ...
+    async def resume(self, cid: str) -> None: ...
+    async def update(self, cid: str, resources_json: bytes) -> None: ...
+    async def checkpoint(
+        self, cid: str, criu_args: Sequence[str], *, extra_fds: Sequence[int] = ()
+    ) -> None: ...
+    def spawn_checkpoint(
+        self, cid: str, criu_args: Sequence[str], *, extra_fds: Sequence[int] = ()
+    ) -> Child: ...
+    async def restore(self, cid: str, opts: RestoreOpts, stdio: Stdio) -> None: ...
+    async def ps(self, cid: str) -> list[int]: ...
 
 
 class Runc:
@@ -279,3 +314,5 @@ class Runc:
         pids = json.loads(result.stdout or b"[]")
         return [int(p) for p in pids or []]
 
+
+_RUNC_IS_A_RUNTIME: type[Runtime] = Runc  # mypy holds Runc to the protocol

@@ -1,0 +1,224 @@
+"""The checkpoint runner (shim.checkpoint.runner) against a fake runtime: what it writes, what
+it hands runc, and that a failure keeps CRIU's log, removes what it wrote and keeps the error's
+kind (CRIU errors included, whose constructors take more than a message)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Coroutine, Iterator, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from fake_runtime import FakeRuntime
+
+from shim.bundle import CRIU_CONFIG, CRIU_CONFIG_ANNOTATION
+from shim.checkpoint import runner
+from shim.checkpoint.criu import CriuRequestFailed, ReqType, Requirements
+from shim.checkpoint.plan import STORED_PLAN, CheckpointPlan, RestoreSource, dump_plan, load_plan
+from shim.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound
+from shim.reaper import Reaper
+from shim.runtime import Runtime, Stdio
+
+T = TypeVar("T")
+LOG = "(00.1) Error (criu/cr-dump.c:1): Dumping FAILED.\n(00.2) Error (criu/x.c:2): no veth\n"
+
+
+@pytest.fixture(autouse=True)
+def _no_criu(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Requirements]]:
+    """CRIU is not asked (its own tests cover that); the requirements are recorded."""
+    asked: list[Requirements] = []
+
+    async def capable(runtime: Runtime, reaper: Reaper, req: Requirements) -> None:
+        asked.append(req)
+
+    monkeypatch.setattr(runner, "_ensure_capable", capable)
+    yield asked
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> Path:
+    path = tmp_path / "bundle"
+    path.mkdir()
+    return path
+
+
+def criu_conf(bundle: Path) -> dict[str, str]:
+    return {CRIU_CONFIG_ANNOTATION: str(bundle / CRIU_CONFIG)}
+
+
+def run(coro: Coroutine[object, object, T]) -> T:
+    return asyncio.run(coro)
+
+
+def checkpoint(rt: FakeRuntime, bundle: Path, plan: CheckpointPlan) -> None:
+    """A dump of a container whose init is this process (no network of its own)."""
+    result = run(
+        runner.checkpoint(rt, Reaper(), "c1", os.getpid(), bundle, criu_conf(bundle), plan)
+    )
+    assert result is None
+
+
+def test_checkpoint_runs_runc_and_stores_the_plan(tmp_path: Path, bundle: Path) -> None:
+    rt = FakeRuntime()
+    plan = CheckpointPlan(str(tmp_path / "img"), str(tmp_path / "work"), tcp_close=True)
+    checkpoint(rt, bundle, plan)
+    assert rt.calls == [
+        ["checkpoint", "--image-path", plan.images_dir, "--work-path", plan.work_dir,
+         "--leave-running", "c1"],
+    ]  # fmt: skip
+    assert load_plan((tmp_path / "img" / STORED_PLAN).read_bytes()) == plan
+    assert (bundle / CRIU_CONFIG).read_text().endswith("tcp-close\n")
+    for d in ("img", "work"):
+        assert oct((tmp_path / d).stat().st_mode & 0o777) == "0o700"
+
+
+def test_checkpoint_refuses_a_finished_or_foreign_image_dir(tmp_path: Path, bundle: Path) -> None:
+    rt = FakeRuntime()
+    plan = CheckpointPlan(str(tmp_path / "img"), str(tmp_path / "work"))
+    checkpoint(rt, bundle, plan)
+    with pytest.raises(AlreadyExists):
+        checkpoint(rt, bundle, plan)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(FailedPrecondition, match="not empty"):
+        checkpoint(rt, bundle, CheckpointPlan(str(other), str(tmp_path / "work")))
+    assert rt.calls[1:] == [] and (other / "notes.txt").read_text() == "mine"
+
+
+def test_checkpoint_refuses_options_runc_cannot_pass_with_a_foreign_criu_config(
+    tmp_path: Path, bundle: Path
+) -> None:
+    plan = CheckpointPlan(str(tmp_path / "img"), str(tmp_path / "work"), link_remap=True)
+    with pytest.raises(FailedPrecondition, match="names its own CRIU configuration"):
+        run(
+            runner.checkpoint(
+                FakeRuntime(), Reaper(), "c1", os.getpid(), bundle,
+                {CRIU_CONFIG_ANNOTATION: "/etc/theirs.conf"}, plan,
+            )
+        )  # fmt: skip
+    assert not (tmp_path / "img").exists()  # created by the dump, removed with it
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        CriuRequestFailed(ReqType.DUMP, 3, "No such process", "/w/dump.log"),
+        NotFound("container not running"),
+    ],
+    ids=["criu-error", "not-found"],
+)
+def test_a_failed_dump_keeps_the_log_removes_the_images_and_the_kind(
+    tmp_path: Path, bundle: Path, error: Exception
+) -> None:
+    """``raise type(exc)(...)`` would fail with TypeError for CriuRequestFailed; the error
+    keeps its kind (and so its wire code) and says where CRIU's log is and what it says."""
+    rt = FakeRuntime()
+    plan = CheckpointPlan(str(tmp_path / "img"), str(tmp_path / "work"))
+
+    def crash(criu_args: Sequence[str]) -> None:
+        (Path(plan.images_dir) / "pages-1.img").write_bytes(b"x")
+        (Path(plan.work_dir) / runner.DUMP_LOG).write_text(LOG)
+
+    rt.on_checkpoint = crash
+    rt.fail["checkpoint"] = error
+    with pytest.raises(Internal if isinstance(error, CriuRequestFailed) else NotFound) as info:
+        checkpoint(rt, bundle, plan)
+    kept = bundle / f"criu-{runner.DUMP_LOG}"
+    assert info.value.__cause__ is error
+    assert str(info.value) == (
+        f"checkpoint failed: {error} (CRIU log kept at {kept}; CRIU says: no veth)"
+    )
+    assert kept.read_text() == LOG
+    assert not (tmp_path / "img").exists()
+
+
+def test_a_failed_dump_into_an_empty_existing_dir_empties_it_again(
+    tmp_path: Path, bundle: Path
+) -> None:
+    images = tmp_path / "img"
+    images.mkdir()
+    rt = FakeRuntime()
+    plan = CheckpointPlan(str(images), str(tmp_path / "work"))
+
+    def crash(criu_args: Sequence[str]) -> None:
+        (images / "sub").mkdir()
+        (images / "sub" / "x.img").write_bytes(b"x")
+        (images / "core.img").write_bytes(b"x")
+
+    rt.on_checkpoint = crash
+    rt.fail["checkpoint"] = InvalidArgument("bad")
+    with pytest.raises(InvalidArgument, match="CRIU log kept at"):
+        checkpoint(rt, bundle, plan)
+    assert images.is_dir() and list(images.iterdir()) == []
+
+
+def test_restore_uses_the_stored_plan_and_owns_runc_flags_in_the_runtime(
+    tmp_path: Path, bundle: Path
+) -> None:
+    rt = FakeRuntime()
+    dumped = CheckpointPlan("/elsewhere/img", "/elsewhere/work", tcp_established=True)
+    images = tmp_path / "img"
+    images.mkdir()
+    (images / STORED_PLAN).write_bytes(dump_plan(dumped))
+    restored = run(
+        runner.restore(
+            rt, Reaper(), "c1", bundle, RestoreSource(str(images), tcp_close=True),
+            criu_conf(bundle), Stdio(), console_socket=None, no_pivot=True,
+        )
+    )  # fmt: skip
+    try:
+        work = bundle / "work" / "criu-work"
+        assert restored.pid == rt.pids["c1"] and restored.lazy_daemon is None
+        assert rt.calls == [
+            ["restore", "--image-path", str(images), "--work-path", str(work),
+             "--tcp-established", "--detach", "--pid-file", str(bundle / "init.pid"),
+             "--bundle", str(bundle), "--no-pivot", "--no-subreaper", "c1"],
+        ]  # fmt: skip
+        assert (bundle / CRIU_CONFIG).read_text().endswith("tcp-close\n")
+        assert work.is_dir()
+    finally:
+        run(rt.delete("c1"))
+        os.waitpid(restored.pid, 0)
+
+
+def test_a_failed_restore_keeps_the_log_and_the_kind(tmp_path: Path, bundle: Path) -> None:
+    rt = FakeRuntime()
+    images = tmp_path / "img"
+    images.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / runner.RESTORE_LOG).write_text(LOG)
+    error = CriuRequestFailed(ReqType.RESTORE, 17, "File exists", None)
+    rt.fail["restore"] = error
+    source = RestoreSource(str(images), work_dir=str(work))
+    with pytest.raises(Internal) as info:
+        run(
+            runner.restore(
+                rt, Reaper(), "c1", bundle, source, criu_conf(bundle), Stdio(),
+                console_socket=None, no_pivot=False,
+            )
+        )  # fmt: skip
+    kept = bundle / f"criu-{runner.RESTORE_LOG}"
+    assert str(info.value) == (
+        f"restore failed: {error} (CRIU log kept at {kept}; CRIU says: no veth)"
+    )
+    assert info.value.__cause__ is error
+
+
+def test_restore_refuses_a_bad_stored_plan_before_runc(tmp_path: Path, bundle: Path) -> None:
+    rt = FakeRuntime()
+    images = tmp_path / "img"
+    images.mkdir()
+    (images / STORED_PLAN).write_text(json.dumps({"version": 99}))
+    with pytest.raises(InvalidArgument, match="stored plan"):
+        run(
+            runner.restore(
+                rt, Reaper(), "c1", bundle, RestoreSource(str(images)), {}, Stdio(),
+                console_socket=None, no_pivot=False,
+            )
+        )  # fmt: skip
+    assert rt.calls == []
