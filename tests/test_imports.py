@@ -222,3 +222,45 @@ def test_relative_import_levels(tmp_path: Path, level_src: str) -> None:
         {"__init__.py": "", "util.py": "u = 1\n", "a/__init__.py": "", "a/m.py": level_src},
     )
     assert import_graph(root)["pkg.a.m"] == {"pkg.util"}
+
+
+# -- the floors of docs/architecture.md -----------------------------------------------------
+
+ARCHITECTURE = SHIM.parent / "docs" / "architecture.md"
+
+
+def floors_from_doc(text: str) -> dict[str, int]:
+    """Module prefix (``shim.ctl``, ``shim.cli``) -> floor number, from the doc's tables."""
+    floors: dict[str, int] = {}
+    floor = 0
+    for line in text.splitlines():
+        if line.startswith("## ") and line[3:4].isdigit():
+            floor = int(line[3 : line.index(".")])
+        elif line.startswith("| `shim/") and floor:
+            path = line.split("`")[1].removesuffix("/").removesuffix(".py")
+            floors[path.replace("/", ".")] = floor
+    return floors
+
+
+def _floor_of(module: str, floors: dict[str, int]) -> int | None:
+    parts = module.split(".")
+    for i in range(len(parts), 0, -1):
+        if ".".join(parts[:i]) in floors:
+            return floors[".".join(parts[:i])]
+    return None
+
+
+def test_every_module_is_on_a_floor_and_imports_only_its_own_or_lower() -> None:
+    """docs/architecture.md is true: it places every module of shim/ on a floor, and no
+    import (module-level, local or TYPE_CHECKING) goes up a floor."""
+    floors = floors_from_doc(ARCHITECTURE.read_text())
+    graph = import_graph(SHIM)
+    unplaced = sorted(m for m in graph if m != "shim" and _floor_of(m, floors) is None)
+    assert not unplaced, f"modules docs/architecture.md does not place: {unplaced}"
+    upward = sorted(
+        f"{a} (floor {_floor_of(a, floors)}) -> {b} (floor {_floor_of(b, floors)})"
+        for a, targets in graph.items()
+        for b in targets
+        if a != "shim" and b != "shim" and _floor_of(a, floors) < _floor_of(b, floors)  # type: ignore[operator]
+    )
+    assert not upward, "imports going up a floor:\n" + "\n".join(upward)
