@@ -208,7 +208,7 @@ run_suite() {
     rm -rf "$work" "$tmp"
 }
 
-result_of() { awk -v t="$2" '$1 == t {print $2; exit}' "$results_dir/$1.results" 2>/dev/null; }
+result_of() { awk -v t="$2" '$1 == t {print $2; exit}' "$results_dir/$1.results" 2>/dev/null || true; }
 
 # A test's cell in the table: its result, "-" for none, and after ">" the retry's result.
 cell() {
