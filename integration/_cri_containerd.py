@@ -136,6 +136,7 @@ version = 2
         Root = "{runc_root}"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.pyrunc]
       runtime_type = "io.containerd.pyrunc.v2"
+      container_annotations = ["io.pyrunc.restore.*"]
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{cni_bin}"
     conf_dir = "{cni_conf}"
@@ -161,6 +162,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
         Root = "{runc_root}"
     [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.pyrunc]
       runtime_type = "io.containerd.pyrunc.v2"
+      container_annotations = ["io.pyrunc.restore.*"]
     [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.pyrunc-rp]
       runtime_type = "io.containerd.runc.v2"
       runtime_path = "{shim}"

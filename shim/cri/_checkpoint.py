@@ -46,7 +46,7 @@ from ._dumps import config_dump, status_dump, status_record
 from ._errors import CriError, DeadlineExceeded, FailedPrecondition, NotFound, Upstream
 from ._options import checkpoint_options
 
-__all__ = ["CheckpointSettings", "Checkpointer"]
+__all__ = ["CheckpointSettings", "Checkpointer", "Clock"]
 
 _MARGIN_FRACTION: Final = 0.1
 _MARGIN_MAX: Final = 5.0
@@ -63,7 +63,7 @@ class CheckpointSettings:
     criu: str = "criu"
 
 
-class _Clock:
+class Clock:
     """The caller's deadline (None = none) as a monotonic instant."""
 
     def __init__(self, remaining: float | None) -> None:
@@ -111,7 +111,7 @@ class Checkpointer:
         Raises:
             CriError: everything that goes wrong, typed (see the module doc).
         """
-        clock = _Clock(remaining)
+        clock = Clock(remaining)
         location = check_location(str(request.location))
         if not request.container_id:
             raise NotFound("container_id: empty")
@@ -155,7 +155,7 @@ class Checkpointer:
         finally:
             _remove(stage)
 
-    def _dump(self, cid: str, options: Any, clock: _Clock, *, was_paused: bool) -> None:
+    def _dump(self, cid: str, options: Any, clock: Clock, *, was_paused: bool) -> None:
         budget = clock.for_dump()
         until = None if budget is None else time.monotonic() + budget
         try:

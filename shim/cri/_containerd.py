@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,10 +28,11 @@ from shim.api.containerd.services.diff.v1 import diff_pb2, diff_pb2_grpc
 from shim.api.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
 from shim.api.containerd.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
 from shim.api.containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+from shim.api.containerd.types import descriptor_pb2
 from shim.api.containerd.types.task import task_pb2
 from shim.api.k8s.cri.runtime.v1 import api_pb2, api_pb2_grpc
 
-from ._errors import NotFound, Upstream
+from ._errors import Internal, NotFound, Upstream
 
 __all__ = [
     "LAYER_GZIP",
@@ -44,6 +46,7 @@ LEASE_HEADER: Final = "containerd-lease"
 LAYER_GZIP: Final = "application/vnd.oci.image.layer.v1.tar+gzip"
 _LEASE_EXPIRY: Final = datetime.timedelta(hours=1)
 _SHORT: Final = 30.0  # seconds for calls that only read metadata
+_BLOB_CHUNK: Final = 1 << 20
 
 T = TypeVar("T")
 
@@ -80,6 +83,7 @@ class Containerd:
         self._content = content_pb2_grpc.ContentStub(channel)
         self._leases = leases_pb2_grpc.LeasesStub(channel)
         self.runtime = api_pb2_grpc.RuntimeServiceStub(channel)
+        self.images = api_pb2_grpc.ImageServiceStub(channel)
         self._lease = ""
         self._major: int | None = None
 
@@ -219,3 +223,115 @@ class Containerd:
                     f.write(chunk.data)
         except grpc.RpcError as exc:
             raise Upstream.from_rpc(exc, f"reading {desc.digest}") from None
+
+    # Restore ----------------------------------------------------------------------------------
+
+    def image_status(self, image: str) -> Any:
+        """CRI ImageStatus of ``image`` (the Image message, or None when it is not here)."""
+        try:
+            resp = self.images.ImageStatus(
+                api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=image)),
+                timeout=_SHORT)
+        except grpc.RpcError as exc:
+            raise Upstream.from_rpc(exc, f"image {image}") from None
+        return resp.image if resp.HasField("image") and resp.image.id else None
+
+    def pull_image(self, image: str, sandbox_config: Any, timeout: float | None) -> str:
+        """CRI PullImage; returns the image reference containerd gives."""
+        try:
+            resp = self.images.PullImage(
+                api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=image),
+                                         sandbox_config=sandbox_config),
+                timeout=timeout)
+        except grpc.RpcError as exc:
+            raise Upstream.from_rpc(exc, f"pulling {image}") from None
+        return str(resp.image_ref)
+
+    def create_container(self, request: Any, timeout: float | None) -> str:
+        """CRI CreateContainer; returns the new container's id."""
+        try:
+            return str(self.runtime.CreateContainer(request, timeout=timeout).container_id)
+        except grpc.RpcError as exc:
+            raise Upstream.from_rpc(exc) from None
+
+    def remove_container(self, cid: str) -> None:
+        """CRI RemoveContainer (a container that is gone already is fine)."""
+        try:
+            self.runtime.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid),
+                                         timeout=_SHORT * 2)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise Upstream.from_rpc(exc, f"removing container {cid}") from None
+
+    def list_annotations(self) -> list[dict[str, str]]:
+        """The annotations of every CRI container."""
+        try:
+            resp = self.runtime.ListContainers(api_pb2.ListContainersRequest(), timeout=_SHORT)
+        except grpc.RpcError as exc:
+            raise Upstream.from_rpc(exc, "listing containers") from None
+        return [dict(c.annotations) for c in resp.containers]
+
+    def read_blob(self, digest: str, limit: int) -> bytes:
+        """A small blob (an index, a manifest) from the content store, at most ``limit`` bytes.
+
+        Raises:
+            Upstream: containerd refused (NotFound: not in the store).
+            Internal: the blob is larger than ``limit``.
+        """
+        data = bytearray()
+        try:
+            for chunk in self._content.Read(content_pb2.ReadContentRequest(digest=digest),
+                                            metadata=self._md(), timeout=_SHORT):
+                data += chunk.data
+                if len(data) > limit:
+                    raise Internal(f"blob {digest} is larger than {limit} bytes")
+        except grpc.RpcError as exc:
+            raise Upstream.from_rpc(exc, f"reading {digest}") from None
+        return bytes(data)
+
+    def save_blob(self, digest: str, out: Path, timeout: float | None) -> None:
+        """Blob ``digest`` into a new file ``out`` (mode 0600)."""
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in self._content.Read(content_pb2.ReadContentRequest(digest=digest),
+                                                metadata=self._md(), timeout=timeout):
+                    f.write(chunk.data)
+        except grpc.RpcError as exc:
+            raise Upstream.from_rpc(exc, f"reading {digest}") from None
+
+    def write_blob(self, path: Path, digest: str, size: int, timeout: float | None,
+                   labels: dict[str, str] | None = None) -> None:
+        """File ``path`` into the content store as blob ``digest`` (Content/Write: chunks,
+        then commit). A blob that is there already is fine. Call inside :meth:`lease`."""
+        ref = f"pyrunc-cri-{uuid.uuid4().hex}"
+
+        def requests() -> Iterator[Any]:
+            offset = 0
+            with open(path, "rb") as f:
+                while chunk := f.read(_BLOB_CHUNK):
+                    yield content_pb2.WriteContentRequest(
+                        action=content_pb2.WRITE, ref=ref, total=size, expected=digest,
+                        offset=offset, data=chunk)
+                    offset += len(chunk)
+            yield content_pb2.WriteContentRequest(action=content_pb2.COMMIT, ref=ref,
+                                                  total=size, expected=digest, offset=offset,
+                                                  labels=labels or {})
+
+        try:
+            for _ in self._content.Write(requests(), metadata=self._md(), timeout=timeout):
+                pass
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise Upstream.from_rpc(exc, f"writing {digest}") from None
+
+    def apply_diff(self, record: ContainerRecord, digest: str, size: int, media_type: str,
+                   timeout: float | None) -> None:
+        """Diff/Apply of layer blob ``digest`` onto the container's snapshot (whiteouts
+        remove what they name). Call inside :meth:`lease`."""
+        sn, key = record.snapshotter, record.snapshot_key
+        mounts = self._call(f"snapshot {key}", self._snapshots.Mounts,
+                            snapshots_pb2.MountsRequest(snapshotter=sn, key=key)).mounts
+        desc = descriptor_pb2.Descriptor(media_type=media_type, digest=digest, size=size)
+        self._call(f"applying the rootfs diff to {key}", self._diff.Apply,
+                   diff_pb2.ApplyRequest(diff=desc, mounts=list(mounts)), timeout=timeout)

@@ -74,9 +74,11 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
             return None
         if method in self._streaming:
             return grpc.unary_stream_rpc_method_handler(self._stream(method))
-        return grpc.unary_unary_rpc_method_handler(self._unary(method))
+        return grpc.unary_unary_rpc_method_handler(self.unary(method))
 
-    def _unary(self, method: str) -> Callable[[bytes, grpc.ServicerContext], bytes]:
+    def unary(self, method: str) -> Callable[[bytes, grpc.ServicerContext], bytes]:
+        """The forwarding handler of unary ``method`` (also for a handler that forwards only
+        some of its calls)."""
         call = self._channel.unary_unary(method)
 
         def forward(request: bytes, context: grpc.ServicerContext) -> bytes:

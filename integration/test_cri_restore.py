@@ -1,0 +1,258 @@
+"""Kubernetes restore through ``pyrunc cri serve``: CreateContainer from a checkpoint.
+
+A kubelet stand-in (:mod:`integration._cri_kubelet`) checkpoints a container of pod A, removes
+pod A, and creates the container in pod B with the archive's path (or a checkpoint image) as its
+image, then starts it: the shim restores it. Setups: containerd 1.6.20 and 2.1.9, each behind
+the endpoint, pods on ``io.containerd.pyrunc.v2``; pods with CNI bridge networking and with
+hostNetwork.
+
+Every pod, container, CNI bridge and containerd instance is removed at the end, also on failure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from shim.api.k8s.cri.runtime.v1 import api_pb2
+
+from ._cri_containerd import CriContainerd, Version
+from ._cri_endpoint import Endpoint
+from ._cri_kubelet import RUNTIME_REQUEST_TIMEOUT, Kubelet, Pod, checkpoint_location
+from .harness import IMAGE_REF, wait_until
+
+SETUPS = {
+    "ctrd16-endpoint": Version.V1_6,
+    "ctrd21-endpoint": Version.V2_1,
+}
+COUNTER_SCRIPT = "echo hi > /new; rm /etc/group; exec counter"
+HANDLER = "pyrunc"
+_LOG_LINE = re.compile(r"^\S+ (stdout|stderr) [FP] (.*)$")
+
+
+@dataclass
+class Node:
+    """One containerd behind our endpoint, and the stand-in on the endpoint."""
+
+    name: str
+    containerd: CriContainerd
+    endpoint: Endpoint
+    kubelet: Kubelet
+    scratch: Path
+
+
+@pytest.fixture(scope="module")
+def daemons() -> Iterator[dict[Version, tuple[CriContainerd, Endpoint]]]:
+    started: dict[Version, tuple[CriContainerd, Endpoint]] = {}
+    try:
+        yield started
+    finally:
+        problems: list[str] = []
+        for daemon, endpoint in started.values():
+            endpoint.stop()
+            problems += daemon.stop()
+        if problems:
+            print("\nCRI containerd teardown:", *problems, sep="\n  ")
+
+
+def _start(version: Version) -> tuple[CriContainerd, Endpoint]:
+    daemon = CriContainerd.start(version)
+    try:
+        return daemon, Endpoint.start(daemon.address)
+    except BaseException:
+        daemon.stop()
+        raise
+
+
+@pytest.fixture(params=list(SETUPS))
+def node(request: pytest.FixtureRequest,
+         daemons: dict[Version, tuple[CriContainerd, Endpoint]],
+         tmp_path: Path) -> Iterator[Node]:
+    version = SETUPS[request.param]
+    if version not in daemons:
+        daemons[version] = _start(version)
+    daemon, endpoint = daemons[version]
+    with Kubelet.connect(endpoint.uri) as kubelet:
+        yield Node(request.param, daemon, endpoint, kubelet, tmp_path)
+        problems = kubelet.remove_everything()
+        assert not problems, problems
+        assert_nothing_left(endpoint)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def assert_nothing_left(endpoint: Endpoint) -> None:
+    """No unpacked checkpoint or staging left in the endpoint's work dir."""
+    restore = endpoint.work_dir / "restore"
+    left = sorted(os.listdir(restore)) if restore.exists() else []
+    assert left == [], left
+    assert [p for p in endpoint.staged() if p != "restore"] == []
+
+
+def log_lines(kubelet: Kubelet, cid: str) -> list[str]:
+    path = kubelet.container_status(cid).log_path
+    try:
+        text = Path(path).read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    return [m[2] for line in text.splitlines() if (m := _LOG_LINE.match(line))]
+
+
+def counts(kubelet: Kubelet, cid: str) -> list[int]:
+    return [int(x) for x in log_lines(kubelet, cid) if x.isdigit()]
+
+
+def last_count(kubelet: Kubelet, cid: str) -> int:
+    numbers = counts(kubelet, cid)
+    return numbers[-1] if numbers else -1
+
+
+def create(kubelet: Kubelet, pod: Pod, name: str, image: str, *, attempt: int = 0) -> str:
+    """CreateContainer as kubelet sends it for a container whose image is ``image``."""
+    config = api_pb2.ContainerConfig(
+        metadata=api_pb2.ContainerMetadata(name=name, attempt=attempt),
+        image=api_pb2.ImageSpec(image=image),
+        working_dir="/",
+        envs=[api_pb2.KeyValue(key="POD_NAME", value=pod.name.encode())],
+        labels={"io.kubernetes.container.name": name, "io.kubernetes.pod.name": pod.name,
+                "io.kubernetes.pod.namespace": pod.namespace, "io.kubernetes.pod.uid": pod.uid},
+        annotations={"io.kubernetes.container.restartCount": str(attempt),
+                     "io.kubernetes.container.hash": "restored-hash",
+                     "io.kubernetes.container.terminationMessagePath": ""},
+        log_path=f"{name}/{attempt}.log",
+        linux=api_pb2.LinuxContainerConfig(
+            security_context=api_pb2.LinuxContainerSecurityContext(
+                namespace_options=pod.config.linux.security_context.namespace_options)),
+    )
+    (pod.log_directory / name).mkdir(parents=True, exist_ok=True)
+    resp = kubelet.runtime.CreateContainer(
+        api_pb2.CreateContainerRequest(pod_sandbox_id=pod.id, config=config,
+                                       sandbox_config=pod.config),
+        timeout=RUNTIME_REQUEST_TIMEOUT)
+    pod.containers[name] = str(resp.container_id)
+    return str(resp.container_id)
+
+
+def start(kubelet: Kubelet, cid: str) -> None:
+    kubelet.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid),
+                                   timeout=RUNTIME_REQUEST_TIMEOUT)
+
+
+def kill(kubelet: Kubelet, cid: str) -> None:
+    """The process is killed (StopContainer with no grace: SIGKILL); its exit is reported."""
+    kubelet.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=0),
+                                  timeout=RUNTIME_REQUEST_TIMEOUT)
+    status = kubelet.container_status(cid)
+    assert status.state == api_pb2.ContainerState.CONTAINER_EXITED, status
+    assert status.exit_code == 137, status
+
+
+def run_counter(node: Node, pod_name: str, host_network: bool) -> tuple[Pod, str]:
+    pod = node.kubelet.run_pod(pod_name, host_network=host_network, runtime_handler=HANDLER)
+    cid = node.kubelet.create_container(pod, "counter", IMAGE_REF,
+                                        ["/bin/sh", "-c", COUNTER_SCRIPT])
+    wait_until(lambda: last_count(node.kubelet, cid) >= 3, 20, message="the counter to count")
+    return pod, cid
+
+
+@dataclass(frozen=True)
+class Checkpointed:
+    archive: Path
+    before: int  # the count before the checkpoint
+    after: int  # the count right after it
+
+
+def checkpoint_counter(node: Node, host_network: bool) -> Checkpointed:
+    """Pod A's counter checkpointed; pod A removed."""
+    pod, cid = run_counter(node, "counter-a", host_network)
+    before = last_count(node.kubelet, cid)
+    location = checkpoint_location(node.scratch, pod.name, pod.namespace, "counter")
+    node.kubelet.checkpoint(cid, location)
+    after = last_count(node.kubelet, cid)
+    node.kubelet.remove_pod(pod.id)
+    return Checkpointed(location, before, after)
+
+
+def assert_restored_counter(node: Node, cid: str, ck: Checkpointed) -> None:
+    """Running, marked restored, counting on from the checkpointed value, rootfs changes
+    kept, ExecSync works."""
+    kubelet = node.kubelet
+    status = kubelet.container_status(cid)
+    assert status.state == api_pb2.ContainerState.CONTAINER_RUNNING, status
+    assert status.annotations["restored"] == "true", dict(status.annotations)
+    assert status.annotations["checkpointedAt"], dict(status.annotations)
+    wait_until(lambda: len(counts(kubelet, cid)) >= 3, 20, message="the restored counter")
+    first = counts(kubelet, cid)[0]
+    assert ck.before < first <= ck.after + 2, (ck, counts(kubelet, cid)[:5])
+    seen = last_count(kubelet, cid)
+    wait_until(lambda: last_count(kubelet, cid) > seen + 2, 10, message="counting on")
+    new = kubelet.exec_sync(cid, ["cat", "/new"])
+    assert new.exit_code == 0 and new.stdout == b"hi\n", new
+    gone = kubelet.exec_sync(cid, ["ls", "/etc/group"])
+    assert gone.exit_code != 0, gone
+
+
+# --- restore from an archive -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("network", ["cni", "host"])
+def test_restore_counter_from_archive(node: Node, network: str) -> None:
+    """Pod B gets pod A's counter back from the archive's path; killed, a new
+    CreateContainer from the same image restores it again."""
+    host = network == "host"
+    ck = checkpoint_counter(node, host)
+    pod = node.kubelet.run_pod("counter-b", host_network=host, runtime_handler=HANDLER)
+    cid = create(node.kubelet, pod, "counter", str(ck.archive))
+    assert node.kubelet.container_status(cid).state == api_pb2.ContainerState.CONTAINER_CREATED
+    start(node.kubelet, cid)
+    assert_restored_counter(node, cid, ck)
+    if not host:  # restored into pod B's own network namespace
+        sandbox = node.kubelet.runtime.PodSandboxStatus(
+            api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod.id), timeout=30).status
+        addr = node.kubelet.exec_sync(cid, ["cat", "/proc/net/fib_trie"])
+        assert sandbox.network.ip.encode() in addr.stdout, (sandbox.network.ip, addr)
+
+    kill(node.kubelet, cid)
+    again = create(node.kubelet, pod, "counter", str(ck.archive), attempt=1)
+    start(node.kubelet, again)
+    assert_restored_counter(node, again, ck)
+    assert node.kubelet.container_status(again).metadata.attempt == 1
+
+
+def test_restore_memfill_64mib(node: Node) -> None:
+    """64 MiB of memory come back intact: verify ok, no new ``filled`` line."""
+    kubelet = node.kubelet
+    pod = kubelet.run_pod("memfill-a", host_network=False, runtime_handler=HANDLER)
+    cid = kubelet.create_container(pod, "memfill", IMAGE_REF, ["memfill", "64", "7"])
+    wait_until(lambda: "filled 64 MiB" in log_lines(kubelet, cid), 30, message="memfill")
+    location = checkpoint_location(node.scratch, pod.name, pod.namespace, "memfill")
+    kubelet.checkpoint(cid, location)
+    kubelet.remove_pod(pod.id)
+
+    pod_b = kubelet.run_pod("memfill-b", host_network=False, runtime_handler=HANDLER)
+    restored = create(kubelet, pod_b, "memfill", str(location))
+    start(kubelet, restored)
+    kubelet.exec_sync(restored, ["kill", "-USR1", "1"])
+    wait_until(lambda: "verify ok 64 MiB" in log_lines(kubelet, restored), 30,
+               message="the restored memfill to verify")
+    assert not [x for x in log_lines(kubelet, restored) if x.startswith("filled")]
+
+
+def test_not_a_checkpoint_is_forwarded(node: Node) -> None:
+    """An ordinary image and a missing path are containerd's business, unchanged."""
+    pod = node.kubelet.run_pod("plain", host_network=True, runtime_handler=HANDLER)
+    cid = node.kubelet.create_container(pod, "counter", IMAGE_REF, ["counter"])
+    status = node.kubelet.container_status(cid)
+    assert "restored" not in status.annotations
+    with pytest.raises(grpc.RpcError) as info:
+        create(node.kubelet, pod, "nothing", str(node.scratch / "missing.tar"))
+    assert "missing.tar" in (info.value.details() or "")
+    time.sleep(0)

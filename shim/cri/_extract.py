@@ -1,0 +1,201 @@
+"""Reading a checkpoint archive someone else wrote: checked entry by entry, then unpacked.
+
+Strategy: archives are untrusted input. :func:`check_archive` reads every header first and
+refuses, with :class:`~shim.cri._errors.InvalidArgument` naming the entry, before anything is
+written: a tar that does not read to its end (truncated, corrupt, a compressed stream cut
+short), names that are absolute or hold ``..``, entries below a symlink, symlinks whose target
+is absolute or leads out of the archive, hard links to anything but an earlier regular file of
+the archive, device nodes, FIFOs and every other type but file, directory and symlink, a second
+entry with a name already used, and an archive without ``spec.dump``, ``config.dump`` or
+``checkpoint/inventory.img``. :func:`extract_archive` then writes the entries into a new
+private (0700) directory by hand, never following a link (``O_NOFOLLOW``/``O_EXCL``), modes
+without set-id bits; whatever fails, the directory is removed again. A leading ``./`` is
+accepted (CRI-O and Podman write one) and dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import shutil
+import stat
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Final
+
+from ._errors import InvalidArgument
+
+__all__ = ["REQUIRED_ENTRIES", "CheckedArchive", "check_archive", "extract_archive",
+           "remove_tree"]
+
+REQUIRED_ENTRIES: Final = ("spec.dump", "config.dump", "checkpoint/inventory.img")
+_CHUNK: Final = 1 << 20
+_COMPRESSED: Final = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz magic
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedArchive:
+    """An archive whose headers passed :func:`check_archive`: normalised names in order."""
+
+    path: Path
+    members: tuple[tuple[str, tarfile.TarInfo], ...]
+
+
+def _name(info: tarfile.TarInfo, what: str) -> str:
+    raw = info.name
+    name = raw[2:] if raw.startswith("./") else raw
+    name = name.rstrip("/")
+    if not name or name == ".":
+        raise InvalidArgument(f"{what}: entry {raw!r} has no name")
+    if "\0" in name or name.startswith("/"):
+        raise InvalidArgument(f"{what}: entry {raw!r} is an absolute path")
+    if ".." in name.split("/") or "" in name.split("/"):
+        raise InvalidArgument(f"{what}: entry {raw!r} leaves the archive ('..' or '//')")
+    return name
+
+
+def _inside(base: str, target: str) -> str | None:
+    """``target`` (relative to directory ``base``) normalised, or None if it leaves."""
+    joined = posixpath.normpath(posixpath.join(base, target))
+    if joined == ".." or joined.startswith("../") or joined.startswith("/"):
+        return None
+    return joined
+
+
+def _read_members(tar: tarfile.TarFile, what: str) -> list[tarfile.TarInfo]:
+    members: list[tarfile.TarInfo] = []
+    while True:
+        try:
+            info = tar.next()
+        except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+            after = f" after entry {members[-1].name!r}" if members else " at its first entry"
+            raise InvalidArgument(f"{what}: not a readable tar{after}: {exc}") from exc
+        if info is None:
+            return members
+        members.append(info)
+
+
+def check_archive(path: Path, what: str = "") -> CheckedArchive:
+    """Read and check every entry of the tar at ``path`` (see the module doc).
+
+    Raises:
+        InvalidArgument: the first fault found, naming the entry.
+    """
+    what = what or str(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            compressed = f.read(6).startswith(_COMPRESSED)
+        with tarfile.open(path, mode="r:*") as tar:
+            infos = _read_members(tar, what)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise InvalidArgument(f"{what}: not a readable tar archive: {exc}") from exc
+    checked: list[tuple[str, tarfile.TarInfo]] = []
+    kinds: dict[str, str] = {}
+    for info in infos:
+        name = _name(info, what)
+        if name in kinds:
+            raise InvalidArgument(f"{what}: entry {info.name!r} appears twice")
+        parent = posixpath.dirname(name)
+        while parent:
+            if kinds.get(parent) == "symlink":
+                raise InvalidArgument(f"{what}: entry {info.name!r} lies below a symlink")
+            if kinds.get(parent) == "file":
+                raise InvalidArgument(f"{what}: entry {info.name!r} lies below a file")
+            parent = posixpath.dirname(parent)
+        if info.isreg():
+            if not compressed and info.offset_data + info.size > size:
+                raise InvalidArgument(f"{what}: entry {info.name!r} is truncated")
+            kinds[name] = "file"
+        elif info.isdir():
+            kinds[name] = "dir"
+        elif info.issym():
+            target = info.linkname
+            if not target or target.startswith("/") or \
+                    _inside(posixpath.dirname(name), target) is None:
+                raise InvalidArgument(
+                    f"{what}: symlink {info.name!r} -> {target!r} points outside the archive")
+            kinds[name] = "symlink"
+        elif info.islnk():
+            target = info.linkname[2:] if info.linkname.startswith("./") else info.linkname
+            if target.startswith("/") or _inside("", target) != target or \
+                    kinds.get(target) != "file":
+                raise InvalidArgument(
+                    f"{what}: hard link {info.name!r} -> {info.linkname!r} points outside "
+                    "the archive's earlier files")
+            kinds[name] = "file"
+        else:
+            kind = {tarfile.CHRTYPE: "a character device", tarfile.BLKTYPE: "a block device",
+                    tarfile.FIFOTYPE: "a FIFO"}.get(info.type, f"of type {info.type!r}")
+            raise InvalidArgument(f"{what}: entry {info.name!r} is {kind}; not allowed")
+        checked.append((name, info))
+    for required in REQUIRED_ENTRIES:
+        if kinds.get(required) != "file":
+            raise InvalidArgument(f"{what}: no {required} in the archive; not a checkpoint")
+    return CheckedArchive(path, tuple(checked))
+
+
+def _copy(src: IO[bytes], fd: int, size: int) -> None:
+    left = size
+    while left > 0:
+        chunk = src.read(min(_CHUNK, left))
+        if not chunk:
+            raise InvalidArgument("archive ends inside an entry")
+        os.write(fd, chunk)
+        left -= len(chunk)
+
+
+def extract_archive(archive: CheckedArchive, parent: Path, prefix: str) -> Path:
+    """Unpack a checked archive into a new 0700 directory under ``parent``; returns it.
+
+    Raises:
+        InvalidArgument: the archive changed or ends early while unpacking.
+        OSError: writing failed (the directory is gone again either way).
+    """
+    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    dest = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        with tarfile.open(archive.path, mode="r:*") as tar:
+            for name, info in archive.members:
+                target = dest / name
+                if info.isdir():
+                    os.makedirs(target, mode=0o700, exist_ok=True)
+                    continue
+                target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                if info.issym():
+                    os.symlink(info.linkname, target)
+                elif info.islnk():
+                    link = info.linkname[2:] if info.linkname.startswith("./") \
+                        else info.linkname
+                    os.link(dest / link, target, follow_symlinks=False)
+                else:
+                    src = tar.extractfile(info)
+                    if src is None:
+                        raise InvalidArgument(f"entry {info.name!r} cannot be read")
+                    mode = stat.S_IMODE(info.mode) & 0o777
+                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                                 | os.O_NOFOLLOW, mode or 0o600)
+                    try:
+                        _copy(src, fd, info.size)
+                    finally:
+                        os.close(fd)
+            for name, info in archive.members:  # directory modes last (0700 to write)
+                if info.isdir():
+                    os.chmod(dest / name, (stat.S_IMODE(info.mode) & 0o777) | 0o700)
+    except (tarfile.TarError, EOFError) as exc:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise InvalidArgument(f"{archive.path}: unpacking failed: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    os.chmod(dest, 0o700)
+    return dest
+
+
+def remove_tree(path: Path) -> None:
+    """Remove an unpacked checkpoint (missing is fine)."""
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(path)

@@ -1,0 +1,338 @@
+"""CRI CreateContainer from a checkpoint: a container that is restored at StartContainer.
+
+Strategy (what CRI-O and containerd 2.1-2.3 do, but through containerd's API and CRI, so the
+same on containerd 1.6 to 2.x, and with the base image found locally first):
+
+1. The CRI image is a checkpoint if it is an existing file (an archive's path) or a local image
+   whose index or manifest marks one (:mod:`shim.cri._ocimage`); anything else is not ours
+   (the caller forwards the request unchanged).
+2. The archive (for an image: its one layer, copied out of the content store) is checked entry
+   by entry and unpacked into a private 0700 directory under ``<work dir>/restore``
+   (:mod:`shim.cri._extract`).
+3. The base image of ``config.dump`` (``rootfsImageName``, else ``rootfsImageRef``) is used if
+   containerd has it, else pulled through containerd's CRI.
+4. containerd's CRI creates the container from the base image, with the process (args, env,
+   cwd) and annotations of ``spec.dump`` and the new request's identity (pod, metadata, labels,
+   its own annotations: hash, restart count, log path); marked ``restored=true``,
+   ``checkpointedAt`` and ``checkpointImage`` as containerd 2.x marks it, and with
+   :data:`shim.bundle.RESTORE_ANNOTATION` naming the unpacked images: the shim's Create sees it
+   (containerd copies it into the OCI spec: the runtime's ``container_annotations``) and
+   restores at Start instead of creating. Every mount the checkpoint had must be in the new
+   request (CRI-O's rule; CRIU needs them all).
+5. ``rootfs-diff.tar`` goes into the content store and through containerd's Diff service onto
+   the new container's snapshot (whiteouts remove what they name), under a lease.
+
+Whatever fails, the container (if made) is removed and the directory is gone. The directory
+lives as long as the container: :meth:`Restorer.removed` after RemoveContainer, and every
+restore sweeps directories no container names any more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import grpc
+
+from shim.api.k8s.cri.runtime.v1 import api_pb2
+from shim.bundle import RESTORE_ANNOTATION
+
+from ._checkpoint import Clock
+from ._containerd import LAYER_GZIP, Containerd
+from ._errors import CriError, InvalidArgument, NotFound, Upstream
+from ._extract import check_archive, extract_archive, remove_tree
+from ._ocimage import INDEX_TYPES, archive_layer, manifest_of_index, parse_json
+
+__all__ = ["RESTORED_MARKS", "CheckpointMeta", "Restorer", "restore_request"]
+
+RESTORE_DIR: Final = "restore"
+RESTORED_MARKS: Final = ("restored", "checkpointedAt", "checkpointImage")
+_NOT_KEPT: Final = ("io.kubernetes.cri.", "io.kubernetes.cri-o.", "org.criu.",
+                    "io.pyrunc.restore.", *RESTORED_MARKS)
+_MAX_JSON: Final = 4 << 20
+_SWEEP_AGE: Final = 60.0  # seconds
+_SPEC_MOUNT_DEFAULTS: Final = frozenset({"/proc", "/dev", "/dev/pts", "/dev/mqueue", "/sys",
+                                         "/sys/fs/cgroup", "/dev/shm", "/etc/hosts",
+                                         "/etc/hostname", "/etc/resolv.conf",
+                                         "/dev/termination-log"})
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointMeta:
+    """What a restore reads from an unpacked archive."""
+
+    rootfs_image_name: str
+    rootfs_image_ref: str
+    checkpointed_time: str
+    spec: dict[str, Any]
+    mounts: tuple[str, ...]  # container paths of the checkpointed container's CRI mounts
+
+
+def _load(path: Path, what: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_JSON + 1)
+    except FileNotFoundError:
+        return {}
+    if len(data) > _MAX_JSON:
+        raise InvalidArgument(f"{what}: larger than {_MAX_JSON} bytes")
+    return parse_json(data, what)
+
+
+def read_meta(unpacked: Path) -> CheckpointMeta:
+    """``config.dump``, ``spec.dump`` and ``status.dump`` of an unpacked archive.
+
+    Raises:
+        InvalidArgument: malformed, or no base image named.
+    """
+    config = _load(unpacked / "config.dump", "config.dump")
+    spec = _load(unpacked / "spec.dump", "spec.dump")
+    status = _load(unpacked / "status.dump", "status.dump")
+    name = str(config.get("rootfsImageName") or config.get("rootfsImage") or "")
+    ref = str(config.get("rootfsImageRef") or "")
+    if not name and not ref:
+        raise InvalidArgument("config.dump: names no base image (rootfsImageName/Ref)")
+    if not isinstance(spec.get("process"), dict):
+        raise InvalidArgument("spec.dump: no process")
+    raw_mounts = status.get("mounts")
+    mounts = tuple(str(m.get("container_path", "")) for m in raw_mounts
+                   if isinstance(m, dict)) if isinstance(raw_mounts, list) else ()
+    return CheckpointMeta(name, ref, str(config.get("checkpointedTime", "")), spec,
+                          tuple(m for m in mounts if m))
+
+
+def restore_request(request: Any, meta: CheckpointMeta, *, base_image: str, images_dir: str,
+                    checkpoint_image: str) -> Any:
+    """containerd's CRI CreateContainer for the restore (see the module doc, step 4).
+
+    Raises:
+        InvalidArgument: a mount of the checkpoint is missing from the request.
+    """
+    new = api_pb2.CreateContainerRequest()
+    new.CopyFrom(request)
+    config = new.config
+    have = {m.container_path.rstrip("/") for m in config.mounts}
+    missing = [m for m in meta.mounts
+               if m.rstrip("/") not in have and m not in _SPEC_MOUNT_DEFAULTS]
+    if missing:
+        raise InvalidArgument(
+            f"the checkpoint has mounts at {', '.join(missing)}; the new container must have "
+            "them too")
+    process = meta.spec["process"]
+    config.image.Clear()
+    config.image.image = base_image
+    del config.command[:]
+    config.command.extend(str(a) for a in process.get("args") or [])
+    del config.args[:]
+    config.working_dir = str(process.get("cwd") or config.working_dir)
+    env = [str(e) for e in process.get("env") or []]
+    if env:
+        del config.envs[:]
+        for item in env:
+            key, _, value = item.partition("=")
+            config.envs.add(key=key, value=value.encode())
+    raw = meta.spec.get("annotations")
+    annotations = {str(k): str(v) for k, v in raw.items()
+                   if not str(k).startswith(_NOT_KEPT)} if isinstance(raw, dict) else {}
+    annotations.update(dict(request.config.annotations))
+    annotations.update({
+        "restored": "true",
+        "checkpointedAt": meta.checkpointed_time,
+        "checkpointImage": checkpoint_image,
+        RESTORE_ANNOTATION: images_dir,
+    })
+    config.ClearField("annotations")
+    config.annotations.update(annotations)
+    return new
+
+
+def _digest(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return f"sha256:{h.hexdigest()}", size
+
+
+def _layer_type(path: Path) -> str:
+    with open(path, "rb") as f:
+        return LAYER_GZIP if f.read(2) == b"\x1f\x8b" else "application/vnd.oci.image.layer.v1.tar"
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """Where a checkpoint comes from: an archive file, or an image's layer blob."""
+
+    archive: Path | None = None
+    layer_digest: str = ""
+
+
+class Restorer:
+    """Serves CreateContainer from checkpoints against one containerd."""
+
+    def __init__(self, containerd: Containerd, work_dir: Path) -> None:
+        self._ctd = containerd
+        self._root = work_dir / RESTORE_DIR
+        self._lock = threading.Lock()
+        self._inflight: set[Path] = set()
+        self._kinds: dict[str, str] = {}  # image digest -> layer digest or "" (not ours)
+
+    # Is it a checkpoint? ------------------------------------------------------------------
+
+    def _source(self, image: str) -> _Source | None:
+        if image.startswith("/") and os.path.isfile(image):
+            return _Source(archive=Path(image))
+        if not image or image.startswith("/"):
+            return None
+        found = self._ctd.image_status(image)
+        if found is None or not found.repo_digests:
+            return None
+        digest = str(found.repo_digests[0]).rpartition("@")[2]
+        with self._lock:
+            known = self._kinds.get(digest)
+        if known is None:
+            known = self._layer_of(digest, image)
+            with self._lock:
+                self._kinds[digest] = known
+        return _Source(layer_digest=known) if known else None
+
+    def _layer_of(self, digest: str, image: str) -> str:
+        try:
+            top = parse_json(self._ctd.read_blob(digest, _MAX_JSON), image)
+        except Upstream as exc:
+            if exc.code == grpc.StatusCode.NOT_FOUND:
+                return ""
+            raise
+        index: dict[str, Any] | None = None
+        manifest = top
+        if top.get("mediaType") in INDEX_TYPES or "manifests" in top:
+            index = top
+            ref = manifest_of_index(top, image)
+            manifest = parse_json(self._ctd.read_blob(ref.digest, _MAX_JSON), image)
+        found = archive_layer(index, manifest, image)
+        return found.layer.digest if found is not None else ""
+
+    # CreateContainer ---------------------------------------------------------------------
+
+    def create(self, request: Any, remaining: float | None) -> Any | None:
+        """Create the container of ``request`` from its checkpoint image; None if the image
+        is not a checkpoint (the caller forwards the request as it is).
+
+        Raises:
+            CriError: typed (bad archive: InvalidArgument naming the entry).
+        """
+        clock = Clock(remaining)
+        image = str(request.config.image.image)
+        source = self._source(image)
+        if source is None:
+            return None
+        if not request.pod_sandbox_id:
+            raise NotFound("pod_sandbox_id: empty")
+        self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._sweep()
+        unpacked = self._unpack(source, image, clock)
+        try:
+            meta = read_meta(unpacked)
+            base = self._base_image(meta, request.sandbox_config, clock)
+            new = restore_request(request, meta, base_image=base,
+                                  images_dir=str(unpacked / "checkpoint"),
+                                  checkpoint_image=image)
+            cid = self._ctd.create_container(new, clock.left())
+            try:
+                self._apply_diff(cid, unpacked / "rootfs-diff.tar", clock)
+            except BaseException:
+                self._ctd.remove_container(cid)
+                raise
+        except BaseException:
+            remove_tree(unpacked)
+            raise
+        finally:
+            with self._lock:
+                self._inflight.discard(unpacked)
+        return api_pb2.CreateContainerResponse(container_id=cid)
+
+    def _unpack(self, source: _Source, image: str, clock: Clock) -> Path:
+        if source.archive is not None:
+            checked = check_archive(source.archive, image)
+            unpacked = extract_archive(checked, self._root, "ckpt-")
+        else:
+            blob_dir = Path(tempfile.mkdtemp(prefix="blob-", dir=self._root))
+            try:
+                blob = blob_dir / "layer"
+                self._ctd.save_blob(source.layer_digest, blob, clock.left())
+                checked = check_archive(blob, f"{image} (layer {source.layer_digest})")
+                unpacked = extract_archive(checked, self._root, "ckpt-")
+            finally:
+                shutil.rmtree(blob_dir, ignore_errors=True)
+        with self._lock:
+            self._inflight.add(unpacked)
+        return unpacked
+
+    def _base_image(self, meta: CheckpointMeta, sandbox_config: Any, clock: Clock) -> str:
+        for name in (meta.rootfs_image_name, meta.rootfs_image_ref):
+            if name and self._ctd.image_status(name) is not None:
+                return name
+        wanted = meta.rootfs_image_name or meta.rootfs_image_ref
+        self._ctd.pull_image(wanted, sandbox_config, clock.left())
+        return wanted
+
+    def _apply_diff(self, cid: str, diff: Path, clock: Clock) -> None:
+        if not diff.is_file() or diff.stat().st_size == 0:
+            return
+        digest, size = _digest(diff)
+        with self._ctd.lease():
+            self._ctd.write_blob(diff, digest, size, clock.left())
+            record = self._ctd.container(cid)
+            self._ctd.apply_diff(record, digest, size, _layer_type(diff), clock.left())
+
+    # The unpacked checkpoints' lifetime ------------------------------------------------------
+
+    def checkpoint_dir(self, cid: str) -> Path | None:
+        """The unpacked checkpoint container ``cid`` was made from (None: not ours)."""
+        try:
+            status = self._ctd.container_status(cid).status
+        except CriError:
+            return None
+        return self._ours(dict(status.annotations).get(RESTORE_ANNOTATION, ""))
+
+    def _ours(self, images_dir: str) -> Path | None:
+        if not images_dir:
+            return None
+        path = Path(images_dir).parent
+        return path if path.parent == self._root else None
+
+    def removed(self, unpacked: Path | None) -> None:
+        """After RemoveContainer: the container's unpacked checkpoint goes."""
+        if unpacked is not None:
+            remove_tree(unpacked)
+
+    def _sweep(self) -> None:
+        """Remove unpacked checkpoints that no container names (their container was removed
+        behind the endpoint's back) and blob copies of an endpoint that died."""
+        try:
+            named = {self._ours(a.get(RESTORE_ANNOTATION, ""))
+                     for a in self._ctd.list_annotations()}
+        except CriError:
+            return
+        with self._lock:
+            busy = set(self._inflight)
+        now = time.time()
+        for entry in self._root.iterdir():
+            if entry in named or entry in busy:
+                continue
+            try:  # one being unpacked right now is not in _inflight yet
+                if now - entry.lstat().st_mtime < _SWEEP_AGE:
+                    continue
+            except FileNotFoundError:
+                continue
+            remove_tree(entry)
+
