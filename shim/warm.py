@@ -27,6 +27,7 @@ import json
 import os
 import socket
 import sys
+import time
 
 TYPE_CHECKING = False  # (importing typing would cost start-up time; see shim.cli)
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 NAMESPACES = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
 _MAX_REQUEST = 1 << 20
 _TIMEOUT = 5.0
+_ORPHAN_CHECK = 60.0  # seconds between checks that the socket file is still this server's
 
 
 class Unavailable(Exception):
@@ -135,11 +137,32 @@ def in_host_namespaces() -> bool:
 # -- sockets ---------------------------------------------------------------------------
 
 
-def bind_unique(path: str, backlog: int = 64) -> tuple[socket.socket, int] | None:
+def bind_unique(
+    path: str, backlog: int = 64, *, lock: bool = False
+) -> tuple[socket.socket, int] | None:
     """Listen on ``path`` (mode 0600, in a 0700 directory), replacing a dead server's socket
     file; return the socket and the inode of its file, or None if a live server already
-    serves there. The file appears (by rename) only once the socket listens."""
+    serves there. The file appears (by rename) only once the socket listens.
+
+    With ``lock``, the check and the replacement hold ``<path>.lock`` (flock): two servers
+    starting together would otherwise both find no server, and the second would replace the
+    first one's fresh socket, leaving it serving a path nobody reaches (the shim's own socket
+    needs no lock: containerd starts one shim per group at a time).
+    """
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    if not lock:
+        return _bind_unique(path, backlog)
+    import fcntl
+
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return _bind_unique(path, backlog)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _bind_unique(path: str, backlog: int) -> tuple[socket.socket, int] | None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -166,6 +189,13 @@ def bind_unique(path: str, backlog: int = 64) -> tuple[socket.socket, int] | Non
             os.unlink(tmp)
         raise
     return sock, inode
+
+
+def _still_at(path: str, inode: int) -> bool:
+    try:
+        return os.stat(path).st_ino == inode
+    except FileNotFoundError:
+        return False
 
 
 def unlink_if_ours(path: str, inode: int) -> None:
@@ -265,21 +295,27 @@ def serve(
         ready: called once the socket is ours (e.g. to show the server's title: a server
             that finds another one serving exits without ever looking like one).
     """
-    bound = bind_unique(path)
+    bound = bind_unique(path, lock=True)
     if bound is None:
         return
     listener, inode = bound
     stamp, place = code_stamp(), where_am_i()  # requests meanwhile wait in the backlog
     if ready is not None:
         ready()
-    listener.settimeout(idle)
+    listener.settimeout(_ORPHAN_CHECK if idle is None else min(idle, _ORPHAN_CHECK))
     my_uid = os.geteuid()
+    last = time.monotonic()
     try:
         while True:
             try:
                 conn, _ = listener.accept()
             except TimeoutError:
-                return
+                if idle is not None and time.monotonic() - last >= idle:
+                    return
+                if not _still_at(path, inode):
+                    return  # replaced: nobody can reach this server any more
+                continue
+            last = time.monotonic()
             with conn:
                 conn.settimeout(_TIMEOUT)
                 try:

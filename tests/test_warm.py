@@ -186,3 +186,33 @@ def test_namespace_list_is_the_one_of_the_host_test() -> None:
     assert set(warm.where_am_i()) == {*warm.NAMESPACES, "cgroups"}
     assert "time" in warm.NAMESPACES
     assert isinstance(warm.in_host_namespaces(), bool)
+
+
+def test_a_server_whose_socket_was_replaced_ends(
+    sock_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An orphan (its socket file replaced by another server's) notices and exits."""
+    monkeypatch.setattr(warm, "_ORPHAN_CHECK", 0.1)
+    thread = threading.Thread(target=serve, args=(sock_path, lambda _: 1))
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not os.path.exists(sock_path):
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    time.sleep(0.3)
+    assert thread.is_alive()  # no idle limit: it keeps serving while the file is its own
+    os.unlink(sock_path)
+    other = bind_unique(sock_path)  # another server takes the path
+    assert other is not None
+    thread.join(5)
+    assert not thread.is_alive()
+    assert os.stat(sock_path).st_ino == other[1]  # the new server's file is left alone
+    other[0].close()
+
+
+def test_bind_unique_with_a_lock_serves_once(sock_path: str) -> None:
+    first = bind_unique(sock_path, lock=True)
+    assert first is not None
+    assert bind_unique(sock_path, lock=True) is None
+    assert os.path.exists(f"{sock_path}.lock")
+    first[0].close()
