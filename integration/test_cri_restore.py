@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -256,3 +258,45 @@ def test_not_a_checkpoint_is_forwarded(node: Node) -> None:
         create(node.kubelet, pod, "nothing", str(node.scratch / "missing.tar"))
     assert "missing.tar" in (info.value.details() or "")
     time.sleep(0)
+
+
+# --- restore from a checkpoint image ---------------------------------------------------------
+
+
+def build_image(node: Node, archive: Path, ref: str) -> str:
+    """``pyrunc checkpoint-image build ARCHIVE REF --import`` into this containerd's
+    ``k8s.io``; returns ``REF@DIGEST`` as it prints it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "shim.ctl", "checkpoint-image", "build", str(archive), ref,
+         "--import", "--containerd", f"unix://{node.containerd.address}",
+         "--ctr", node.containerd.ctr_binary],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.mark.parametrize("by", ["tag", "digest"])
+def test_restore_counter_from_checkpoint_image(node: Node, by: str) -> None:
+    """The same from a checkpoint image (tag or digest); the base image is only local."""
+    ck = checkpoint_counter(node, host_network=False)
+    ref = f"localhost/pyrunc-ck/counter:{by}"
+    pinned = build_image(node, ck.archive, ref)
+    assert pinned.startswith(f"{ref}@sha256:"), pinned
+    ck.archive.unlink()  # the image holds everything
+    image = ref if by == "tag" else f"localhost/pyrunc-ck/counter@{pinned.rpartition('@')[2]}"
+    try:
+        pod = node.kubelet.run_pod("counter-b", host_network=False, runtime_handler=HANDLER)
+        cid = create(node.kubelet, pod, "counter", image)
+        start(node.kubelet, cid)
+        assert_restored_counter(node, cid, ck)
+        assert node.kubelet.container_status(cid).annotations["checkpointImage"] == image
+        kill(node.kubelet, cid)
+        again = create(node.kubelet, pod, "counter", image, attempt=1)
+        start(node.kubelet, again)
+        assert_restored_counter(node, again, ck)
+    finally:
+        node.kubelet.remove_everything()
+        node.kubelet.images.RemoveImage(
+            api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=ref)), timeout=60)
+    names = node.containerd.ctr("images", "ls", "-q").stdout
+    assert "pyrunc-ck" not in names and pinned.rpartition("@")[2] not in names, names

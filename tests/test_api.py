@@ -30,6 +30,7 @@ MODULES = [
     "shim.api.containerd.services.containers.v1.containers_pb2",
     "shim.api.containerd.services.content.v1.content_pb2",
     "shim.api.containerd.services.diff.v1.diff_pb2",
+    "shim.api.containerd.services.images.v1.images_pb2",
     "shim.api.containerd.services.leases.v1.leases_pb2",
     "shim.api.containerd.services.snapshots.v1.snapshots_pb2",
     "shim.api.containerd.services.tasks.v1.tasks_pb2",

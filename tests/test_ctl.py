@@ -768,6 +768,7 @@ def test_grpc_stubs_only_for_containerd_grpc_services() -> None:
         "containerd/services/containers/v1/containers_pb2_grpc.py",
         "containerd/services/content/v1/content_pb2_grpc.py",
         "containerd/services/diff/v1/diff_pb2_grpc.py",
+        "containerd/services/images/v1/images_pb2_grpc.py",
         "containerd/services/leases/v1/leases_pb2_grpc.py",
         "containerd/services/snapshots/v1/snapshots_pb2_grpc.py",
         "containerd/services/tasks/v1/tasks_pb2_grpc.py",

@@ -11,7 +11,9 @@ calls to containerd), ``_criu`` (CRIU present and new enough), ``_errors``.
 Imports grpc: only the ``pyrunc`` tool loads this package, never the shim daemon.
 """
 
-from ._errors import CRIU_UNSUPPORTED
+from ._build import BuiltImage, build_layout, import_layout, temporary_layout
+from ._errors import CRIU_UNSUPPORTED, CriError
 from ._server import ServeConfig, serve
 
-__all__ = ["CRIU_UNSUPPORTED", "ServeConfig", "serve"]
+__all__ = ["CRIU_UNSUPPORTED", "BuiltImage", "CriError", "ServeConfig", "build_layout",
+           "import_layout", "serve", "temporary_layout"]

@@ -25,6 +25,7 @@ from google.protobuf.any_pb2 import Any as AnyMessage
 from shim.api.containerd.services.containers.v1 import containers_pb2, containers_pb2_grpc
 from shim.api.containerd.services.content.v1 import content_pb2, content_pb2_grpc
 from shim.api.containerd.services.diff.v1 import diff_pb2, diff_pb2_grpc
+from shim.api.containerd.services.images.v1 import images_pb2, images_pb2_grpc
 from shim.api.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
 from shim.api.containerd.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
 from shim.api.containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
@@ -82,6 +83,7 @@ class Containerd:
         self._diff = diff_pb2_grpc.DiffStub(channel)
         self._content = content_pb2_grpc.ContentStub(channel)
         self._leases = leases_pb2_grpc.LeasesStub(channel)
+        self._images = images_pb2_grpc.ImagesStub(channel)
         self.runtime = api_pb2_grpc.RuntimeServiceStub(channel)
         self.images = api_pb2_grpc.ImageServiceStub(channel)
         self._lease = ""
@@ -270,6 +272,18 @@ class Containerd:
         except grpc.RpcError as exc:
             raise Upstream.from_rpc(exc, "listing containers") from None
         return [dict(c.annotations) for c in resp.containers]
+
+    def image_target(self, name: str) -> str:
+        """Images/Get: the digest of image ``name``'s target (index or manifest); "" if
+        containerd has no image of that name."""
+        try:
+            image = self._images.Get(images_pb2.GetImageRequest(name=name),
+                                     metadata=self._md(), timeout=_SHORT).image
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return ""
+            raise Upstream.from_rpc(exc, f"image {name}") from None
+        return str(image.target.digest)
 
     def read_blob(self, digest: str, limit: int) -> bytes:
         """A small blob (an index, a manifest) from the content store, at most ``limit`` bytes.

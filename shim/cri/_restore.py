@@ -194,9 +194,16 @@ class Restorer:
         if not image or image.startswith("/"):
             return None
         found = self._ctd.image_status(image)
-        if found is None or not found.repo_digests:
+        if found is None:
             return None
-        digest = str(found.repo_digests[0]).rpartition("@")[2]
+        # CRI names every image it manages by its id too; repo digests are not always there
+        digest = ""
+        for name in (str(found.id), *found.repo_tags, *found.repo_digests):
+            digest = self._ctd.image_target(name)
+            if digest:
+                break
+        if not digest:
+            return None
         with self._lock:
             known = self._kinds.get(digest)
         if known is None:

@@ -24,7 +24,15 @@ from urllib.parse import urlsplit
 
 from shim.checkpoint.options import OPTIONS, CgroupMode, Kind, NetworkLock, Option
 
-from ._cri import CriServeCommand, add_cri_parser, cri_command
+from ._migrate import AgentCommand, MigrateCommand, add_migrate_parsers, migrate_command
+from ._cri import (
+    CheckpointImageCommand,
+    CriServeCommand,
+    add_checkpoint_image_parser,
+    add_cri_parser,
+    checkpoint_image_command,
+    cri_command,
+)
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -129,7 +137,9 @@ class TasksCommand:
     quiet: bool = False
 
 
-Command = CheckpointCommand | RestoreCommand | TasksCommand | CriServeCommand
+Command = (CheckpointCommand | RestoreCommand | TasksCommand | CriServeCommand
+           | CheckpointImageCommand
+           | MigrateCommand | AgentCommand)
 
 
 # --- argument types (argparse calls them; ValueError/ArgumentTypeError = usage error) ------
@@ -360,6 +370,8 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     _restore_parser(sub, env)
     _tasks_parser(sub, env)
     add_cri_parser(sub)
+    add_migrate_parsers(sub)
+    add_checkpoint_image_parser(sub)
     return parser
 
 
@@ -402,6 +414,10 @@ def parse_args(
                    else ns.address, namespace=ns.namespace)
     if ns.command == "cri":
         return cri_command(ns)
+    if ns.command in ("migrate", "agent"):
+        return migrate_command(ns, glob.address, glob.namespace)
+    if ns.command == "checkpoint-image":
+        return checkpoint_image_command(ns, here)
     if ns.command == "checkpoint":
         options: dict[str, Any] = {
             o.dest: _option_value(o, getattr(ns, o.dest), here) for o in OPTIONS if o.flag

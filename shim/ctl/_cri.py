@@ -17,9 +17,13 @@ __all__ = [
     "DEFAULT_CRI_CONTAINERD",
     "DEFAULT_CRI_LISTEN",
     "DEFAULT_CRI_WORK_DIR",
+    "CheckpointImageCommand",
     "CriServeCommand",
+    "add_checkpoint_image_parser",
     "add_cri_parser",
+    "checkpoint_image_command",
     "cri_command",
+    "run_checkpoint_image",
     "run_cri",
 ]
 
@@ -93,3 +97,78 @@ def run_cri(cmd: CriServeCommand) -> int:
     except OSError as exc:
         print(f"pyrunc cri serve: {exc.strerror or exc}", file=sys.stderr)
         return 1
+
+
+# --- pyrunc checkpoint-image build -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointImageCommand:
+    """``pyrunc checkpoint-image build ARCHIVE REF [--import | --output FILE]``."""
+
+    archive: str
+    ref: str
+    output: str = ""  # an OCI layout tar to write; "" = import into containerd
+    address: str = DEFAULT_CRI_CONTAINERD
+    namespace: str = "k8s.io"
+    ctr: str = "ctr"
+
+
+def add_checkpoint_image_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``checkpoint-image build`` to the ``pyrunc`` subcommands."""
+    p = sub.add_parser(
+        "checkpoint-image", help="build a checkpoint OCI image from a checkpoint archive",
+        description="Checkpoint OCI images (Kubernetes' restore from an image).")
+    images = p.add_subparsers(dest="image_command", metavar="COMMAND", required=True)
+    b = images.add_parser(
+        "build", help="an OCI image holding ARCHIVE, annotated as a checkpoint",
+        description="Build an OCI image whose one layer is the checkpoint archive ARCHIVE, its "
+        "index and manifest annotated with org.criu.checkpoint.* and CRI-O's "
+        "io.kubernetes.cri-o.annotations.checkpoint.name; import it into containerd's CRI "
+        "namespace (--import, the default) or write it as an OCI layout tar (--output).")
+    b.add_argument("archive", metavar="ARCHIVE", help="a checkpoint archive (kubelet's .tar)")
+    b.add_argument("ref", metavar="REF", help="the image's name[:tag], e.g. localhost/ck:1")
+    to = b.add_mutually_exclusive_group()
+    to.add_argument("--import", dest="do_import", action="store_true",
+                    help="import into containerd (the default)")
+    to.add_argument("--output", "-o", metavar="FILE", default="",
+                    help="write an OCI layout tar instead")
+    b.add_argument("--containerd", type=_unix_uri, default=DEFAULT_CRI_CONTAINERD,
+                   metavar="URI", help=f"containerd's socket (default: {DEFAULT_CRI_CONTAINERD})")
+    b.add_argument("--cri-namespace", default="k8s.io", metavar="NS",
+                   help="containerd namespace to import into (default: k8s.io)")
+    b.add_argument("--ctr", default="ctr", metavar="PATH",
+                   help="the ctr binary that imports (default: ctr on PATH)")
+
+
+def checkpoint_image_command(ns: argparse.Namespace, cwd: str) -> CheckpointImageCommand:
+    """The command value of parsed ``checkpoint-image build`` arguments (paths absolute)."""
+    import os
+
+    output = os.path.normpath(os.path.join(cwd, ns.output)) if ns.output else ""
+    return CheckpointImageCommand(archive=os.path.normpath(os.path.join(cwd, ns.archive)),
+                                  ref=ns.ref, output=output, address=ns.containerd,
+                                  namespace=ns.cri_namespace, ctr=ns.ctr)
+
+
+def run_checkpoint_image(cmd: CheckpointImageCommand) -> int:
+    """Build (and import); prints ``REF@DIGEST``."""
+    from pathlib import Path
+
+    from shim.cri import CriError, build_layout, import_layout, temporary_layout  # loads grpc
+
+    try:
+        if cmd.output:
+            built = build_layout(Path(cmd.archive), cmd.ref, Path(cmd.output))
+        else:
+            layout = temporary_layout()
+            try:
+                built = build_layout(Path(cmd.archive), cmd.ref, layout)
+                import_layout(layout, cmd.address, cmd.namespace, cmd.ctr)
+            finally:
+                layout.unlink(missing_ok=True)
+    except (CriError, OSError) as exc:
+        print(f"pyrunc checkpoint-image build: {exc}", file=sys.stderr)
+        return 1
+    print(f"{built.ref}@{built.digest}")
+    return 0
