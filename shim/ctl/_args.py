@@ -24,7 +24,6 @@ from urllib.parse import urlsplit
 
 from shim.checkpoint.options import OPTIONS, CgroupMode, Kind, NetworkLock, Option
 
-from ._migrate import AgentCommand, MigrateCommand, add_migrate_parsers, migrate_command
 from ._cri import (
     CheckpointImageCommand,
     CriServeCommand,
@@ -138,8 +137,7 @@ class TasksCommand:
 
 
 Command = (CheckpointCommand | RestoreCommand | TasksCommand | CriServeCommand
-           | CheckpointImageCommand
-           | MigrateCommand | AgentCommand)
+           | CheckpointImageCommand)
 
 
 # --- argument types (argparse calls them; ValueError/ArgumentTypeError = usage error) ------
@@ -370,7 +368,6 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     _restore_parser(sub, env)
     _tasks_parser(sub, env)
     add_cri_parser(sub)
-    add_migrate_parsers(sub)
     add_checkpoint_image_parser(sub)
     return parser
 
@@ -414,8 +411,6 @@ def parse_args(
                    else ns.address, namespace=ns.namespace)
     if ns.command == "cri":
         return cri_command(ns)
-    if ns.command in ("migrate", "agent"):
-        return migrate_command(ns, glob.address, glob.namespace)
     if ns.command == "checkpoint-image":
         return checkpoint_image_command(ns, here)
     if ns.command == "checkpoint":
