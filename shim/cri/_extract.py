@@ -15,7 +15,10 @@ accepted (CRI-O and Podman write one) and dropped.
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
+import lzma
 import os
 import posixpath
 import shutil
@@ -78,6 +81,18 @@ def _read_members(tar: tarfile.TarFile, what: str) -> list[tarfile.TarInfo]:
         members.append(info)
 
 
+def _has_end_marker(path: Path, offset: int) -> bool:
+    """Whether a zero block follows the last entry (tarfile stops silently at a cut)."""
+    with open(path, "rb") as raw:
+        magic = raw.read(6)
+    opener = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ": lzma.open}.get(
+        next((m for m in (b"\x1f\x8b", b"BZh", b"\xfd7zXZ") if magic.startswith(m)), b""))
+    with (opener(path, "rb") if opener else open(path, "rb")) as f:  # type: ignore[operator]
+        f.seek(offset)
+        block = f.read(tarfile.BLOCKSIZE)
+    return len(block) == tarfile.BLOCKSIZE and not any(block)
+
+
 def check_archive(path: Path, what: str = "") -> CheckedArchive:
     """Read and check every entry of the tar at ``path`` (see the module doc).
 
@@ -91,8 +106,13 @@ def check_archive(path: Path, what: str = "") -> CheckedArchive:
             compressed = f.read(6).startswith(_COMPRESSED)
         with tarfile.open(path, mode="r:*") as tar:
             infos = _read_members(tar, what)
+            end = tar.offset
+        ended = _has_end_marker(path, end)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise InvalidArgument(f"{what}: not a readable tar archive: {exc}") from exc
+    if not ended:
+        after = f" after entry {infos[-1].name!r}" if infos else ""
+        raise InvalidArgument(f"{what}: the tar is cut short{after} (no end-of-archive block)")
     checked: list[tuple[str, tarfile.TarInfo]] = []
     kinds: dict[str, str] = {}
     for info in infos:

@@ -1,0 +1,140 @@
+"""Checkpoint archives as untrusted input (shim.cri._extract): every bad entry is refused,
+named, before anything is written; a good archive unpacks into a private directory."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import re
+import stat
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from shim.cri._errors import InvalidArgument
+from shim.cri._extract import check_archive, extract_archive
+
+GOOD = [("spec.dump", b'{"process":{}}'), ("config.dump", b"{}"),
+        ("checkpoint/inventory.img", b"inv"), ("checkpoint/pages-1.img", b"p" * 5000),
+        ("rootfs-diff.tar", b"")]
+
+
+def _file(name: str, data: bytes, mode: int = 0o644) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), mode
+    return info, data
+
+
+def _special(name: str, kind: bytes, link: str = "") -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    return info, b""
+
+
+def write_tar(path: Path, extra: list[tuple[tarfile.TarInfo, bytes]] = (),  # type: ignore[assignment]
+              base: list[tuple[str, bytes]] = GOOD) -> Path:
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        d = tarfile.TarInfo("checkpoint")
+        d.type, d.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(d)
+        for name, data in base:
+            info, body = _file(name, data)
+            tar.addfile(info, io.BytesIO(body))
+        for info, body in extra:
+            tar.addfile(info, io.BytesIO(body) if body else None)
+    return path
+
+
+def test_good_archive_unpacks_private(tmp_path: Path) -> None:
+    archive = write_tar(tmp_path / "a.tar", [
+        _file("checkpoint/setuid", b"x", 0o4755),
+        _special("checkpoint/link", tarfile.SYMTYPE, "pages-1.img"),
+        _special("checkpoint/hard", tarfile.LNKTYPE, "checkpoint/inventory.img"),
+    ])
+    out = extract_archive(check_archive(archive), tmp_path / "work", "ck-")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    assert (out / "checkpoint/pages-1.img").read_bytes() == b"p" * 5000
+    assert os.readlink(out / "checkpoint/link") == "pages-1.img"
+    assert (out / "checkpoint/hard").read_bytes() == b"inv"
+    assert stat.S_IMODE((out / "checkpoint/setuid").stat().st_mode) == 0o755  # no set-id
+    assert (out / "spec.dump").read_bytes() == b'{"process":{}}'
+
+
+def test_dot_slash_prefix_and_gzip_accepted(tmp_path: Path) -> None:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, data in GOOD:
+            info, body = _file(f"./{name}", data)
+            tar.addfile(info, io.BytesIO(body))
+    (tmp_path / "a.tar.gz").write_bytes(gzip.compress(raw.getvalue()))
+    out = extract_archive(check_archive(tmp_path / "a.tar.gz"), tmp_path / "w", "ck-")
+    assert (out / "checkpoint/inventory.img").read_bytes() == b"inv"
+
+
+BAD: list[tuple[str, list[tuple[tarfile.TarInfo, bytes]], str]] = [
+    ("dotdot", [_file("checkpoint/../../etc/x", b"x")], "checkpoint/../../etc/x"),
+    ("absolute", [_file("/etc/evil", b"x")], "/etc/evil"),
+    ("symlink out", [_special("checkpoint/out", tarfile.SYMTYPE, "../../etc")],
+     "checkpoint/out"),
+    ("symlink absolute", [_special("checkpoint/abs", tarfile.SYMTYPE, "/etc/passwd")],
+     "checkpoint/abs"),
+    ("below a symlink", [_special("checkpoint/d", tarfile.SYMTYPE, "."),
+                         _file("checkpoint/d/x", b"x")], "checkpoint/d/x"),
+    ("hard link out", [_special("checkpoint/h", tarfile.LNKTYPE, "/etc/shadow")],
+     "checkpoint/h"),
+    ("hard link to nothing", [_special("checkpoint/h", tarfile.LNKTYPE, "checkpoint/none")],
+     "checkpoint/h"),
+    ("char device", [_special("checkpoint/null", tarfile.CHRTYPE)], "checkpoint/null"),
+    ("block device", [_special("checkpoint/sda", tarfile.BLKTYPE)], "checkpoint/sda"),
+    ("fifo", [_special("checkpoint/fifo", tarfile.FIFOTYPE)], "checkpoint/fifo"),
+    ("twice", [_file("spec.dump", b"{}")], "spec.dump"),
+]
+
+
+@pytest.mark.parametrize(("extra", "entry"), [(e, n) for _, e, n in BAD],
+                         ids=[i for i, _, _ in BAD])
+def test_bad_entry_refused_by_name_nothing_written(
+        tmp_path: Path, extra: list[tuple[tarfile.TarInfo, bytes]], entry: str) -> None:
+    archive = write_tar(tmp_path / "a.tar", extra)
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(InvalidArgument, match=re.escape(f"'{entry}'")):
+        check_archive(archive)
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+@pytest.mark.parametrize("missing", ["spec.dump", "config.dump", "checkpoint/inventory.img"])
+def test_missing_required_entry(tmp_path: Path, missing: str) -> None:
+    archive = write_tar(tmp_path / "a.tar", base=[e for e in GOOD if e[0] != missing])
+    with pytest.raises(InvalidArgument, match=re.escape(f"no {missing}")):
+        check_archive(archive)
+
+
+CUTS: list[tuple[str, Callable[[bytes], bytes]]] = [
+    ("truncated in data", lambda b: b[:1536 + 2048]),
+    ("truncated in a header", lambda b: b[:512 * 7 + 100]),
+    ("garbage", lambda b: b"\x07" * 3000),
+    ("empty", lambda b: b""),
+    ("bad checksum", lambda b: b[:512] + bytes([b[512] ^ 0xFF]) + b[513:]),
+    ("gzip cut", lambda b: gzip.compress(b)[: len(gzip.compress(b)) // 2]),
+]
+
+
+@pytest.mark.parametrize("cut", [c for _, c in CUTS], ids=[i for i, _ in CUTS])
+def test_truncated_or_corrupt_refused(tmp_path: Path, cut: Callable[[bytes], bytes]) -> None:
+    whole = write_tar(tmp_path / "whole.tar").read_bytes()
+    (tmp_path / "bad.tar").write_bytes(cut(whole))
+    with pytest.raises(InvalidArgument, match=r"bad\.tar"):
+        check_archive(tmp_path / "bad.tar")
+
+
+def test_failed_unpack_leaves_nothing(tmp_path: Path) -> None:
+    archive = write_tar(tmp_path / "a.tar")
+    checked = check_archive(archive)
+    archive.write_bytes(archive.read_bytes()[:2048])  # changed after the check
+    work = tmp_path / "work"
+    with pytest.raises((InvalidArgument, OSError)):
+        extract_archive(checked, work, "ck-")
+    assert os.listdir(work) == []
