@@ -11,10 +11,14 @@ Every pod, container, CNI bridge and containerd instance is removed at the end, 
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -300,3 +304,93 @@ def test_restore_counter_from_checkpoint_image(node: Node, by: str) -> None:
             api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=ref)), timeout=60)
     names = node.containerd.ctr("images", "ls", "-q").stdout
     assert "pyrunc-ck" not in names and pinned.rpartition("@")[2] not in names, names
+
+
+# --- archives are untrusted input ------------------------------------------------------------
+
+
+def _entry(name: str, kind: bytes = tarfile.REGTYPE, link: str = "",
+           data: bytes = b"") -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.size = kind, link, len(data)
+    return info, data
+
+
+def _derive(good: Path, out: Path, *, drop: str = "",
+            extra: tuple[tuple[tarfile.TarInfo, bytes], ...] = ()) -> Path:
+    """The real archive ``good`` less entry ``drop``, plus ``extra`` entries."""
+    with tarfile.open(good) as src, tarfile.open(out, "w", format=tarfile.GNU_FORMAT) as dst:
+        for m in src:
+            if m.name == drop:
+                continue
+            dst.addfile(m, src.extractfile(m) if m.isfile() else None)
+        for info, data in extra:
+            dst.addfile(info, io.BytesIO(data) if data else None)
+    return out
+
+
+def _bad_archives(good: Path, scratch: Path, outside: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (archive, the text the refusal must name)."""
+    up = "../" * 12
+    made: dict[str, tuple[Path, str]] = {}
+
+    def bad(name: str, named: str, **kw: object) -> None:
+        made[name] = (_derive(good, scratch / f"{name}.tar", **kw), named)  # type: ignore[arg-type]
+
+    bad("dotdot", f"checkpoint/{up}{outside.relative_to('/')}/dotdot",
+        extra=(_entry(f"checkpoint/{up}{outside.relative_to('/')}/dotdot", data=b"x"),))
+    bad("absolute", f"{outside}/absolute", extra=(_entry(f"{outside}/absolute", data=b"x"),))
+    bad("symlink-out", "checkpoint/evil",
+        extra=(_entry("checkpoint/evil", tarfile.SYMTYPE, str(outside)),
+               _entry("checkpoint/evil/through", data=b"x")))
+    bad("hardlink-out", "checkpoint/shadow",
+        extra=(_entry("checkpoint/shadow", tarfile.LNKTYPE, "/etc/shadow"),))
+    bad("device", "checkpoint/null", extra=(_entry("checkpoint/null", tarfile.CHRTYPE),))
+    bad("fifo", "checkpoint/fifo", extra=(_entry("checkpoint/fifo", tarfile.FIFOTYPE),))
+    bad("no-spec", "spec.dump", drop="spec.dump")
+    bad("no-inventory", "checkpoint/inventory.img", drop="checkpoint/inventory.img")
+    whole = good.read_bytes()
+    (scratch / "truncated.tar").write_bytes(whole[: len(whole) // 2 + 100])
+    made["truncated"] = (scratch / "truncated.tar", "truncated.tar")
+    (scratch / "corrupt.tar").write_bytes(whole[:512] + b"\xff" * 4096 + whole[4608:])
+    made["corrupt"] = (scratch / "corrupt.tar", "corrupt.tar")
+    return made
+
+
+def _snapshots(node: Node) -> list[str]:
+    return sorted(node.containerd.ctr("snapshots", "ls").stdout.splitlines()[1:])
+
+
+def _leases(node: Node) -> list[str]:
+    return sorted(node.containerd.ctr("leases", "ls", "-q").stdout.split())
+
+
+def test_bad_archives_refused_nothing_left(node: Node) -> None:
+    """Each bad archive: InvalidArgument naming the entry; no container, snapshot, lease,
+    unpacked directory or file outside the scratch directory appears."""
+    ck = checkpoint_counter(node, host_network=True)
+    outside = Path(tempfile.mkdtemp(prefix="pyrunc-outside-", dir="/var/tmp"))
+    try:
+        archives = _bad_archives(ck.archive, node.scratch, outside)
+        pod = node.kubelet.run_pod("bad", host_network=True, runtime_handler=HANDLER)
+        snapshots, leases = _snapshots(node), _leases(node)
+        for name, (archive, named) in archives.items():
+            with pytest.raises(grpc.RpcError) as info:
+                create(node.kubelet, pod, "counter", str(archive))
+            err = info.value
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, err)
+            assert named in (err.details() or ""), (name, err.details())
+            containers = node.kubelet.runtime.ListContainers(
+                api_pb2.ListContainersRequest(), timeout=30).containers
+            assert list(containers) == [], name
+            assert _snapshots(node) == snapshots, name
+            assert _leases(node) == leases, name
+            assert os.listdir(outside) == [], name
+            assert_nothing_left(node.endpoint)
+        assert not Path("/etc/shadow").is_symlink()
+        # the good archive still restores in the same pod
+        cid = create(node.kubelet, pod, "counter", str(ck.archive))
+        start(node.kubelet, cid)
+        assert_restored_counter(node, cid, ck)
+    finally:
+        shutil.rmtree(outside, ignore_errors=True)
