@@ -394,3 +394,40 @@ def test_bad_archives_refused_nothing_left(node: Node) -> None:
         assert_restored_counter(node, cid, ck)
     finally:
         shutil.rmtree(outside, ignore_errors=True)
+
+
+# --- across nodes ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("source", "target"), [(Version.V1_6, Version.V2_1),
+                                                (Version.V2_1, Version.V1_6)],
+                         ids=["ctrd16-to-ctrd21", "ctrd21-to-ctrd16"])
+def test_restore_on_another_node(daemons: dict[Version, tuple[CriContainerd, Endpoint]],
+                                 tmp_path: Path, source: Version, target: Version) -> None:
+    """Checkpointed through one containerd (its own root, state and CNI network), restored
+    through another: the counter goes on in the other node's pod network."""
+    nodes: list[Node] = []
+    for version in (source, target):
+        if version not in daemons:
+            daemons[version] = _start(version)
+    with Kubelet.connect(daemons[source][1].uri) as a, Kubelet.connect(daemons[target][1].uri) as b:
+        node_a = Node("a", *daemons[source], a, tmp_path)
+        node_b = Node("b", *daemons[target], b, tmp_path)
+        nodes = [node_a, node_b]
+        try:
+            ck = checkpoint_counter(node_a, host_network=False)
+            pod = b.run_pod("counter-b", host_network=False, runtime_handler=HANDLER)
+            cid = create(b, pod, "counter", str(ck.archive))
+            start(b, cid)
+            assert_restored_counter(node_b, cid, ck)
+            sandbox = b.runtime.PodSandboxStatus(
+                api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod.id), timeout=30).status
+            addr = b.exec_sync(cid, ["cat", "/proc/net/fib_trie"])
+            assert sandbox.network.ip.encode() in addr.stdout, (sandbox.network.ip, addr)
+            assert node_a.containerd.dir != node_b.containerd.dir
+            assert node_a.containerd.bridge != node_b.containerd.bridge
+        finally:
+            for n in nodes:
+                problems = n.kubelet.remove_everything()
+                assert not problems, problems
+                assert_nothing_left(n.endpoint)
