@@ -89,6 +89,7 @@ generate() {
             containerd/services/ttrpc/*) ;;
             containerd/services/*) grpc_protos+=("$p") ;;
             k8s/*) grpc_protos+=("$p") ;;
+            pyrunc/migrate/*) grpc_protos+=("$p") ;;
         esac
     done
     if [[ ${#grpc_protos[@]} -gt 0 ]]; then

@@ -57,7 +57,7 @@ readonly OLD_SRC_FILE=/etc/apt/sources.list.d/containerd-shim-pyrunc-trixie-src.
 # `make criu`), python3-protobuf (crit), asciidoc/xmlto (man pages; pull in TeX).
 readonly PACKAGES=(
     containerd runc iptables nftables iproute2 busybox-static procps xz-utils util-linux mount
-    gcc binutils make pkg-config python3-venv mmdebstrap
+    gcc binutils make pkg-config python3-venv mmdebstrap openssl
     libprotobuf-c-dev protobuf-c-compiler protobuf-compiler libprotobuf-dev
     libnl-3-dev libnet1-dev libcap-dev uuid-dev
     libbsd-dev libnftables-dev libgnutls28-dev

@@ -43,6 +43,7 @@ MODULES = [
     "shim.api.criu.rpc_pb2",
     "shim.api.google.rpc.status_pb2",
     "shim.api.k8s.cri.runtime.v1.api_pb2",
+    "shim.api.pyrunc.migrate.v1.agent_pb2",
     "shim.api.pyrunc.v1.checkpoint_pb2",
     "shim.api.ttrpc.ttrpc_pb2",
 ]

@@ -773,6 +773,7 @@ def test_grpc_stubs_only_for_containerd_grpc_services() -> None:
         "containerd/services/snapshots/v1/snapshots_pb2_grpc.py",
         "containerd/services/tasks/v1/tasks_pb2_grpc.py",
         "k8s/cri/runtime/v1/api_pb2_grpc.py",
+        "pyrunc/migrate/v1/agent_pb2_grpc.py",
     ]
     for name in found:
         text = (api / name).read_text()

@@ -32,6 +32,7 @@ from ._cri import (
     checkpoint_image_command,
     cri_command,
 )
+from ._migrate import AgentCommand, MigrateCommand, add_migrate_parsers, migrate_command
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -137,7 +138,8 @@ class TasksCommand:
 
 
 Command = (CheckpointCommand | RestoreCommand | TasksCommand | CriServeCommand
-           | CheckpointImageCommand)
+           | CheckpointImageCommand
+           | MigrateCommand | AgentCommand)
 
 
 # --- argument types (argparse calls them; ValueError/ArgumentTypeError = usage error) ------
@@ -368,6 +370,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     _restore_parser(sub, env)
     _tasks_parser(sub, env)
     add_cri_parser(sub)
+    add_migrate_parsers(sub)
     add_checkpoint_image_parser(sub)
     return parser
 
@@ -411,6 +414,8 @@ def parse_args(
                    else ns.address, namespace=ns.namespace)
     if ns.command == "cri":
         return cri_command(ns)
+    if ns.command in ("migrate", "agent"):
+        return migrate_command(ns, glob.address, glob.namespace)
     if ns.command == "checkpoint-image":
         return checkpoint_image_command(ns, here)
     if ns.command == "checkpoint":

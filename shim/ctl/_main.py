@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from ._args import CheckpointCommand, Command, RestoreCommand, TasksCommand, parse_args
 from ._cri import CheckpointImageCommand, CriServeCommand, run_checkpoint_image, run_cri
 from ._errors import CtlError
+from ._migrate import AgentCommand, MigrateCommand, run_migrate
 
 __all__ = ["main", "run"]
 
@@ -28,6 +29,8 @@ def run(cmd: Command) -> int:
     """
     if isinstance(cmd, CriServeCommand):
         return run_cri(cmd)
+    if isinstance(cmd, (MigrateCommand, AgentCommand)):
+        return run_migrate(cmd)
     if isinstance(cmd, CheckpointImageCommand):
         return run_checkpoint_image(cmd)
     from ._client import connect

@@ -1,0 +1,395 @@
+"""``pyrunc agent``: receives migrations and restores them through the local containerd.
+
+Strategy: a synchronous grpcio server (a thread per call; nothing here runs on an asyncio
+loop). One :class:`_Receive` per Migrate stream owns everything that stream creates on this
+host - the staging directory, an imported image, the snapshot, the container record, the
+task - and :meth:`_Receive.rollback` removes all of it. The rule: until the source says
+Commit, the destination is provisional; a stream that fails or ends without Commit is rolled
+back, so a failed migration leaves nothing here. After Commit the container stays; the
+staging directory goes once the restore's ``criu lazy-pages`` has ended (post-copy reads
+the page map from it). Stale staging directories (an agent killed mid-transfer) are removed
+when the agent starts.
+
+Errors map to a gRPC status in one place, :func:`status_of`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import grpc
+from google.protobuf import any_pb2
+
+from shim.api.containerd.runc.options import oci_pb2
+from shim.api.containerd.services.containers.v1 import containers_pb2
+from shim.api.pyrunc.migrate.v1 import agent_pb2, agent_pb2_grpc
+from shim.api.pyrunc.v1 import checkpoint_pb2
+from shim.typeurl import pack, unpack
+
+from ._checks import cpuinfo_check, host_facts
+from ._containerd import connect, ctr
+from ._errors import ContainerdError, MigrateError, Refused, TransferFailed
+from ._stats import RestoreStats, StatsError, parse_stats
+from ._tls import TlsFiles, is_unix, server_credentials
+from ._transfer import TarSink, upper_dir
+
+__all__ = ["STAGE_PREFIX", "AgentConfig", "lazy_daemons", "serve", "status_of"]
+
+log = logging.getLogger("pyrunc.agent")
+
+STAGE_PREFIX: Final = "stage-"
+RESTORE_STATS: Final = "stats-restore"
+_RECEIVED_EVERY: Final = 8 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """``pyrunc agent`` settings."""
+
+    listen: tuple[str, ...]
+    containerd: str
+    work_dir: Path
+    criu: str = "criu"
+    tls: TlsFiles | None = None
+    insecure_tcp: bool = False
+    runtime_root: str = ""  # this host's runc root, when not the one the source used
+    cgroup_parent: str = ""  # re-parent restored containers' cgroups here
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status for an error of a call (the one mapping)."""
+    if isinstance(exc, Refused):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+    if isinstance(exc, ContainerdError):
+        code = getattr(grpc.StatusCode, exc.code, grpc.StatusCode.UNKNOWN)
+        return code, str(exc)
+    if isinstance(exc, MigrateError):
+        return grpc.StatusCode.ABORTED, str(exc)
+    return grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
+
+
+def lazy_daemons(images_dir: str) -> list[int]:
+    """Pids of ``criu lazy-pages`` processes serving from ``images_dir``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"lazy-pages" in argv and images_dir.encode() in argv:
+            found.append(int(name))
+    return found
+
+
+def _runtime_options(given: Any | None, root: str) -> Any | None:
+    """The container's runtime options for this host: as the source had them, with this
+    host's runc root when the agent has one configured."""
+    if not root:
+        return given
+    options = (unpack(given, oci_pb2.Options) if given is not None else None) or oci_pb2.Options()
+    options.root = root
+    return pack(options)
+
+
+def _spec(given: Any, parent: str) -> Any:
+    """The container's spec for this host: as the source had it, with its cgroup moved under
+    ``parent`` when the agent has one configured (a systemd-style path is left alone)."""
+    if not parent:
+        return given
+    spec = json.loads(given.value)
+    linux = spec.setdefault("linux", {})
+    path = str(linux.get("cgroupsPath", ""))
+    if ":" not in path:
+        name = path.rstrip("/").rsplit("/", 1)[-1] or "container"
+        linux["cgroupsPath"] = f"{parent.rstrip('/')}/{name}"
+    return any_pb2.Any(type_url=given.type_url, value=json.dumps(spec).encode())
+
+
+def _read_restore_stats(work: Path) -> RestoreStats:
+    try:
+        _, restore = parse_stats((work / RESTORE_STATS).read_bytes())
+    except (OSError, StatsError):
+        return RestoreStats()
+    return restore or RestoreStats()
+
+
+class _Receive:
+    """One incoming migration and everything it made on this host."""
+
+    def __init__(self, cfg: AgentConfig, begin: Any) -> None:
+        self.cfg = cfg
+        self.begin = begin
+        self.cid = str(begin.container_id)
+        self.stage = cfg.work_dir / f"{STAGE_PREFIX}{self.cid}-{uuid.uuid4().hex[:8]}"
+        self.images = self.stage / "images"
+        self.work = self.stage / "work"
+        self.image_tar = self.stage / "image.tar"
+        self.rootfs_tar = self.stage / "rootfs.tar"
+        self.imported = False
+        self.snapshot = False
+        self.container = False
+        self.task = False
+        for d in (self.images, self.work):
+            d.mkdir(parents=True, mode=0o700)
+        self._criu = TarSink(str(self.images))
+        self._files: dict[int, Any] = {}
+
+    def take(self, chunk: Any) -> None:
+        if chunk.part == agent_pb2.CRIU_IMAGES:
+            self._criu.write(chunk.data)
+            return
+        path = {agent_pb2.IMAGE: self.image_tar, agent_pb2.ROOTFS_DIFF: self.rootfs_tar}.get(
+            chunk.part)
+        if path is None:
+            raise MigrateError(f"unknown part {chunk.part}")
+        f = self._files.get(chunk.part)
+        if f is None:
+            f = self._files[chunk.part] = open(path, "wb")  # noqa: SIM115 (closed in end())
+        f.write(chunk.data)
+
+    def restore(self) -> agent_pb2.Restored:
+        """Everything arrived: image, snapshot, record, task. Raises on any failure (the
+        caller rolls back)."""
+        for f in self._files.values():
+            f.close()
+        self._criu.close()
+        b = self.begin
+        start = time.monotonic()
+        with connect(self.cfg.containerd, b.namespace) as cd:
+            if cd.has_container(self.cid):
+                raise Refused(f"container {self.cid} already exists on this host")
+            if self.image_tar.exists():
+                with open(self.image_tar, "rb") as f:
+                    proc = ctr(cd.address, b.namespace, "images", "import", "-", stdin=f)
+                if proc.returncode != 0:
+                    raise TransferFailed("importing the image failed: "
+                                         f"{proc.stderr.decode(errors='replace').strip()}")
+                self.imported = True
+            try:
+                mounts = cd.prepare(b.snapshotter, b.snapshot_key, b.parent_snapshot)
+            except ContainerdError as exc:
+                raise TransferFailed(f"preparing the rootfs on {b.parent_snapshot} failed "
+                                     f"({exc}); is the image {b.image} there?") from None
+            self.snapshot = True
+            if self.rootfs_tar.exists():
+                sink = TarSink(upper_dir(mounts))
+                with open(self.rootfs_tar, "rb") as f:
+                    while data := f.read(1 << 20):
+                        sink.write(data)
+                sink.close()
+            record = containers_pb2.Container(
+                id=self.cid, labels=dict(b.labels), image=b.image,
+                spec=_spec(b.spec, self.cfg.cgroup_parent),
+                snapshotter=b.snapshotter, snapshot_key=b.snapshot_key,
+                runtime=containers_pb2.Container.Runtime(name=b.runtime))
+            runtime_options = _runtime_options(
+                b.runtime_options if b.HasField("runtime_options") else None,
+                self.cfg.runtime_root)
+            if runtime_options is not None:
+                record.runtime.options.CopyFrom(runtime_options)
+            cd.create_container(record)
+            self.container = True
+            lazy = b.method == agent_pb2.LAZY
+            options = checkpoint_pb2.RestoreOptions(
+                image_path=str(self.images), work_path=str(self.work), lazy_pages=lazy,
+                page_server=b.page_server if lazy else "")
+            if runtime_options is not None:
+                options.runtime_options.CopyFrom(runtime_options)
+            log_dir = self.cfg.work_dir / "logs"
+            log_dir.mkdir(exist_ok=True)
+            out = f"file://{log_dir / (self.cid + '.log')}"
+            self.task = True
+            cd.create_task(self.cid, mounts, out, out, pack(options))
+            pid = cd.start(self.cid)
+        took = int((time.monotonic() - start) * 1e6)
+        rs = _read_restore_stats(self.work)
+        return agent_pb2.Restored(
+            pid=pid, forking_time=rs.forking_time, restore_time=rs.restore_time,
+            pages_restored=rs.pages_restored, pages_compared=rs.pages_compared,
+            pages_skipped_cow=rs.pages_skipped_cow, restore_us=took)
+
+    def rollback(self) -> None:
+        """Remove everything this migration made here (best effort, logged)."""
+        self._criu.abort()
+        for f in self._files.values():
+            with contextlib.suppress(OSError):
+                f.close()
+        b = self.begin
+        try:
+            with connect(self.cfg.containerd, b.namespace) as cd:
+                if self.task:
+                    cd.remove_task(self.cid)
+                if self.container:
+                    with contextlib.suppress(ContainerdError):
+                        cd.delete_container(self.cid)
+                if self.snapshot:
+                    with contextlib.suppress(ContainerdError):
+                        cd.remove_snapshot(b.snapshotter, b.snapshot_key)
+                if self.imported:
+                    ctr(cd.address, b.namespace, "images", "rm", b.image)
+        except ContainerdError as exc:
+            log.error("rolling back %s: %s", self.cid, exc)
+        for pid in lazy_daemons(str(self.images)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.stage, ignore_errors=True)
+        log.info("migration of %s rolled back", self.cid)
+
+    def release(self) -> None:
+        """Committed: drop the staging directory once post-copy (if any) has ended."""
+        def later() -> None:
+            deadline = time.monotonic() + 24 * 3600
+            while lazy_daemons(str(self.images)) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            shutil.rmtree(self.stage, ignore_errors=True)
+
+        threading.Thread(target=later, name=f"release-{self.cid}", daemon=True).start()
+
+
+class _Servicer(agent_pb2_grpc.AgentServicer):  # type: ignore[misc]
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+
+    def Probe(self, request: Any, context: Any) -> Any:
+        try:
+            facts = host_facts(self.cfg.criu, str(self.cfg.work_dir))
+            reply = agent_pb2.ProbeReply(
+                facts=agent_pb2.HostFacts(
+                    kernel=facts.kernel, machine=facts.machine, criu_version=facts.criu_version,
+                    lazy_pages=facts.lazy_pages, mem_dirty_track=facts.mem_dirty_track,
+                    pipe_max_size=facts.pipe_max_size, free_bytes=facts.free_bytes,
+                    hostname=facts.hostname),
+                cpu_problem=cpuinfo_check(self.cfg.criu, request.cpuinfo))
+            if request.namespace:
+                with connect(self.cfg.containerd, request.namespace) as cd:
+                    if request.parent_snapshot:
+                        reply.has_parent_snapshot = cd.has_snapshot(request.snapshotter,
+                                                                    request.parent_snapshot)
+                    if request.container_id:
+                        reply.container_exists = cd.has_container(request.container_id)
+            return reply
+        except Exception as exc:
+            context.abort(*status_of(exc))
+
+    def Status(self, request: Any, context: Any) -> Any:
+        try:
+            with connect(self.cfg.containerd, request.namespace) as cd:
+                t = cd.task(request.container_id)
+            running = any(
+                request.container_id in p.name and lazy_daemons(str(p / "images"))
+                for p in self.cfg.work_dir.glob(f"{STAGE_PREFIX}*"))
+            if t is None:
+                return agent_pb2.StatusReply(lazy_pages_running=running)
+            return agent_pb2.StatusReply(status=t.status, exit_status=t.exit_status,
+                                         lazy_pages_running=running)
+        except Exception as exc:
+            context.abort(*status_of(exc))
+
+    def Migrate(self, request_iterator: Iterator[Any], context: Any) -> Iterator[Any]:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("kind") != "begin":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a migration starts with Begin")
+            return
+        recv = _Receive(self.cfg, first.begin)
+        log.info("receiving %s (%s) from %s", recv.cid,
+                 agent_pb2.Method.Name(first.begin.method), context.peer())
+        committed = False
+        try:
+            total = last = 0
+            restored = False
+            for req in request_iterator:
+                kind = req.WhichOneof("kind")
+                if kind == "chunk" and not restored:
+                    recv.take(req.chunk)
+                    total += len(req.chunk.data)
+                    if total - last >= _RECEIVED_EVERY:
+                        last = total
+                        yield agent_pb2.MigrateReply(received=agent_pb2.Received(bytes=total))
+                elif kind == "end" and not restored:
+                    yield agent_pb2.MigrateReply(received=agent_pb2.Received(bytes=total))
+                    restored_msg = recv.restore()
+                    restored = True
+                    log.info("%s runs here (pid %d)", recv.cid, restored_msg.pid)
+                    yield agent_pb2.MigrateReply(restored=restored_msg)
+                elif kind == "commit" and restored:
+                    committed = True
+                    log.info("%s committed", recv.cid)
+                    break
+                else:
+                    raise MigrateError(f"unexpected {kind} in a migration stream")
+        except Exception as exc:
+            log.error("migration of %s failed: %s", recv.cid, exc)
+            recv.rollback()
+            context.abort(*status_of(exc))
+        if committed:
+            recv.release()
+        else:
+            log.error("migration of %s ended without commit", recv.cid)
+            recv.rollback()
+            context.abort(grpc.StatusCode.ABORTED, "the source ended the migration")
+
+
+def _clean_stale(work_dir: Path) -> None:
+    for stale in work_dir.glob(f"{STAGE_PREFIX}*"):
+        if not lazy_daemons(str(stale / "images")):
+            log.warning("removing %s (left by an agent that ended mid-migration)", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def serve(cfg: AgentConfig, ready: threading.Event | None = None) -> int:
+    """Serve until SIGTERM/SIGINT. Returns the exit status.
+
+    Raises:
+        MigrateError: a TCP address without TLS and without ``insecure_tcp``.
+    """
+    cfg.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _clean_stale(cfg.work_dir)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=[
+        ("grpc.max_receive_message_length", 8 << 20),
+        ("grpc.max_send_message_length", 8 << 20),
+        ("grpc.so_reuseport", 0),
+    ])
+    agent_pb2_grpc.add_AgentServicer_to_server(_Servicer(cfg), server)
+    for address in cfg.listen:
+        if is_unix(address):
+            path = address.removeprefix("unix://")
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            server.add_insecure_port(f"unix://{path}")
+        elif cfg.tls is not None:
+            server.add_secure_port(address, server_credentials(cfg.tls))
+        elif cfg.insecure_tcp:
+            log.warning("listening on %s WITHOUT TLS (--insecure-tcp): anyone who can reach "
+                        "it can run containers here", address)
+            server.add_insecure_port(address)
+        else:
+            raise MigrateError(f"refusing plaintext TCP on {address}: give --tls-cert, "
+                               "--tls-key and --tls-ca (mutual TLS), or --insecure-tcp")
+    server.start()
+    log.info("agent listening on %s (containerd %s)", ", ".join(cfg.listen), cfg.containerd)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if ready is not None:
+        ready.set()
+    stop.wait()
+    server.stop(grace=5).wait()
+    return 0
+

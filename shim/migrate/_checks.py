@@ -1,0 +1,175 @@
+"""Host facts and the compatibility check a migration runs before touching the container.
+
+Strategy: :func:`host_facts` measures one host (CRIU's version and the features a method
+needs, ``fs.pipe-max-size``, the kernel, free disk) by running ``criu`` (these are the agent's
+and the migrate command's own short-lived children: neither is the daemon, whose children
+go through its reaper). :func:`refusals` is pure: the facts of both sides and the method in,
+the reasons to refuse out (empty = go). CPU features are compared by CRIU itself: the
+source's ``criu cpuinfo dump`` image is checked on the destination with ``criu cpuinfo
+check`` (:func:`cpuinfo_dump`, :func:`cpuinfo_check`): a restore on a CPU that lacks the
+source's features would die with SIGILL.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = [
+    "CPUINFO_IMAGE",
+    "LAZY_PIPE_MAX_SIZE",
+    "HostFacts",
+    "Method",
+    "cpuinfo_check",
+    "cpuinfo_dump",
+    "criu_version",
+    "host_facts",
+    "refusals",
+]
+
+LAZY_PIPE_MAX_SIZE: Final = 4 << 20  # CRIU's lazy page server pipe (lazy-migration.md)
+CPUINFO_IMAGE: Final = "cpuinfo.img"
+_TIMEOUT: Final = 60.0
+
+
+class Method(enum.Enum):
+    """How memory moves."""
+
+    LAZY = "lazy"
+    STOP_AND_COPY = "stop-and-copy"
+    PRE_COPY = "pre-copy"
+
+
+@dataclass(frozen=True, slots=True)
+class HostFacts:
+    """One host as a migration sees it."""
+
+    kernel: str
+    machine: str
+    criu_version: int  # 40201 for 4.2.1; 0 = no CRIU
+    lazy_pages: bool
+    mem_dirty_track: bool
+    pipe_max_size: int
+    free_bytes: int
+    hostname: str = ""
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT, check=False,
+                          stdin=subprocess.DEVNULL)
+
+
+_VERSION = re.compile(r"Version:\s*(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def criu_version(text: str) -> int:
+    """``criu --version`` output as CRIU's number (4.2.1 -> 40201; 0 when unreadable)."""
+    m = _VERSION.search(text)
+    if m is None:
+        return 0
+    return int(m[1]) * 10000 + int(m[2]) * 100 + int(m[3] or 0)
+
+
+def _feature(criu: str, name: str) -> bool:
+    return _run([criu, "check", "--feature", name]).returncode == 0
+
+
+def _pipe_max_size() -> int:
+    try:
+        with open("/proc/sys/fs/pipe-max-size") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def host_facts(criu: str, stage_dir: str) -> HostFacts:
+    """Measure this host; ``stage_dir`` is where images would go (its free space counts)."""
+    path = shutil.which(criu)
+    version = criu_version(_run([path, "--version"]).stdout) if path else 0
+    probe = stage_dir
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe) or "/"
+    st = os.statvfs(probe)
+    uname = platform.uname()
+    return HostFacts(
+        kernel=uname.release,
+        machine=uname.machine,
+        criu_version=version,
+        lazy_pages=bool(path) and _feature(path or criu, "uffd-noncoop"),
+        mem_dirty_track=bool(path) and _feature(path or criu, "mem_dirty_track"),
+        pipe_max_size=_pipe_max_size(),
+        free_bytes=st.f_bavail * st.f_frsize,
+        hostname=socket.gethostname(),
+    )
+
+
+def cpuinfo_dump(criu: str) -> bytes:
+    """``criu cpuinfo dump``: this CPU's features as CRIU's image (b"" when CRIU cannot)."""
+    with tempfile.TemporaryDirectory(prefix="pyrunc-cpuinfo-") as d:
+        if _run([criu, "cpuinfo", "dump", "-D", d]).returncode != 0:
+            return b""
+        with open(os.path.join(d, CPUINFO_IMAGE), "rb") as f:
+            return f.read()
+
+
+def cpuinfo_check(criu: str, image: bytes) -> str:
+    """``criu cpuinfo check`` of another host's cpuinfo image here: "" when this CPU can run
+    what that one dumped, else CRIU's reason."""
+    if not image:
+        return ""
+    with tempfile.TemporaryDirectory(prefix="pyrunc-cpuinfo-") as d:
+        with open(os.path.join(d, CPUINFO_IMAGE), "wb") as f:
+            f.write(image)
+        proc = _run([criu, "cpuinfo", "check", "-D", d, "-o", os.path.join(d, "check.log")])
+        if proc.returncode == 0:
+            return ""
+        try:
+            with open(os.path.join(d, "check.log"), errors="replace") as f:
+                lines = [ln for ln in f.read().splitlines() if "Error" in ln]
+        except OSError:
+            lines = []
+        detail = lines[-1] if lines else (proc.stderr.strip() or f"status {proc.returncode}")
+        return f"CPU features differ (criu cpuinfo check: {detail})"
+
+
+def _version_text(v: int) -> str:
+    return f"{v // 10000}.{v // 100 % 100}.{v % 100}"
+
+
+def refusals(source: HostFacts, dest: HostFacts, method: Method, bytes_needed: int) -> list[str]:
+    """Reasons not to migrate from ``source`` to ``dest`` by ``method`` (empty = go)."""
+    out: list[str] = []
+    for side, facts in (("source", source), ("destination", dest)):
+        if facts.criu_version == 0:
+            out.append(f"{side} has no CRIU")
+    if source.machine != dest.machine:
+        out.append(f"architectures differ: source {source.machine}, destination {dest.machine}")
+    if source.criu_version and dest.criu_version and dest.criu_version < source.criu_version:
+        out.append(f"destination CRIU {_version_text(dest.criu_version)} is older than the "
+                   f"source's {_version_text(source.criu_version)}")
+    if method is Method.LAZY:
+        for side, facts in (("source", source), ("destination", dest)):
+            if not facts.lazy_pages:
+                out.append(f"{side} cannot do lazy pages: userfaultfd (criu check --feature "
+                           "uffd-noncoop) is missing")
+        if source.pipe_max_size < LAZY_PIPE_MAX_SIZE:
+            out.append(f"source fs.pipe-max-size is {source.pipe_max_size}, lazy pages need "
+                       f">= {LAZY_PIPE_MAX_SIZE} (sysctl -w fs.pipe-max-size={LAZY_PIPE_MAX_SIZE})")
+    if method is Method.PRE_COPY:
+        for side, facts in (("source", source), ("destination", dest)):
+            if not facts.mem_dirty_track:
+                out.append(f"pre-copy is impossible: the {side} kernel ({facts.kernel}) has no "
+                           "soft-dirty memory tracking (criu check --feature mem_dirty_track "
+                           "fails), so CRIU refuses pre-dump")
+                break
+    if dest.free_bytes < bytes_needed:
+        out.append(f"destination has {dest.free_bytes} bytes free, the move needs {bytes_needed}")
+    return out

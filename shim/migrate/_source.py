@@ -1,0 +1,462 @@
+"""``pyrunc migrate``: the source side of a migration, through the source's containerd.
+
+Strategy: one function, :func:`migrate`, in phases, each with its own way back:
+
+1. **check** (nothing touched): the container is running on an overlay snapshot; this host's
+   and the agent's facts (:func:`shim.migrate._checks.refusals`), the CPU (the agent runs
+   ``criu cpuinfo check`` on this host's cpuinfo image), no container of that id there.
+   Any reason -> :class:`Refused`.
+2. **freeze and dump**: stop-and-copy pauses the task and dumps it with leave-running (it
+   stays paused); lazy dumps with ``--lazy-pages`` and a page server on this host, and
+   CRIU keeps the task frozen while it serves pages. Way back: resume the task (stop-and-
+   copy) or end the dump and thaw it (lazy: :func:`_abort_lazy_dump`).
+3. **send and restore**: one Migrate stream - the base image when the agent lacks its
+   snapshot, the rootfs diff, the CRIU images - and the agent restores. Way back: as 2;
+   the agent rolls its side back when the stream ends without Commit.
+4. **commit**: the destination runs (downtime ends here); Commit; then the source goes
+   (stop-and-copy: its links are taken down first so that closing its TCP sockets sends
+   nothing, then it is killed) - for lazy only after its CRIU has served the last page
+   (the task exits then). A destination that dies during post-copy is reported
+   (:attr:`Outcome.POSTCOPY_FAILED`) with what the source had not yet sent.
+
+The source's container record and snapshot are removed at the end unless ``keep_source``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import grpc
+
+from shim.api.pyrunc.migrate.v1 import agent_pb2, agent_pb2_grpc
+from shim.api.pyrunc.v1 import checkpoint_pb2
+from shim.typeurl import pack
+
+from ._checks import HostFacts, Method, cpuinfo_dump, host_facts, refusals
+from ._containerd import Containerd, connect, ctr
+from ._errors import ContainerdError, MigrateError, Refused, TransferFailed
+from ._stats import DumpStats, Outcome, Report, RestoreStats, StatsError, parse_stats
+from ._tls import TlsFiles, channel, is_unix
+from ._transfer import CHUNK, directory_size, tar_chunks, upper_dir
+
+__all__ = ["MigrateOptions", "Progress", "migrate"]
+
+PAGE: Final = 4096
+DUMP_STATS: Final = "stats-dump"
+_NET_NS = "network"
+
+
+@dataclass(frozen=True, slots=True)
+class MigrateOptions:
+    """What ``pyrunc migrate`` was asked to do."""
+
+    containerd: str
+    namespace: str
+    container_id: str
+    to: str
+    method: Method = Method.LAZY
+    tcp_established: bool = False
+    keep_source: bool = False
+    tls: TlsFiles | None = None
+    insecure_tcp: bool = False
+    work_dir: str = "/var/lib/containerd-shim-pyrunc/migrate"
+    criu: str = "criu"
+    page_server_address: str = ""
+    postcopy_timeout: float = 600.0
+
+
+@dataclass
+class Progress:
+    """Phase and bytes moved; ``show`` is called on every change (a terminal line)."""
+
+    show: Callable[[Progress], None] = lambda _: None
+    phase: str = "check"
+    sent: int = 0
+    pages: int = 0
+    started: float = field(default_factory=time.monotonic)
+    phase_started: float = field(default_factory=time.monotonic)
+
+    def enter(self, phase: str) -> None:
+        self.phase = phase
+        self.phase_started = time.monotonic()
+        self.show(self)
+
+    @property
+    def rate(self) -> float:
+        """Bytes per second in this phase."""
+        took = time.monotonic() - self.phase_started
+        return self.sent / took if took > 0 else 0.0
+
+
+def _us(seconds: float) -> int:
+    return int(seconds * 1e6)
+
+
+def _facts_of(reply: Any) -> HostFacts:
+    f = reply.facts
+    return HostFacts(kernel=f.kernel, machine=f.machine, criu_version=f.criu_version,
+                     lazy_pages=f.lazy_pages, mem_dirty_track=f.mem_dirty_track,
+                     pipe_max_size=f.pipe_max_size, free_bytes=f.free_bytes,
+                     hostname=f.hostname)
+
+
+def _own_netns(spec: dict[str, Any]) -> bool:
+    for ns in spec.get("linux", {}).get("namespaces", []):
+        if ns.get("type") == _NET_NS:
+            return not ns.get("path")
+    return False
+
+
+def _memory_bytes(pid: int) -> int:
+    """The container's memory use (cgroup v1 memory controller of ``pid``), 0 if unknown."""
+    with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            if "memory" in controllers.split(","):
+                with open(f"/sys/fs/cgroup/memory{path}/memory.usage_in_bytes") as u:
+                    return int(u.read())
+    return 0
+
+
+def _page_server_host(opts: MigrateOptions) -> str:
+    """The address of this host the destination reaches: given, or the local end of a route
+    to the agent (loopback for a local agent)."""
+    if opts.page_server_address:
+        return opts.page_server_address
+    if is_unix(opts.to):
+        return "127.0.0.1"
+    host = opts.to.rsplit(":", 1)[0].strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.connect((host, 9))
+        return str(s.getsockname()[0])
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError), \
+                    open(f"/proc/{name}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(name))
+    return out
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def _freezer_state_file(pid: int) -> str | None:
+    with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            if "freezer" in controllers.split(","):
+                return f"/sys/fs/cgroup/freezer{path}/freezer.state"
+    return None
+
+
+def _abort_lazy_dump(cid: str, pid: int) -> None:
+    """End the lazy dump of ``cid`` (CRIU serving its pages) and thaw the task: CRIU killed
+    before the destination ran leaves the task as it was, only frozen."""
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        argv = _cmdline(int(p))
+        if "checkpoint" in argv and "--lazy-pages" in argv and argv and argv[-1] == cid:
+            for child in _children(int(p)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(p), signal.SIGKILL)
+    state = _freezer_state_file(pid)
+    if state is None:
+        return
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            with open(state, "w") as f:
+                f.write("THAWED")
+            with open(state) as f:
+                if f.read().strip() == "THAWED":
+                    return
+        time.sleep(0.05)
+
+
+def _links_down(pid: int) -> None:
+    """Take every link but lo of ``pid``'s network namespace down: closing the killed
+    source's TCP sockets then sends nothing to the peers, who talk to the destination."""
+    out = subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", "-j", "link", "show"],
+                         capture_output=True, text=True, timeout=30, check=False).stdout
+    with contextlib.suppress(json.JSONDecodeError):
+        for link in json.loads(out or "[]"):
+            name = link.get("ifname", "")
+            if name and name != "lo":
+                subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", "link", "set", name,
+                                "down"], capture_output=True, timeout=30, check=False)
+
+
+def _dump_stats(work: Path) -> DumpStats | None:
+    try:
+        dump, _ = parse_stats((work / DUMP_STATS).read_bytes())
+    except (OSError, StatsError):
+        return None
+    return dump
+
+
+class _Sender:
+    """The request side of the Migrate stream (run by grpc's thread)."""
+
+    def __init__(self, begin: Any, parts: list[tuple[Any, Callable[[], Iterator[bytes]]]],
+                 progress: Progress) -> None:
+        self.begin = begin
+        self.parts = parts
+        self.progress = progress
+        self.decision: queue.Queue[bool] = queue.Queue()
+        self.error: BaseException | None = None
+        self.sent = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            yield agent_pb2.MigrateRequest(begin=self.begin)
+            for part, source in self.parts:
+                for data in source():
+                    for i in range(0, len(data), CHUNK):
+                        piece = data[i:i + CHUNK]
+                        yield agent_pb2.MigrateRequest(chunk=agent_pb2.Chunk(part=part,
+                                                                             data=piece))
+                        self.sent += len(piece)
+                        self.progress.sent = self.sent
+                        self.progress.show(self.progress)
+            yield agent_pb2.MigrateRequest(end=agent_pb2.End())
+        except BaseException as exc:
+            self.error = exc
+            raise
+        if self.decision.get():
+            yield agent_pb2.MigrateRequest(commit=agent_pb2.Commit())
+
+
+def _image_export(address: str, namespace: str, image: str) -> Callable[[], Iterator[bytes]]:
+    def chunks() -> Iterator[bytes]:
+        with tempfile.TemporaryFile() as f:
+            proc = ctr(address, namespace, "images", "export", "-", image, stdout=f)
+            if proc.returncode != 0:
+                raise MigrateError(f"ctr images export {image} failed: "
+                                   f"{proc.stderr.decode(errors='replace').strip()}")
+            f.seek(0)
+            while data := f.read(CHUNK):
+                yield data
+    return chunks
+
+
+def migrate(opts: MigrateOptions, progress: Progress | None = None) -> Report:
+    """Move ``opts.container_id`` to the agent at ``opts.to``.
+
+    Returns:
+        The report (outcome MIGRATED, KEPT_SOURCE or POSTCOPY_FAILED).
+    Raises:
+        Refused: a check failed; nothing was touched.
+        TransferFailed: the move failed before the destination ran; the source runs on.
+        MigrateError: anything else, with where the container is.
+    """
+    prog = progress or Progress()
+    t0 = time.monotonic()
+    cid = opts.container_id
+    if opts.method is Method.LAZY and opts.keep_source:
+        raise Refused("--keep-source does not go with --method lazy: the lazy dump ends the "
+                      "source task when the last page is served")
+    with connect(opts.containerd, opts.namespace) as cd, \
+            contextlib.closing(channel(opts.to, opts.tls, insecure_tcp=opts.insecure_tcp)) as ch:
+        agent = agent_pb2_grpc.AgentStub(ch)
+        record = cd.container(cid)
+        task = cd.task(cid)
+        if task is None or task.status != "RUNNING":
+            raise Refused(f"container {cid} has no running task "
+                          f"({task.status if task else 'no task'})")
+        spec = json.loads(record.spec.value) if record.HasField("spec") else {}
+        parent = cd.snapshot_parent(record.snapshotter, record.snapshot_key)
+        upper = upper_dir(cd.mounts(record.snapshotter, record.snapshot_key))
+        needed = directory_size(upper)
+        if opts.method is not Method.LAZY:
+            needed += _memory_bytes(task.pid)
+        local = host_facts(opts.criu, opts.work_dir)
+        try:
+            probe = agent.Probe(agent_pb2.ProbeRequest(
+                cpuinfo=cpuinfo_dump(opts.criu), snapshotter=record.snapshotter,
+                parent_snapshot=parent, namespace=opts.namespace, container_id=cid,
+                bytes_needed=needed), timeout=120)
+        except grpc.RpcError as exc:
+            raise Refused(f"agent {opts.to}: {exc.code().name}: {exc.details()}") from None
+        reasons = refusals(local, _facts_of(probe), opts.method, needed)
+        if probe.cpu_problem:
+            reasons.append(probe.cpu_problem)
+        if probe.container_exists:
+            reasons.append(f"the destination already has a container {cid}")
+        if opts.method is Method.PRE_COPY and not reasons:
+            reasons.append("pre-copy rounds are not implemented; use --method lazy")
+        if reasons:
+            raise Refused("refused, nothing touched: " + "; ".join(reasons))
+
+        os.makedirs(opts.work_dir, mode=0o700, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f"{cid}-", dir=opts.work_dir))
+        try:
+            return _move(opts, cd, agent, record, task.pid, spec, parent, upper,
+                         probe.has_parent_snapshot, stage, prog, t0)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: int,
+          spec: dict[str, Any], parent: str, upper: str, has_parent: bool, stage: Path,
+          prog: Progress, t0: float) -> Report:
+    cid = opts.container_id
+    lazy = opts.method is Method.LAZY
+    images, work = stage / "images", stage / "work"
+    page_server = ""
+    if lazy:
+        host = _page_server_host(opts)
+        page_server = f"{host}:{_free_port(host)}"
+    options = checkpoint_pb2.CheckpointOptions(
+        exit=lazy, open_tcp=opts.tcp_established, image_path=str(images), work_path=str(work),
+        empty_namespaces=[_NET_NS] if _own_netns(spec) else [], lazy_pages=lazy,
+        page_server=page_server)
+
+    def back(reason: str) -> TransferFailed:
+        """Undo the freeze; the source runs on."""
+        if lazy:
+            _abort_lazy_dump(cid, pid)
+        else:
+            with contextlib.suppress(ContainerdError):
+                cd.resume(cid)
+        t = cd.task(cid)
+        where = f"the source runs on ({t.status if t else 'no task!'})"
+        return TransferFailed(f"migration of {cid} failed: {reason}; {where}, the destination "
+                              "was rolled back")
+
+    prog.enter("freeze+dump")
+    t_freeze = time.monotonic()
+    if not lazy:
+        cd.pause(cid)
+    try:
+        cd.checkpoint(cid, pack(options))
+    except ContainerdError as exc:
+        raise back(f"the dump failed: {exc}") from None
+    t_dumped = time.monotonic()
+    dump = _dump_stats(work)
+    if dump is not None:
+        prog.pages = dump.pages_written
+
+    begin = agent_pb2.Begin(
+        namespace=opts.namespace, container_id=cid, image=record.image,
+        labels=dict(record.labels), runtime=record.runtime.name, spec=record.spec,
+        snapshotter=record.snapshotter, snapshot_key=record.snapshot_key,
+        parent_snapshot=parent,
+        method=agent_pb2.LAZY if lazy else agent_pb2.STOP_AND_COPY,
+        page_server=page_server, tcp_established=opts.tcp_established)
+    if record.runtime.HasField("options"):
+        begin.runtime_options.CopyFrom(record.runtime.options)
+    parts: list[tuple[Any, Callable[[], Iterator[bytes]]]] = []
+    if not has_parent:
+        parts.append((agent_pb2.IMAGE, _image_export(cd.address, opts.namespace, record.image)))
+    parts.append((agent_pb2.ROOTFS_DIFF, lambda: tar_chunks(upper)))
+    parts.append((agent_pb2.CRIU_IMAGES, lambda: tar_chunks(str(images))))
+    sender = _Sender(begin, parts, prog)
+    prog.enter("transfer")
+    call = agent.Migrate(iter(sender))
+    restored = None
+    try:
+        for reply in call:
+            kind = reply.WhichOneof("kind")
+            if kind == "received":
+                continue
+            if kind == "restored":
+                restored = reply.restored
+                sender.decision.put(True)
+                prog.enter("commit")
+    except grpc.RpcError as exc:
+        sender.decision.put(False)
+        call.cancel()
+        if restored is None:
+            why = f"{exc.code().name}: {exc.details()}"
+            if sender.error is not None:
+                why = f"{sender.error} ({why})"
+            raise back(f"destination {opts.to}: {why}") from None
+        # restored but the commit was not confirmed: the agent rolls back without it
+        raise back(f"destination {opts.to} ran the container but did not confirm the commit "
+                   f"({exc.code().name}: {exc.details()})") from None
+    if restored is None:
+        sender.decision.put(False)
+        raise back(f"destination {opts.to} ended the stream without restoring")
+    t_running = time.monotonic()
+    # the agent answers Restored once the task runs; downtime ends there
+    downtime = _us(t_running - t_freeze)
+    outcome = Outcome.KEPT_SOURCE if opts.keep_source else Outcome.MIGRATED
+    message = ""
+    postcopy_us = 0
+    if lazy:
+        prog.enter("post-copy")
+        try:
+            status = cd.wait(cid, timeout=opts.postcopy_timeout)
+        except ContainerdError as exc:
+            status = -1
+            message = f"waiting for the source to serve its last page: {exc}"
+        postcopy_us = _us(time.monotonic() - t_running)
+        dump = _dump_stats(work) or dump
+        dest = agent.Status(agent_pb2.StatusRequest(namespace=opts.namespace,
+                                                    container_id=cid), timeout=60)
+        if dest.status != "RUNNING":
+            lost = (dump.pages_lazy if dump else 0)
+            outcome = Outcome.POSTCOPY_FAILED
+            message = (f"the destination's task is {dest.status or 'gone'} (exit "
+                       f"{dest.exit_status}) after post-copy; up to {lost} pages "
+                       f"({lost * PAGE} bytes) the source served lazily may be lost; the "
+                       f"source task ended with status {status}")
+    else:
+        _links_down(pid)
+    prog.enter("cleanup")
+    cd.remove_task(cid)
+    if not opts.keep_source:
+        with contextlib.suppress(ContainerdError):
+            cd.delete_container(cid)
+        with contextlib.suppress(ContainerdError):
+            cd.remove_snapshot(record.snapshotter, record.snapshot_key)
+    prog.enter("done")
+    transfer = sender.sent + (dump.pages_lazy * PAGE if lazy and dump else 0)
+    return Report(
+        container_id=cid, method=opts.method.value, outcome=outcome, dump=dump,
+        restore=None if restored is None else _restore_stats(restored),
+        checkpoint_us=_us(t_dumped - t_freeze), restore_us=int(restored.restore_us),
+        downtime_us=downtime, transfer_bytes=transfer, postcopy_complete_us=postcopy_us,
+        total_us=_us(time.monotonic() - t0), message=message)
+
+
+def _restore_stats(r: Any) -> RestoreStats:
+    return RestoreStats(pages_compared=int(r.pages_compared),
+                        pages_skipped_cow=int(r.pages_skipped_cow),
+                        forking_time=int(r.forking_time), restore_time=int(r.restore_time),
+                        pages_restored=int(r.pages_restored))
+
