@@ -10,6 +10,10 @@
 #   - the CNI plugins (Debian's containernetworking-plugins, /usr/lib/cni) for bridge pods;
 #   - the CRI API proto (k8s.io/cri-api 0.36.4, Debian sid's golang-k8s-cri-api-dev), unpacked
 #     into $PREFIX/cri-api-0.36.4 and compared with the copy committed under protos/k8s/;
+#   - a registry server (Debian bookworm's docker-registry, the distribution registry), unpacked
+#     with dpkg-deb -x into $PREFIX/docker-registry (no service is installed or started): the
+#     restore tests serve the base image from it on 127.0.0.1, as containerd 2.1's own CRI
+#     restore pulls it;
 #   - the pause image localhost/pyrunc-pause:latest (hack/image/build-pause.sh), built here and
 #     imported by the tests into the containerd instances they start.
 # Packages of other suites are fetched with `apt-get download` through a private apt state (its
@@ -40,6 +44,8 @@ readonly CRI_PROTO_IN_DEB=usr/share/gocode/src/k8s.io/cri-api/pkg/apis/runtime/v
 readonly CRI_PROTO_IN_REPO=protos/k8s/cri/runtime/v1/api.proto
 
 readonly CNI_PACKAGE=containernetworking-plugins
+readonly REGISTRY_PACKAGE=docker-registry
+readonly REGISTRY_PREFIX=$PREFIX/docker-registry
 readonly CNI_DIR=/usr/lib/cni
 
 export DEBIAN_FRONTEND=noninteractive
@@ -243,6 +249,26 @@ install_cni() {
     cni_version=$(dpkg-query -W -f='${Version}' "$CNI_PACKAGE")
 }
 
+install_registry() {
+    local bin=$REGISTRY_PREFIX/usr/bin/docker-registry deb
+    if [[ ! -x $bin ]]; then
+        mkdir -p "$CACHE_DIR"
+        deb=$(find "$CACHE_DIR" -maxdepth 1 -name "${REGISTRY_PACKAGE}_*.deb" | head -n1)
+        if [[ -z $deb ]]; then
+            log "apt-get download $REGISTRY_PACKAGE (this system's suite)"
+            (cd "$CACHE_DIR" && apt-get download -qq "$REGISTRY_PACKAGE" >&2) \
+                || die "cannot download $REGISTRY_PACKAGE"
+            deb=$(find "$CACHE_DIR" -maxdepth 1 -name "${REGISTRY_PACKAGE}_*.deb" | head -n1)
+        fi
+        log "unpacking $(basename "$deb") into $REGISTRY_PREFIX"
+        unpack "$deb" "$REGISTRY_PREFIX"
+    else
+        log "$REGISTRY_PACKAGE: already in $REGISTRY_PREFIX"
+    fi
+    registry_version=$("$bin" --version 2>&1 | awk '{print $NF; exit}')
+    [[ -n $registry_version ]] || die "$bin --version fails"
+}
+
 install_cri_proto() {
     local proto=$CRI_API_PREFIX/$CRI_PROTO_IN_DEB deb
     if [[ ! -f $proto ]]; then
@@ -270,6 +296,7 @@ main() {
     install_containerd17
     install_checkpointctl
     install_cni
+    install_registry
     install_cri_proto
     bash "$repo/hack/image/build-pause.sh"
 
@@ -279,6 +306,7 @@ main() {
     echo "  containerd:    $CONTAINERD17_PREFIX/usr/bin/containerd ($containerd17_version)"
     echo "  checkpointctl: $CHECKPOINTCTL_LINK -> $CHECKPOINTCTL_PREFIX ($checkpointctl_version)"
     echo "  CNI plugins:   $CNI_DIR ($CNI_PACKAGE $cni_version)"
+    echo "  registry:      $REGISTRY_PREFIX/usr/bin/docker-registry ($registry_version)"
     echo "  CRI API:       $CRI_PROTO_IN_REPO = $CRI_API_PREFIX/$CRI_PROTO_IN_DEB"
     echo "  pause image:   $(cat "$repo/build/pyrunc-pause-image.ref") ($repo/build/pyrunc-pause-image.tar)"
 }

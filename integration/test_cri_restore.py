@@ -32,6 +32,7 @@ from shim.api.k8s.cri.runtime.v1 import api_pb2
 from ._cri_containerd import CriContainerd, Version
 from ._cri_endpoint import Endpoint
 from ._cri_kubelet import RUNTIME_REQUEST_TIMEOUT, Kubelet, Pod, checkpoint_location
+from ._cri_registry import Registry
 from .harness import IMAGE_REF, wait_until
 
 SETUPS = {
@@ -187,16 +188,30 @@ def checkpoint_counter(node: Node, host_network: bool) -> Checkpointed:
     return Checkpointed(location, before, after)
 
 
-def assert_restored_counter(node: Node, cid: str, ck: Checkpointed) -> None:
-    """Running, marked restored, counting on from the checkpointed value, rootfs changes
-    kept, ExecSync works."""
+def archived_log_counts(archive: Path) -> int:
+    """How many numbers the archive's container.log holds (containerd 2.x's own restore puts
+    them back into the new container's log first)."""
+    with tarfile.open(archive) as tar:
+        try:
+            f = tar.extractfile("container.log")
+        except KeyError:
+            return 0
+        text = f.read().decode(errors="replace") if f is not None else ""
+    return sum(1 for line in text.splitlines()
+               if (m := _LOG_LINE.match(line)) and m[2].isdigit())
+
+
+def assert_restored_counter(node: Node, cid: str, ck: Checkpointed, *, old_lines: int = 0) -> None:
+    """Running, marked restored, counting on from the checkpointed value (after the
+    ``old_lines`` numbers of a restored log), rootfs changes kept, ExecSync works."""
     kubelet = node.kubelet
     status = kubelet.container_status(cid)
     assert status.state == api_pb2.ContainerState.CONTAINER_RUNNING, status
     assert status.annotations["restored"] == "true", dict(status.annotations)
     assert status.annotations["checkpointedAt"], dict(status.annotations)
-    wait_until(lambda: len(counts(kubelet, cid)) >= 3, 20, message="the restored counter")
-    first = counts(kubelet, cid)[0]
+    wait_until(lambda: len(counts(kubelet, cid)) >= old_lines + 3, 20,
+               message="the restored counter")
+    first = counts(kubelet, cid)[old_lines]
     assert ck.before < first <= ck.after + 2, (ck, counts(kubelet, cid)[:5])
     seen = last_count(kubelet, cid)
     wait_until(lambda: last_count(kubelet, cid) > seen + 2, 10, message="counting on")
@@ -431,3 +446,69 @@ def test_restore_on_another_node(daemons: dict[Version, tuple[CriContainerd, End
                 problems = n.kubelet.remove_everything()
                 assert not problems, problems
                 assert_nothing_left(n.endpoint)
+
+
+# --- containerd 2.1.9's own CRI restore, the shim registered per config.toml.example ---------
+
+
+@pytest.fixture(scope="module")
+def registry() -> Iterator[Registry]:
+    reg = Registry.start()
+    try:
+        yield reg
+    finally:
+        reg.stop()
+
+
+def _drop_names(daemon: CriContainerd, host: str) -> None:
+    """Remove every image name of the registry ``host`` (tag and digest names)."""
+    for name in daemon.ctr("images", "ls", "-q").stdout.split():
+        if name.startswith(f"{host}/"):
+            daemon.ctr("images", "rm", name)
+
+
+@pytest.mark.parametrize("network", ["cni", "host"])
+def test_containerd21_own_restore(daemons: dict[Version, tuple[CriContainerd, Endpoint]],
+                                  registry: Registry, tmp_path: Path, network: str) -> None:
+    """Without our endpoint: containerd 2.1.9's CRI restores a checkpoint of a container on our
+    shim (runtime ``pyrunc-rp``: io.containerd.runc.v2 + runtime_path), the base image served
+    by a local registry (2.1 always pulls it); also into a CNI pod."""
+    if Version.V2_1 not in daemons:
+        daemons[Version.V2_1] = _start(Version.V2_1)
+    daemon = daemons[Version.V2_1][0]
+    image = f"{registry.host}/pyrunc-test:latest"
+    try:
+        daemon.ctr("images", "tag", IMAGE_REF, image)
+        daemon.ctr("images", "push", "--plain-http", image)
+        daemon.ctr("images", "rm", image)
+        host = network == "host"
+        with Kubelet.connect(f"unix://{daemon.address}") as kubelet:
+            try:
+                # pulled, as a node gets it (its image_ref, config.dump's rootfsImageRef, is
+                # then a repo digest: 2.1.9 cannot pull an image id, containerd#14096)
+                kubelet.images.PullImage(
+                    api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=image)), timeout=120)
+                pod = kubelet.run_pod("own-a", host_network=host, runtime_handler="pyrunc-rp")
+                cid = kubelet.create_container(pod, "counter", image,
+                                               ["/bin/sh", "-c", COUNTER_SCRIPT])
+                wait_until(lambda: last_count(kubelet, cid) >= 3, 20, message="counting")
+                before = last_count(kubelet, cid)
+                location = checkpoint_location(tmp_path, pod.name, pod.namespace, "counter")
+                kubelet.checkpoint(cid, location)
+                after = last_count(kubelet, cid)
+                kubelet.remove_pod(pod.id)
+                # only this name (CRI RemoveImage would drop every name of the image id,
+                # the test image's too); 2.1 pulls the base image from the registry anyway
+                daemon.ctr("images", "rm", image)
+
+                pod_b = kubelet.run_pod("own-b", host_network=host, runtime_handler="pyrunc-rp")
+                restored = create(kubelet, pod_b, "counter", str(location))
+                start(kubelet, restored)
+                node = Node("own", daemon, daemons[Version.V2_1][1], kubelet, tmp_path)
+                assert_restored_counter(node, restored, Checkpointed(location, before, after),
+                                        old_lines=archived_log_counts(location))
+            finally:
+                problems = kubelet.remove_everything()
+                assert not problems, problems
+    finally:
+        _drop_names(daemon, registry.host)
