@@ -698,6 +698,9 @@ def main() -> int:
                              check=True, capture_output=True, text=True)
         results["cri"] = json.loads(cri.stdout)
         print(f"CRI CheckpointContainer ratio ours/reference: {results['cri']['ratio']:.2f}")
+        if "restore" in results["cri"]:
+            print("CRI restore (CreateContainer + StartContainer) ratio ours/reference: "
+                  f"{results['cri']['restore']['ratio']:.2f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     if "lifecycle" in results and "memory" in results:

@@ -45,6 +45,7 @@ from ._criu import check_criu
 from ._dumps import config_dump, status_dump, status_record
 from ._errors import CriError, DeadlineExceeded, FailedPrecondition, NotFound, Upstream
 from ._options import checkpoint_options
+from ._proxy import NO_DEADLINE
 
 __all__ = ["CheckpointSettings", "Checkpointer", "Clock"]
 
@@ -64,10 +65,12 @@ class CheckpointSettings:
 
 
 class Clock:
-    """The caller's deadline (None = none) as a monotonic instant."""
+    """The caller's deadline (None = none; see :data:`shim.cri._proxy.NO_DEADLINE`) as a
+    monotonic instant."""
 
     def __init__(self, remaining: float | None) -> None:
-        self.end = None if remaining is None else time.monotonic() + remaining
+        none = remaining is None or remaining > NO_DEADLINE
+        self.end = None if none else time.monotonic() + remaining  # type: ignore[operator]
 
     def left(self) -> float | None:
         return None if self.end is None else self.end - time.monotonic()

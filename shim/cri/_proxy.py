@@ -13,15 +13,18 @@ deadline go with the call; containerd's status code, details and trailing metada
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Final
 
 import grpc
 
 from shim.api.k8s.cri.runtime.v1 import api_pb2
 
-__all__ = ["FORWARDED_SERVICES", "Forwarder", "streaming_methods"]
+__all__ = ["FORWARDED_SERVICES", "NO_DEADLINE", "Forwarder", "streaming_methods"]
 
 FORWARDED_SERVICES = ("runtime.v1.RuntimeService", "runtime.v1.ImageService")
+NO_DEADLINE: Final = 365 * 86400.0
+"""Seconds: grpcio reports a call without a deadline as a huge time remaining, which, passed on
+as a timeout, expires at once; more than this left counts as no deadline."""
 _DROP_HEADERS = frozenset({"user-agent", "te", "content-type", "grpc-timeout",
                            "grpc-accept-encoding", "grpc-encoding"})
 
@@ -45,8 +48,10 @@ def _metadata(context: grpc.ServicerContext) -> list[tuple[str, Any]]:
 
 
 def _timeout(context: grpc.ServicerContext) -> float | None:
-    remaining = context.time_remaining()
-    return None if remaining is None else max(remaining, 0.0)
+    remaining: float | None = context.time_remaining()
+    if remaining is None or remaining > NO_DEADLINE:  # the caller set no deadline
+        return None
+    return max(remaining, 0.0)
 
 
 def _abort(context: grpc.ServicerContext, exc: grpc.RpcError) -> None:

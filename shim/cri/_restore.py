@@ -30,6 +30,7 @@ restore sweeps directories no container names any more.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -51,6 +52,8 @@ from ._extract import check_archive, extract_archive, remove_tree
 from ._ocimage import INDEX_TYPES, archive_layer, manifest_of_index, parse_json
 
 __all__ = ["RESTORED_MARKS", "CheckpointMeta", "Restorer", "restore_request"]
+
+log = logging.getLogger("pyrunc.cri")
 
 RESTORE_DIR: Final = "restore"
 RESTORED_MARKS: Final = ("restored", "checkpointedAt", "checkpointImage")
@@ -168,6 +171,22 @@ def _layer_type(path: Path) -> str:
         return LAYER_GZIP if f.read(2) == b"\x1f\x8b" else "application/vnd.oci.image.layer.v1.tar"
 
 
+class _Steps:
+    """Milliseconds per step, for the log."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self._steps: list[str] = []
+
+    def done(self, name: str) -> None:
+        now = time.monotonic()
+        self._steps.append(f"{name} {1000 * (now - self._last):.0f} ms")
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(self._steps)
+
+
 @dataclass(frozen=True, slots=True)
 class _Source:
     """Where a checkpoint comes from: an archive file, or an image's layer blob."""
@@ -245,17 +264,24 @@ class Restorer:
         if not request.pod_sandbox_id:
             raise NotFound("pod_sandbox_id: empty")
         self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        steps = _Steps()
         self._sweep()
+        steps.done("sweep")
         unpacked = self._unpack(source, image, clock)
+        steps.done("unpack")
         try:
             meta = read_meta(unpacked)
             base = self._base_image(meta, request.sandbox_config, clock)
+            steps.done("base image")
             new = restore_request(request, meta, base_image=base,
                                   images_dir=str(unpacked / "checkpoint"),
                                   checkpoint_image=image)
             cid = self._ctd.create_container(new, clock.left())
+            steps.done("CreateContainer")
             try:
                 self._apply_diff(cid, unpacked / "rootfs-diff.tar", clock)
+                steps.done("rootfs diff")
+                log.info("restore of %s into %s: %s", image, cid[:12], steps)
             except BaseException:
                 self._ctd.remove_container(cid)
                 raise

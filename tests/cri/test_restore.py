@@ -91,3 +91,24 @@ def test_bad_metadata_refused(tmp_path: Path, config: object, spec: object,
     (tmp_path / "spec.dump").write_text(json.dumps(spec))
     with pytest.raises(InvalidArgument, match=match):
         read_meta(tmp_path)
+
+
+def test_a_call_without_deadline_has_none_downstream() -> None:
+    """grpcio reports no deadline as a huge time remaining; passed on, it would expire at
+    once (the forwarded StartContainer failed with DeadlineExceeded)."""
+    from shim.cri._checkpoint import Clock
+    from shim.cri._proxy import NO_DEADLINE, _timeout
+
+    class Context:
+        def __init__(self, remaining: float | None) -> None:
+            self.remaining = remaining
+
+        def time_remaining(self) -> float | None:
+            return self.remaining
+
+    for huge in (None, NO_DEADLINE * 2, 1e300):
+        assert _timeout(Context(huge)) is None  # type: ignore[arg-type]
+        assert Clock(huge).left() is None
+    assert _timeout(Context(-1.0)) == 0.0  # type: ignore[arg-type]
+    left = Clock(30.0).left()
+    assert left is not None and 29 < left <= 30
