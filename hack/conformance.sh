@@ -30,11 +30,12 @@
 #     processes; runc's state and the shims' sockets stay the suite's; and whatever process
 #     the suite leaves behind is reported and killed there. Tests listed in
 #     hack/conformance/excluded.txt are left out, each with its measured reason.
-#  3. A test that passes with the reference but not with another runtime runs once more for
-#     that runtime, alone (PYRUNC_CONFORMANCE_RETRY=0: not); only a second failure counts.
-#     The table shows both results ("FAIL>PASS").
-#  4. Report: one line per test with each runtime's result (PASS, FAIL, SKIP; "-": none, the
-#     run ended first), the leftover processes, the verdict. Logs, results and the table
+#  3. A test still running when the run's timeout ends it is a HANG; the tests that had no
+#     result yet then run again without it. A test that passes with the reference but not
+#     with another runtime runs once more for that runtime, alone (PYRUNC_CONFORMANCE_RETRY=0:
+#     not); only a second failure counts. The table shows both results ("FAIL>PASS").
+#  4. Report: one line per test with each runtime's result (PASS, FAIL, SKIP, HANG; "-":
+#     none), the leftover processes, the verdict. Logs, results and the table
 #     (results.txt) go to $PYRUNC_BUILD_DIR/conformance (default <repo>/build/conformance).
 #
 # Environment:
@@ -208,6 +209,47 @@ run_suite() {
     rm -rf "$work" "$tmp"
 }
 
+# The tests a run's log shows running (started or continued) without a result: the ones the
+# suite's timeout cut short. (A paused parallel test that never continued is not among them.)
+hung_tests() {
+    awk '/^=== (RUN|CONT) / && $3 !~ /\// {s[$3] = "run"}
+         /^=== PAUSE / {s[$3] = "pause"}
+         /^--- (PASS|FAIL|SKIP): / {s[$3] = "done"}
+         END {for (t in s) if (s[t] == "run") print t}' "$1" | sort
+}
+
+# Runs the suite for one runtime until every test has a result: a test the timeout cut
+# short gets HANG, and the tests that had no result yet run again without it (up to three
+# times); a TestMain that gave up before any test gets the whole suite again. The first run's
+# files are $results_dir/RUNTIME.*, further runs' RUNTIME.more-N.* (results and leftovers
+# are added to the first's).
+run_complete() {
+    local runtime=$1 regex=$2 missing hung more n
+    run_suite "$runtime" "$runtime" "$regex" "$timeout_s"
+    local last_log=$results_dir/$runtime.log
+    for n in 1 2 3; do
+        missing=$(comm -23 <(printf '%s\n' "${tests[@]}" | sort) \
+            <(awk '{print $1}' "$results_dir/$runtime.results" | sort))
+        [[ -n $missing ]] || return 0
+        hung=$(hung_tests "$last_log")
+        if [[ -n $hung ]]; then
+            log "$runtime: cut short by the timeout in $(paste -sd' ' <<<"$hung")"
+            awk '{print $1, "HANG"}' <<<"$hung" >>"$results_dir/$runtime.results"
+        elif ! grep -q '^=== RUN' "$last_log"; then
+            # The suite's TestMain gave up before any test: it dials its containerd once the
+            # socket file exists, and a dial between containerd's bind and listen is refused.
+            log "$runtime: no test ran: $(grep -m1 -v 'level=' "$last_log" | cut -c1-300)"
+        fi
+        more=$(comm -23 <(echo "$missing") <(echo "$hung") | awk NF)
+        [[ -n $more ]] || return 0
+        log "$runtime: running the $(wc -l <<<"$more") tests without a result again"
+        run_suite "$runtime" "$runtime.more-$n" "^($(paste -sd'|' <<<"$more"))\$" "$timeout_s"
+        cat "$results_dir/$runtime.more-$n.results" >>"$results_dir/$runtime.results"
+        cat "$results_dir/$runtime.more-$n.leftovers" >>"$results_dir/$runtime.leftovers"
+        last_log=$results_dir/$runtime.more-$n.log
+    done
+}
+
 result_of() { awk -v t="$2" '$1 == t {print $2; exit}' "$results_dir/$1.results" 2>/dev/null || true; }
 
 # A test's cell in the table: its result, "-" for none, and after ">" the retry's result.
@@ -251,10 +293,11 @@ report() {
         done
         echo
         for r in "${runtimes[@]}"; do
-            printf '%s: %s PASS, %s FAIL, %s SKIP, %s without result, of %s\n' "$r" \
+            printf '%s: %s PASS, %s FAIL, %s SKIP, %s HANG, %s without result, of %s\n' "$r" \
                 "$(grep -c ' PASS$' "$results_dir/$r.results" || true)" \
                 "$(grep -c ' FAIL$' "$results_dir/$r.results" || true)" \
                 "$(grep -c ' SKIP$' "$results_dir/$r.results" || true)" \
+                "$(grep -c ' HANG$' "$results_dir/$r.results" || true)" \
                 "$((${#tests[@]} - $(wc -l <"$results_dir/$r.results")))" "${#tests[@]}"
         done
         echo "left out: $(excluded_tests | wc -l) tests (hack/conformance/excluded.txt)"
@@ -333,14 +376,7 @@ main() {
         "$results_dir"/*.log "$results_dir/results.txt"
     for r in "${runtimes[@]}"; do
         log "running the suite with $r"
-        run_suite "$r" "$r" "$regex" "$timeout_s"
-        if [[ ! -s $results_dir/$r.results ]]; then
-            # The suite's TestMain gave up before any test: it dials its containerd once the
-            # socket file exists, and a dial between containerd's bind and listen is refused.
-            log "$r: no test ran: $(grep -m1 -v 'level=' "$results_dir/$r.log" | cut -c1-300)"
-            log "running the suite with $r again"
-            run_suite "$r" "$r" "$regex" "$timeout_s"
-        fi
+        run_complete "$r" "$regex"
     done
     [[ -s $results_dir/${runtimes[0]}.results ]] \
         || die "no test ran with the reference runtime ${runtimes[0]} (log: $results_dir/${runtimes[0]}.log)"
