@@ -45,6 +45,7 @@ class CheckedArchive:
 
     path: Path
     members: tuple[tuple[str, tarfile.TarInfo], ...]
+    compressed: bool = False
 
 
 def _name(info: tarfile.TarInfo, what: str) -> str:
@@ -155,7 +156,7 @@ def check_archive(path: Path, what: str = "") -> CheckedArchive:
     for required in REQUIRED_ENTRIES:
         if kinds.get(required) != "file":
             raise InvalidArgument(f"{what}: no {required} in the archive; not a checkpoint")
-    return CheckedArchive(path, tuple(checked))
+    return CheckedArchive(path, tuple(checked), compressed)
 
 
 def _copy(src: IO[bytes], fd: int, size: int) -> None:
@@ -168,6 +169,16 @@ def _copy(src: IO[bytes], fd: int, size: int) -> None:
         left -= len(chunk)
 
 
+def _copy_range(src: int, dst: int, offset: int, size: int) -> None:
+    """``size`` bytes at ``offset`` of ``src`` into ``dst``, copied by the kernel."""
+    done = 0
+    while done < size:
+        n = os.copy_file_range(src, dst, size - done, offset + done)
+        if n == 0:
+            raise InvalidArgument("archive ends inside an entry")
+        done += n
+
+
 def extract_archive(archive: CheckedArchive, parent: Path, prefix: str) -> Path:
     """Unpack a checked archive into a new 0700 directory under ``parent``; returns it.
 
@@ -177,7 +188,10 @@ def extract_archive(archive: CheckedArchive, parent: Path, prefix: str) -> Path:
     """
     parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     dest = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    plain: int | None = None
     try:
+        if not archive.compressed:
+            plain = os.open(archive.path, os.O_RDONLY | os.O_CLOEXEC)
         with tarfile.open(archive.path, mode="r:*") as tar:
             for name, info in archive.members:
                 target = dest / name
@@ -192,14 +206,17 @@ def extract_archive(archive: CheckedArchive, parent: Path, prefix: str) -> Path:
                         else info.linkname
                     os.link(dest / link, target, follow_symlinks=False)
                 else:
-                    src = tar.extractfile(info)
-                    if src is None:
-                        raise InvalidArgument(f"entry {info.name!r} cannot be read")
                     mode = stat.S_IMODE(info.mode) & 0o777
                     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL
                                  | os.O_NOFOLLOW, mode or 0o600)
                     try:
-                        _copy(src, fd, info.size)
+                        if plain is not None and not info.sparse:  # in-kernel copy
+                            _copy_range(plain, fd, info.offset_data, info.size)
+                        else:
+                            src = tar.extractfile(info)
+                            if src is None:
+                                raise InvalidArgument(f"entry {info.name!r} cannot be read")
+                            _copy(src, fd, info.size)
                     finally:
                         os.close(fd)
             for name, info in archive.members:  # directory modes last (0700 to write)
@@ -211,6 +228,9 @@ def extract_archive(archive: CheckedArchive, parent: Path, prefix: str) -> Path:
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
+    finally:
+        if plain is not None:
+            os.close(plain)
     os.chmod(dest, 0o700)
     return dest
 
