@@ -212,7 +212,10 @@ class Restorer:
             return _Source(archive=Path(image))
         if not image or image.startswith("/"):
             return None
-        found = self._ctd.image_status(image)
+        try:
+            found = self._ctd.image_status(image)
+        except Upstream:  # a reference containerd cannot parse: its CreateContainer says so
+            return None
         if found is None:
             return None
         # CRI names every image it manages by its id too; repo digests are not always there
@@ -299,6 +302,8 @@ class Restorer:
             unpacked = extract_archive(checked, self._root, "ckpt-")
         else:
             blob_dir = Path(tempfile.mkdtemp(prefix="blob-", dir=self._root))
+            with self._lock:
+                self._inflight.add(blob_dir)
             try:
                 blob = blob_dir / "layer"
                 self._ctd.save_blob(source.layer_digest, blob, clock.left())
@@ -306,6 +311,8 @@ class Restorer:
                 unpacked = extract_archive(checked, self._root, "ckpt-")
             finally:
                 shutil.rmtree(blob_dir, ignore_errors=True)
+                with self._lock:
+                    self._inflight.discard(blob_dir)
         with self._lock:
             self._inflight.add(unpacked)
         return unpacked

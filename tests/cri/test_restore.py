@@ -112,3 +112,126 @@ def test_a_call_without_deadline_has_none_downstream() -> None:
     assert _timeout(Context(-1.0)) == 0.0  # type: ignore[arg-type]
     left = Clock(30.0).left()
     assert left is not None and 29 < left <= 30
+
+
+# --- the Restorer against a fake containerd: nothing is left behind on any failure --------
+
+
+class FakeContainerd:
+    """What the Restorer calls; ``fail`` names the call that raises."""
+
+    def __init__(self, fail: str = "") -> None:
+        self.fail = fail
+        self.created: list[str] = []
+        self.removed: list[str] = []
+        self.leases = 0
+
+    def _maybe(self, name: str) -> None:
+        if self.fail == name:
+            import grpc
+
+            from shim.cri._errors import Upstream
+
+            raise Upstream(grpc.StatusCode.INTERNAL, f"{name} failed")
+
+    def image_status(self, image: str) -> object:
+        self._maybe("image_status")
+        return api_pb2.Image(id="sha256:" + "c" * 64, repo_tags=[image])  # it is here
+
+    def image_target(self, name: str) -> str:
+        return ""
+
+    def pull_image(self, image: str, sandbox: object, timeout: float | None) -> str:
+        raise AssertionError("the base image is local; no pull")
+
+    def list_annotations(self) -> list[dict[str, str]]:
+        return []
+
+    def create_container(self, request: object, timeout: float | None) -> str:
+        self._maybe("create_container")
+        self.created.append("cid-1")
+        return "cid-1"
+
+    def remove_container(self, cid: str) -> None:
+        self.removed.append(cid)
+
+    def lease(self) -> object:
+        import contextlib
+
+        fake = self
+
+        @contextlib.contextmanager
+        def held() -> object:
+            fake.leases += 1
+            try:
+                yield "lease"
+            finally:
+                fake.leases -= 1
+
+        return held()
+
+    def write_blob(self, *args: object, **kwargs: object) -> None:
+        self._maybe("write_blob")
+
+    def container(self, cid: str) -> object:
+        return object()
+
+    def apply_diff(self, *args: object, **kwargs: object) -> None:
+        self._maybe("apply_diff")
+
+
+def _archive(path: Path) -> Path:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in [("config.dump", b'{"rootfsImageName": "localhost/base:1"}'),
+                           ("spec.dump", json.dumps(SPEC).encode()),
+                           ("checkpoint/inventory.img", b"i"),
+                           ("rootfs-diff.tar", b"\x1f\x8b" + b"\0" * 30)]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("fail", ["create_container", "write_blob", "apply_diff"])
+def test_a_failed_restore_leaves_nothing(tmp_path: Path, fail: str) -> None:
+    from shim.cri._errors import Upstream
+    from shim.cri._restore import Restorer
+
+    ctd = FakeContainerd(fail)
+    restorer = Restorer(ctd, tmp_path / "work")  # type: ignore[arg-type]
+    req = request()
+    req.config.image.image = str(_archive(tmp_path / "ck.tar"))
+    with pytest.raises(Upstream, match=fail):
+        restorer.create(req, 30.0)
+    assert ctd.removed == ctd.created  # a container made is removed again
+    assert ctd.leases == 0
+    assert list((tmp_path / "work" / "restore").iterdir()) == []
+
+
+def test_a_restore_keeps_its_images_and_names_them(tmp_path: Path) -> None:
+    from shim.cri._restore import Restorer
+
+    ctd = FakeContainerd()
+    restorer = Restorer(ctd, tmp_path / "work")  # type: ignore[arg-type]
+    req = request()
+    req.config.image.image = str(_archive(tmp_path / "ck.tar"))
+    assert restorer.create(req, 30.0).container_id == "cid-1"
+    (unpacked,) = (tmp_path / "work" / "restore").iterdir()
+    assert (unpacked / "checkpoint" / "inventory.img").read_bytes() == b"i"
+    assert ctd.removed == [] and ctd.leases == 0
+    restorer.removed(unpacked)
+    assert not unpacked.exists()
+
+
+def test_an_image_that_is_no_checkpoint_is_not_ours(tmp_path: Path) -> None:
+    from shim.cri._restore import Restorer
+
+    restorer = Restorer(FakeContainerd(), tmp_path / "work")  # type: ignore[arg-type]
+    req = request()
+    req.config.image.image = "localhost/plain:1"  # local, but image_target finds no target
+    assert restorer.create(req, 30.0) is None
+    req.config.image.image = str(tmp_path / "missing.tar")
+    assert restorer.create(req, 30.0) is None
