@@ -172,15 +172,12 @@ excluded_tests() { awk '!/^#/ && NF {print $1}' "$conf/excluded.txt" | sort; }
 # Runs the suite against one runtime: run_suite RUNTIME NAME REGEX TIMEOUT writes
 # $results_dir/NAME.{log,results,leftovers}.
 run_suite() {
-    local runtime=$1 name=$2 regex=$3 limit=$4 work tmp created_cgroup=() d
+    local runtime=$1 name=$2 regex=$3 limit=$4 work tmp
     local log_file=$results_dir/$name.log
     work=$(mktemp -d "$CACHE/run.XXXXXX")
     # The suite's temporary files (its config, FIFOs, t.TempDir() with a second containerd's
     # socket, whose path must stay under 108 bytes) in a short private directory.
     tmp=$(mktemp -d)
-    for d in /sys/fs/cgroup/*/; do
-        [[ -d $d$TEST_NAMESPACE ]] || created_cgroup+=("$d$TEST_NAMESPACE")
-    done
     local start=$SECONDS rc=0
     (
         cd "$work"
@@ -203,9 +200,6 @@ run_suite() {
     if grep -qsF "$work" /proc/self/mountinfo; then   # none expected: private mount namespace
         grep -F "$work" /proc/self/mountinfo | awk '{print $5}' | sort -r | xargs -r umount -l
     fi
-    for d in "${created_cgroup[@]}"; do
-        rmdir "$d" 2>/dev/null || true   # only if empty (another user may have come)
-    done
     rm -rf "$work" "$tmp"
 }
 
@@ -339,6 +333,14 @@ report() {
     return "$failed"
 }
 
+created_cgroups=()
+remove_created_cgroups() {
+    local d
+    for d in "${created_cgroups[@]}"; do
+        rmdir "$d" 2>/dev/null || true
+    done
+}
+
 main() {
     [[ $EUID == 0 ]] || die "run as root"
     local runtimes=("$@")
@@ -370,6 +372,14 @@ main() {
     local regex
     regex="^($(IFS='|'; echo "${tests[*]}"))\$"
     log "${#tests[@]} tests, $(wc -l <<<"$excluded") left out; runtimes: ${runtimes[*]}"
+
+    # runc makes a parent cgroup per containerd namespace ("testing") in each hierarchy: the
+    # ones this script brought into being go at its end, if empty (rmdir: another user's stay).
+    local d
+    for d in /sys/fs/cgroup/*/; do
+        [[ -d $d$TEST_NAMESPACE ]] || created_cgroups+=("$d$TEST_NAMESPACE")
+    done
+    trap remove_created_cgroups EXIT
 
     local r retry
     rm -f "$results_dir"/*.results "$results_dir"/*.leftovers "$results_dir"/*.tests \
