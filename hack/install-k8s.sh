@@ -11,7 +11,8 @@
 #   - the CRI API proto (k8s.io/cri-api 0.36.4, Debian sid's golang-k8s-cri-api-dev), unpacked
 #     into $PREFIX/cri-api-0.36.4 and compared with the copy committed under protos/k8s/;
 #   - a registry server (Debian bookworm's docker-registry, the distribution registry), unpacked
-#     with dpkg-deb -x into $PREFIX/docker-registry (no service is installed or started): the
+#     with dpkg-deb -x into $PREFIX/docker-registry and linked as /usr/local/bin/docker-registry
+#     (no service is installed or started): the
 #     restore tests serve the base image from it on 127.0.0.1, as containerd 2.1's own CRI
 #     restore pulls it;
 #   - the pause image localhost/pyrunc-pause:latest (hack/image/build-pause.sh), built here and
@@ -46,6 +47,7 @@ readonly CRI_PROTO_IN_REPO=protos/k8s/cri/runtime/v1/api.proto
 readonly CNI_PACKAGE=containernetworking-plugins
 readonly REGISTRY_PACKAGE=docker-registry
 readonly REGISTRY_PREFIX=$PREFIX/docker-registry
+readonly REGISTRY_LINK=/usr/local/bin/docker-registry
 readonly CNI_DIR=/usr/lib/cni
 
 export DEBIAN_FRONTEND=noninteractive
@@ -265,8 +267,9 @@ install_registry() {
     else
         log "$REGISTRY_PACKAGE: already in $REGISTRY_PREFIX"
     fi
-    registry_version=$("$bin" --version 2>&1 | awk '{print $NF; exit}')
-    [[ -n $registry_version ]] || die "$bin --version fails"
+    ln -sfn "$bin" "$REGISTRY_LINK"
+    registry_version=$("$REGISTRY_LINK" --version 2>&1 | awk '{print $NF; exit}')
+    [[ -n $registry_version ]] || die "$REGISTRY_LINK --version fails"
 }
 
 install_cri_proto() {
@@ -306,7 +309,7 @@ main() {
     echo "  containerd:    $CONTAINERD17_PREFIX/usr/bin/containerd ($containerd17_version)"
     echo "  checkpointctl: $CHECKPOINTCTL_LINK -> $CHECKPOINTCTL_PREFIX ($checkpointctl_version)"
     echo "  CNI plugins:   $CNI_DIR ($CNI_PACKAGE $cni_version)"
-    echo "  registry:      $REGISTRY_PREFIX/usr/bin/docker-registry ($registry_version)"
+    echo "  registry:      $REGISTRY_LINK -> $REGISTRY_PREFIX ($registry_version)"
     echo "  CRI API:       $CRI_PROTO_IN_REPO = $CRI_API_PREFIX/$CRI_PROTO_IN_DEB"
     echo "  pause image:   $(cat "$repo/build/pyrunc-pause-image.ref") ($repo/build/pyrunc-pause-image.tar)"
 }

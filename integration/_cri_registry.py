@@ -23,7 +23,7 @@ from .harness import HarnessError, wait_until
 
 __all__ = ["REGISTRY_BINARY", "Registry"]
 
-REGISTRY_BINARY: Final = Path("/opt/containerd-shim-pyrunc/docker-registry/usr/bin/docker-registry")
+REGISTRY_BINARY: Final = Path("/usr/local/bin/docker-registry")  # hack/install-k8s.sh
 
 _CONFIG: Final = """\
 version: 0.1
