@@ -58,8 +58,11 @@ def main(argv: list[str]) -> int:
         text = path.read_text()
         count = text.count(old)
         if count != 1:
-            print(f"edit-suite: {path}: expected the text to replace once, found it {count} times:\n{old}",
-                  file=sys.stderr)
+            print(
+                f"edit-suite: {path}: expected the text to replace once, found it {count} times:"
+                f"\n{old}",
+                file=sys.stderr,
+            )
             return 1
         path.write_text(text.replace(old, new))
     return 0
