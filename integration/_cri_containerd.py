@@ -229,8 +229,10 @@ class CriContainerd:
         return str(prefix / "usr" / "bin" / "ctr") if prefix else "ctr"
 
     @classmethod
-    def start(cls, version: Version, *, timeout: float = 60) -> CriContainerd:
-        """Start one, import the test and pause images into ``k8s.io``.
+    def start(cls, version: Version, *, timeout: float = 60,
+              netns: str | None = None) -> CriContainerd:
+        """Start one, import the test and pause images into ``k8s.io``; with ``netns`` (a
+        network namespace's path) containerd, its shims and its CNI bridge live there.
 
         Raises:
             HarnessError: a binary is missing or containerd did not come up (log included).
@@ -274,7 +276,8 @@ class CriContainerd:
         binary = str(prefix / "usr" / "bin" / "containerd") if prefix else "containerd"
         with open(directory / "containerd.log", "wb") as log:
             proc = subprocess.Popen(
-                [binary, "--config", str(config)],
+                [*(["nsenter", f"--net={netns}"] if netns else []), binary, "--config",
+                 str(config)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=directory, env=env, start_new_session=True,
             )

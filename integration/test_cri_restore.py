@@ -414,20 +414,40 @@ def test_bad_archives_refused_nothing_left(node: Node) -> None:
 # --- across nodes ----------------------------------------------------------------------------
 
 
+@pytest.fixture
+def other_node_netns() -> Iterator[str]:
+    """A network namespace of its own for the other node (removed afterwards)."""
+    name = f"pyrunc-node-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    try:
+        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"],
+                       check=True, capture_output=True)
+        yield f"/run/netns/{name}"
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+
+
 @pytest.mark.parametrize(("source", "target"), [(Version.V1_6, Version.V2_1),
                                                 (Version.V2_1, Version.V1_6)],
                          ids=["ctrd16-to-ctrd21", "ctrd21-to-ctrd16"])
 def test_restore_on_another_node(daemons: dict[Version, tuple[CriContainerd, Endpoint]],
-                                 tmp_path: Path, source: Version, target: Version) -> None:
-    """Checkpointed through one containerd (its own root, state and CNI network), restored
-    through another: the counter goes on in the other node's pod network."""
+                                 other_node_netns: str, tmp_path: Path, source: Version,
+                                 target: Version) -> None:
+    """Checkpointed through one containerd, restored through another with its own root,
+    state and network namespace (where its shims and CNI bridge live): the counter goes on in
+    the other node's pod network."""
     nodes: list[Node] = []
-    for version in (source, target):
-        if version not in daemons:
-            daemons[version] = _start(version)
-    with Kubelet.connect(daemons[source][1].uri) as a, Kubelet.connect(daemons[target][1].uri) as b:
+    if source not in daemons:
+        daemons[source] = _start(source)
+    other = CriContainerd.start(target, netns=other_node_netns)
+    try:
+        other_ep = Endpoint.start(other.address)
+    except BaseException:
+        other.stop()
+        raise
+    with Kubelet.connect(daemons[source][1].uri) as a, Kubelet.connect(other_ep.uri) as b:
         node_a = Node("a", *daemons[source], a, tmp_path)
-        node_b = Node("b", *daemons[target], b, tmp_path)
+        node_b = Node("b", other, other_ep, b, tmp_path)
         nodes = [node_a, node_b]
         try:
             ck = checkpoint_counter(node_a, host_network=False)
@@ -440,12 +460,20 @@ def test_restore_on_another_node(daemons: dict[Version, tuple[CriContainerd, End
             addr = b.exec_sync(cid, ["cat", "/proc/net/fib_trie"])
             assert sandbox.network.ip.encode() in addr.stdout, (sandbox.network.ip, addr)
             assert node_a.containerd.dir != node_b.containerd.dir
-            assert node_a.containerd.bridge != node_b.containerd.bridge
+            # the other containerd (nsenter execs it: same pid) is in its own namespace
+            theirs = os.readlink(f"/proc/{other.proc.pid}/ns/net")
+            assert theirs == f"net:[{os.stat(other_node_netns).st_ino}]", theirs
+            assert theirs != os.readlink("/proc/self/ns/net")
         finally:
-            for n in nodes:
-                problems = n.kubelet.remove_everything()
-                assert not problems, problems
-                assert_nothing_left(n.endpoint)
+            try:
+                for n in nodes:
+                    problems = n.kubelet.remove_everything()
+                    assert not problems, problems
+                    assert_nothing_left(n.endpoint)
+            finally:
+                other_ep.stop()
+                problems = other.stop()
+                assert not [p for p in problems if "ip link" not in p], problems
 
 
 # --- containerd 2.1.9's own CRI restore, the shim registered per config.toml.example ---------
