@@ -29,6 +29,7 @@ restore sweeps directories no container names any more.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -286,7 +287,8 @@ class Restorer:
                 steps.done("rootfs diff")
                 log.info("restore of %s into %s: %s", image, cid[:12], steps)
             except BaseException:
-                self._ctd.remove_container(cid)
+                with contextlib.suppress(CriError):  # the first error is the one to report
+                    self._ctd.remove_container(cid)
                 raise
         except BaseException:
             remove_tree(unpacked)
