@@ -22,7 +22,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,8 +118,9 @@ class Host:
     def start_agent(self, certs: Path) -> None:
         """``pyrunc agent`` in this host's namespace, on TCP with mutual TLS."""
         self.agent_log = self.work_dir.parent / f"agent-{self.name}.log"
-        argv = [*in_netns(self.netns), *pyrunc_cli(), "-a", self.containerd.address, "agent", "--listen", self.agent_address,
-                "--work-dir", str(self.work_dir), "--tls-cert", str(certs / "server.pem"),
+        argv = [*in_netns(self.netns), *pyrunc_cli(), "-a", self.containerd.address, "agent",
+                "--listen", self.agent_address, "--work-dir", str(self.work_dir),
+                "--tls-cert", str(certs / "server.pem"),
                 "--tls-key", str(certs / "server.key"), "--tls-ca", str(certs / "ca.pem"),
                 # two "hosts" on one machine share /run: each needs a runc root of its own
                 "--runtime-root", str(self.work_dir.parent / "runc"),
@@ -181,17 +181,40 @@ class World:
                 tls: tuple[str, str, str] | None = None,
                 timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """``pyrunc migrate cid --to dst`` run in ``src``'s namespace."""
+        return subprocess.run(self._argv(cid, src, dst, method, tls, extra), capture_output=True,
+                              text=True, timeout=timeout, check=False, cwd=REPO,
+                              env=pyrunc_env(), stdin=subprocess.DEVNULL)
+
+    def _argv(self, cid: str, src: Host, dst: Host, method: str,
+              tls: tuple[str, str, str] | None, extra: tuple[str, ...]) -> list[str]:
         cert, key, ca = tls or (str(self.certs / "client.pem"), str(self.certs / "client.key"),
                                 str(self.certs / "ca.pem"))
-        argv = [*in_netns(src.netns), *pyrunc_cli(), "-a", src.containerd.address, "-n", NAMESPACE, "migrate", cid, "--to",
-                dst.agent_address, "--method", method, "--json", "--tls-cert", cert,
+        argv = [*in_netns(src.netns), *pyrunc_cli(), "-a", src.containerd.address, "-n",
+                NAMESPACE, "migrate", cid, "--to", dst.agent_address, "--method", method,
+                "--json", "--tls-cert", cert,
                 "--tls-key", key, "--tls-ca", ca, "--work-dir", str(src.work_dir / "out"),
                 *extra]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              check=False, cwd=REPO, env=pyrunc_env(), stdin=subprocess.DEVNULL)
+        return argv
+
+    def migrate_popen(self, cid: str, src: Host, dst: Host,
+                      method: str = "lazy") -> subprocess.Popen[str]:
+        """:meth:`migrate` in the background (output captured)."""
+        argv = self._argv(cid, src, dst, method, None, ())
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=REPO, env=pyrunc_env(), stdin=subprocess.DEVNULL)
+
+    def failure_logs(self) -> str:
+        """The CRIU logs the agents kept of failed restores (for assertion messages)."""
+        out = []
+        for h in (self.a, self.b):
+            for f in sorted((h.work_dir / "logs").glob("*-criu-restore-failed.log")):
+                lines = f.read_text(errors="replace").splitlines()
+                out.append(f"--- {h.name}: {f.name}\n" + "\n".join(lines[-25:]))
+        return "\n".join(out)
 
     def report(self, proc: subprocess.CompletedProcess[str]) -> dict[str, object]:
-        assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
+        assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr,
+                                      self.failure_logs())
         data: dict[str, object] = json.loads(proc.stdout)
         return data
 
@@ -260,5 +283,3 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
-
-_ = time

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from ._migrate_lab import Host, World, start_in, two_hosts
-from .harness import PYRUNC, TaskStatus, wait_until
+from ._migrate_lab import Host, World, in_netns, pyrunc_cli, start_in, two_hosts
+from .harness import IMAGE_REF, PYRUNC, REPO, TaskStatus, pyrunc_env, wait_until
 
 pytestmark = pytest.mark.parametrize("runtime", [PYRUNC], ids=["pyrunc"], indirect=True)
 
@@ -45,10 +47,32 @@ def assert_only_on(world: World, cid: str, host: Host) -> None:
                message=lambda: f"{other.name}'s staging to go: {other.staged()}")
 
 
-def counter_log(host: Host, cid: str, first_log: Path | None) -> str:
-    if first_log is not None:
-        return first_log.read_text()
-    return host.task_log(cid)
+def counts_on(log: Callable[[], str]) -> Callable[[], bool]:
+    return lambda: len(numbers(log())) >= 3
+
+
+def log_of(host: Host, cid: str) -> Callable[[], str]:
+    """What the task the agent of ``host`` restored has written so far."""
+    return lambda: host.task_log(cid)
+
+
+def verify_memfill(host: Host, cid: str, log: Callable[[], str], mib: int) -> None:
+    """SIGUSR1 to memfill on ``host``: it checks every byte of its memory and prints
+    ``verify ok``; wait for one more such line in ``log``."""
+    ok = f"verify ok {mib} MiB"
+    before = log().count(ok)
+    host.ctr("tasks", "kill", "-s", "SIGUSR1", cid)
+    wait_until(lambda: log().count(ok) > before or "FAILED" in log(), 60, interval=0.1,
+               message=lambda: f"memfill on {host.name} to verify: {log()[-300:]!r}")
+    assert "FAILED" not in log(), log()[-300:]
+
+
+def start_memfill(world: World, host: Host, mib: int) -> tuple[str, Callable[[], str]]:
+    cid, box = start_in(world, host, "mig-mem", "/usr/bin/memfill", str(mib), "7")
+    path = box.log_path(cid)
+    wait_until(lambda: f"filled {mib} MiB" in path.read_text(), 60, interval=0.1,
+               message=f"memfill to fill {mib} MiB")
+    return cid, lambda: path.read_text()
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -56,7 +80,8 @@ def test_counter_moves_there_and_back(world: World, method: str) -> None:
     cid, box = start_in(world, world.a, "mig-count", "/usr/bin/counter", "20")
     first_log = box.log_path(cid)
     wait_until(lambda: len(numbers(first_log.read_text())) >= 5, 20, interval=0.1)
-    src, dst, log_before = world.a, world.b, first_log.read_text
+    src, dst = world.a, world.b
+    log_before: Callable[[], str] = lambda: first_log.read_text()  # noqa: E731
     for _ in range(2):
         proc = world.migrate(cid, src, dst, method=method)
         report = world.report(proc)
@@ -66,7 +91,7 @@ def test_counter_moves_there_and_back(world: World, method: str) -> None:
         assert int(migration["downtime_us"]) > 0 and int(migration["transfer_bytes"]) > 0
         before = numbers(log_before())
         assert_only_on(world, cid, dst)
-        wait_until(lambda d=dst: len(numbers(d.task_log(cid))) >= 3, 20, interval=0.1,
+        wait_until(counts_on(log_of(dst, cid)), 20, interval=0.1,
                    message="the moved counter to count on")
         after = numbers(dst.task_log(cid))
         # it goes on from where it stopped, not from 1. The first line may repeat the
@@ -74,8 +99,196 @@ def test_counter_moves_there_and_back(world: World, method: str) -> None:
         # into the new pipe, and the source's shim read it too.
         assert after[0] in (before[-1], before[-1] + 1), (before[-5:], after[:5])
         assert after == list(range(after[0], after[0] + len(after))), after[:20]
-        log_before = lambda d=dst: d.task_log(cid)  # noqa: E731
+        log_before = log_of(dst, cid)
         src, dst = dst, src
 
 
-_ = (json, signal, counter_log)
+@pytest.mark.parametrize("method", METHODS)
+def test_memfill_memory_intact_after_each_move(world: World, method: str) -> None:
+    mib = 64
+    cid, log = start_memfill(world, world.a, mib)
+    verify_memfill(world.a, cid, log, mib)
+    src, dst = world.a, world.b
+    for _ in range(2):
+        report = world.report(world.migrate(cid, src, dst, method=method))
+        stats = report["container_statistics"][0]["criu_statistics"]  # type: ignore[index]
+        if method == "lazy":
+            moved = report["migration"]["transfer_bytes"]  # type: ignore[index]
+            assert int(moved) > mib << 20, report
+        else:
+            assert stats["pages_written"] >= mib * 256, stats  # every random page was dumped
+        assert_only_on(world, cid, dst)
+        log = log_of(dst, cid)
+        verify_memfill(dst, cid, log, mib)
+        src, dst = dst, src
+
+
+def test_twenty_moves_back_and_forth(world: World) -> None:
+    mib = 16
+    cid, log = start_memfill(world, world.a, mib)
+    src, dst = world.a, world.b
+    for move in range(20):
+        method = METHODS[move % 2]
+        proc = world.migrate(cid, src, dst, method=method)
+        assert proc.returncode == 0, (move, method, proc.stdout, proc.stderr)
+        assert dst.status(cid) is TaskStatus.RUNNING, (move, dst.status(cid))
+        assert cid not in src.containers(), (move, src.containers())
+        src, dst = dst, src
+    log = log_of(src, cid)
+    verify_memfill(src, cid, log, mib)
+    assert_only_on(world, cid, src)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_tcp_connection_survives_a_move(world: World, method: str) -> None:
+    """net-seq in the container, the client in a third namespace: the same connection goes
+    on after the container moved (both directions checked by net-seq's numbered, hashed
+    records), and after it moved back."""
+    from ._net_seq import SeqClient, established
+
+    port = 7000
+    cid, _ = start_in(world, world.a, "mig-tcp", "/usr/bin/net-seq", str(port), wired=True)
+    client = SeqClient.connect(world.client_ns, f"{world.subnet}.2", port)
+    try:
+        client.exchange(50)
+        endpoint = (client.local, client.peer)
+        src, dst = world.a, world.b
+        for _ in range(2):
+            world.report(world.migrate(cid, src, dst, "--tcp-established", method=method))
+            assert_only_on(world, cid, dst)
+            client.exchange(50)
+            assert (client.local, client.peer) == endpoint
+            assert established(world.client_ns, port) == [
+                (f"{client.local[0]}:{client.local[1]}", f"{world.subnet}.2:{port}")]
+            src, dst = dst, src
+        assert client.sent == 150
+    finally:
+        client.close()
+
+
+# --- faults ----------------------------------------------------------------------------------
+
+
+def wait_staging(host: Host, timeout: float = 60) -> None:
+    wait_until(lambda: any((host.work_dir / s / "images").exists() and
+                           any((host.work_dir / s / "images").iterdir())
+                           for s in host.staged()),
+               timeout, interval=0.01, message=f"a migration to arrive on {host.name}")
+
+
+def test_destination_agent_killed_mid_transfer(world: World) -> None:
+    mib = 512
+    cid, log = start_memfill(world, world.a, mib)
+    mig = world.migrate_popen(cid, world.a, world.b, method="stop-and-copy")
+    wait_staging(world.b)
+    world.b.stop_agent(signal.SIGKILL)
+    out, err = mig.communicate(timeout=300)
+    assert mig.returncode == 1, (out, err)
+    assert "the source runs on (RUNNING)" in err, err
+    assert world.a.status(cid) is TaskStatus.RUNNING
+    verify_memfill(world.a, cid, log, mib)
+    # the agent comes back (as its unit restarts it) and removes what the killed one staged
+    world.b.start_agent(world.certs)
+    assert_only_on(world, cid, world.a)
+
+
+def test_page_server_connection_cut_during_post_copy(world: World) -> None:
+    mib = 512
+    cid, log = start_memfill(world, world.a, mib)
+    mig = world.migrate_popen(cid, world.a, world.b, method="lazy")
+    # the destination runs and fetches pages: cut its connection to the source's page server
+    wait_until(lambda: world.b.status(cid) is TaskStatus.RUNNING, 120, interval=0.01,
+               message="the destination to run")
+    cut = subprocess.run(["nsenter", f"--net={world.b.netns}", "ss", "-K", "dst",
+                          world.a.ip], capture_output=True, text=True, timeout=30, check=False)
+    out, err = mig.communicate(timeout=300)
+    if mig.returncode == 0:
+        pytest.fail(f"post-copy finished before the cut ({cut.stdout} {cut.stderr}): {out}")
+    assert mig.returncode == 3, (out, err)
+    report = json.loads(out)
+    assert report["migration"]["outcome"] == "postcopy-failed", report
+    assert "resumed the source" in report["migration"]["message"], report
+    # the source resumed with all its memory; nothing of it is left on b
+    assert_only_on(world, cid, world.a)
+    verify_memfill(world.a, cid, log, mib)
+
+
+def test_destination_restore_fails_when_its_base_image_goes(world: World) -> None:
+    mib = 512
+    cid, log = start_memfill(world, world.a, mib)
+    mig = world.migrate_popen(cid, world.a, world.b, method="stop-and-copy")
+    wait_staging(world.b)
+    world.b.ctr("images", "rm", "--sync", IMAGE_REF)
+    out, err = mig.communicate(timeout=300)
+    assert mig.returncode == 1, (out, err)
+    assert "preparing the rootfs" in err and "the source runs on (RUNNING)" in err, err
+    verify_memfill(world.a, cid, log, mib)
+    assert_only_on(world, cid, world.a)
+
+
+def test_refused_checks_touch_nothing(world: World) -> None:
+    cid, box = start_in(world, world.a, "mig-ref", "/usr/bin/counter", "20")
+    path = box.log_path(cid)
+    wait_until(lambda: len(numbers(path.read_text())) >= 3, 20, interval=0.1)
+    proc = world.migrate(cid, world.a, world.b, method="pre-copy")
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "refused, nothing touched" in proc.stderr, proc.stderr
+    assert "no soft-dirty memory tracking" in proc.stderr, proc.stderr
+    # the destination already has a container of that name
+    world.b.ctr("containers", "create", IMAGE_REF, cid, "true")
+    try:
+        proc = world.migrate(cid, world.a, world.b, method="lazy")
+        assert proc.returncode == 1 and "already has a container" in proc.stderr, proc.stderr
+    finally:
+        world.b.ctr("containers", "rm", cid)
+    before = numbers(path.read_text())[-1]
+    wait_until(lambda: numbers(path.read_text())[-1] > before, 10, interval=0.1,
+               message="the counter to go on")
+    assert_only_on(world, cid, world.a)
+
+
+# --- mutual TLS ------------------------------------------------------------------------------
+
+
+PROBE = """
+import sys, grpc
+from shim.api.pyrunc.migrate.v1 import agent_pb2, agent_pb2_grpc
+address, ca, key, cert = sys.argv[1:5]
+creds = grpc.ssl_channel_credentials(
+    root_certificates=open(ca, "rb").read(),
+    private_key=open(key, "rb").read() if key else None,
+    certificate_chain=open(cert, "rb").read() if cert else None)
+with grpc.secure_channel(address, creds) as ch:
+    try:
+        agent_pb2_grpc.AgentStub(ch).Probe(agent_pb2.ProbeRequest(), timeout=10)
+        print("OK")
+    except grpc.RpcError as exc:
+        print(exc.code().name)
+"""
+
+
+def test_agent_refuses_clients_without_a_certificate_of_its_ca(world: World) -> None:
+    def probe(key: str, cert: str) -> str:
+        argv = [*in_netns(world.a.netns), sys.executable, "-c", PROBE, world.b.agent_address,
+                str(world.certs / "ca.pem"), key, cert]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True,
+                              cwd=REPO, env=pyrunc_env()).stdout.strip()
+
+    c = world.certs
+    assert probe("", "") == "UNAVAILABLE"  # no client certificate
+    assert probe(str(c / "rogue.key"), str(c / "rogue.pem")) == "UNAVAILABLE"  # other CA
+    assert probe(str(c / "client.key"), str(c / "client.pem")) == "OK"
+    # and the command line with the other CA's certificate: refused before anything moves
+    cid, _ = start_in(world, world.a, "mig-tls", "/usr/bin/counter", "20")
+    rogue_files = (str(world.certs / "rogue.pem"), str(world.certs / "rogue.key"),
+                   str(world.certs / "ca.pem"))
+    proc = world.migrate(cid, world.a, world.b, tls=rogue_files)
+    assert proc.returncode == 1 and "UNAVAILABLE" in proc.stderr, proc.stderr
+    assert_only_on(world, cid, world.a)
+    # plaintext TCP is refused unless asked for
+    agent = subprocess.run([*in_netns(world.b.netns), *pyrunc_cli(), "-a",
+                            world.b.containerd.address, "agent", "--listen", "127.0.0.1:7444",
+                            "--work-dir", str(world.b.work_dir)], capture_output=True, text=True,
+                           timeout=60, cwd=REPO, env=pyrunc_env(), check=False)
+    assert agent.returncode == 1 and "refusing plaintext TCP" in agent.stderr, agent.stderr
+

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import threading
@@ -119,6 +120,23 @@ def _spec(given: Any, parent: str) -> Any:
         name = path.rstrip("/").rsplit("/", 1)[-1] or "container"
         linux["cgroupsPath"] = f"{parent.rstrip('/')}/{name}"
     return any_pb2.Any(type_url=given.type_url, value=json.dumps(spec).encode())
+
+
+_CRIU_LOG = re.compile(r"CRIU log kept at (/[^\s;)]+)")
+
+
+def _keep_criu_log(message: str, log_dir: Path, cid: str) -> str:
+    """Copy the CRIU log a shim error names out of the bundle the rollback removes."""
+    m = _CRIU_LOG.search(message)
+    if m is None:
+        return ""
+    target = log_dir / f"{cid}-criu-restore-failed.log"
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(m[1], target)
+    except OSError:
+        return ""
+    return str(target)
 
 
 def _read_restore_stats(work: Path) -> RestoreStats:
@@ -298,6 +316,20 @@ class _Servicer(agent_pb2_grpc.AgentServicer):  # type: ignore[misc]
                 return agent_pb2.StatusReply(lazy_pages_running=running)
             return agent_pb2.StatusReply(status=t.status, exit_status=t.exit_status,
                                          lazy_pages_running=running)
+        except Exception as exc:
+            context.abort(*status_of(exc))
+
+    def Discard(self, request: Any, context: Any) -> Any:
+        try:
+            with connect(self.cfg.containerd, request.namespace) as cd:
+                cid = request.container_id
+                record = cd.container(cid)
+                cd.remove_task(cid)
+                cd.delete_container(cid)
+                with contextlib.suppress(ContainerdError):
+                    cd.remove_snapshot(record.snapshotter, record.snapshot_key)
+            log.warning("%s discarded (its post-copy failed)", cid)
+            return agent_pb2.StatusReply()
         except Exception as exc:
             context.abort(*status_of(exc))
 

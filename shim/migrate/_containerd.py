@@ -157,16 +157,18 @@ class Containerd:
         return int(self.call(self.tasks.Wait, req, timeout=timeout).exit_status)
 
     def remove_task(self, cid: str) -> None:
-        """Kill (if alive) and delete the task; quiet when there is none."""
+        """Kill (if alive) and delete the task; quiet when there is none. A paused task is
+        killed first and then thawed, so it never runs again."""
         t = self.task(cid)
         if t is None:
             return
-        if t.status == "PAUSED":
-            with contextlib.suppress(ContainerdError):
-                self.resume(cid)
         if t.status != "STOPPED":
+            # kill before resuming a paused task: it dies as it thaws, without running
             with contextlib.suppress(ContainerdError):
                 self.kill(cid)
+            if t.status == "PAUSED":
+                with contextlib.suppress(ContainerdError):
+                    self.resume(cid)
             with contextlib.suppress(ContainerdError):
                 self.wait(cid, timeout=30)
         with contextlib.suppress(ContainerdError):

@@ -14,9 +14,9 @@ Strategy: one function, :func:`migrate`, in phases, each with its own way back:
    snapshot, the rootfs diff, the CRIU images - and the agent restores. Way back: as 2;
    the agent rolls its side back when the stream ends without Commit.
 4. **commit**: the destination runs (downtime ends here); Commit; then the source goes
-   (stop-and-copy: its links are taken down first so that closing its TCP sockets sends
-   nothing, then it is killed) - for lazy only after its CRIU has served the last page
-   (the task exits then). A destination that dies during post-copy is reported
+   (stop-and-copy: its links are deleted and its TCP sockets destroyed first, so that
+   nothing reaches the peers, then it is killed) - for lazy only after its CRIU has served
+   the last page (the task exits then). A destination that dies during post-copy is reported
    (:attr:`Outcome.POSTCOPY_FAILED`) with what the source had not yet sent.
 
 The source's container record and snapshot are removed at the end unless ``keep_source``.
@@ -48,7 +48,15 @@ from shim.typeurl import pack
 from ._checks import HostFacts, Method, cpuinfo_dump, host_facts, refusals
 from ._containerd import Containerd, connect, ctr
 from ._errors import ContainerdError, MigrateError, Refused, TransferFailed
-from ._stats import DumpStats, Outcome, Report, RestoreStats, StatsError, parse_stats
+from ._stats import (
+    DumpStats,
+    Outcome,
+    Report,
+    RestoreStats,
+    StatsError,
+    count_lazy_pages,
+    parse_stats,
+)
 from ._tls import TlsFiles, channel, is_unix
 from ._transfer import CHUNK, directory_size, tar_chunks, upper_dir
 
@@ -207,17 +215,35 @@ def _abort_lazy_dump(cid: str, pid: int) -> None:
         time.sleep(0.05)
 
 
-def _links_down(pid: int) -> None:
-    """Take every link but lo of ``pid``'s network namespace down: closing the killed
-    source's TCP sockets then sends nothing to the peers, who talk to the destination."""
-    out = subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", "-j", "link", "show"],
-                         capture_output=True, text=True, timeout=30, check=False).stdout
+def _cut_network(pid: int) -> None:
+    """Cut the network of ``pid``'s namespace before the source is killed: delete every link
+    but lo (a veth takes its host-side peer with it, whose name the container's next move
+    back needs), then destroy its TCP sockets (``ss -K``; with no link left nothing reaches
+    the peers, who talk to the destination now, and no orphaned socket keeps the namespace
+    alive retransmitting a FIN)."""
+    enter = ["nsenter", "-t", str(pid), "-n"]
+    out = subprocess.run([*enter, "ip", "-j", "link", "show"], capture_output=True, text=True,
+                         timeout=30, check=False).stdout
     with contextlib.suppress(json.JSONDecodeError):
         for link in json.loads(out or "[]"):
             name = link.get("ifname", "")
             if name and name != "lo":
-                subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", "link", "set", name,
-                                "down"], capture_output=True, timeout=30, check=False)
+                subprocess.run([*enter, "ip", "link", "del", name], capture_output=True,
+                               timeout=30, check=False)
+    subprocess.run([*enter, "ss", "-K", "-t", "state", "all"], capture_output=True, timeout=30,
+                   check=False)
+
+
+def _lazy_dump_stats(images: Path, measured_us: int) -> DumpStats:
+    """Statistics of a lazy dump. CRIU 4.2 writes none that can be used for it (measured:
+    every counter 0, ``frozen_time`` holding a clock value), so ``pages_lazy`` is counted from
+    the page maps (entries flagged lazy) and ``frozen_time`` is the freeze this side measured
+    (source frozen until its last page was served)."""
+    lazy = 0
+    for pagemap in images.glob("pagemap-*.img"):
+        with contextlib.suppress(OSError, StatsError):
+            lazy += count_lazy_pages(pagemap.read_bytes())
+    return DumpStats(frozen_time=measured_us, pages_lazy=lazy)
 
 
 def _dump_stats(work: Path) -> DumpStats | None:
@@ -366,7 +392,7 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
     except ContainerdError as exc:
         raise back(f"the dump failed: {exc}") from None
     t_dumped = time.monotonic()
-    dump = _dump_stats(work)
+    dump = _lazy_dump_stats(images, 0) if lazy else _dump_stats(work)
     if dump is not None:
         prog.pages = dump.pages_written
 
@@ -419,24 +445,19 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
     postcopy_us = 0
     if lazy:
         prog.enter("post-copy")
-        try:
-            status = cd.wait(cid, timeout=opts.postcopy_timeout)
-        except ContainerdError as exc:
-            status = -1
-            message = f"waiting for the source to serve its last page: {exc}"
+        dump, outcome, message = _finish_postcopy(opts, cd, agent, work, dump, outcome, pid)
         postcopy_us = _us(time.monotonic() - t_running)
-        dump = _dump_stats(work) or dump
-        dest = agent.Status(agent_pb2.StatusRequest(namespace=opts.namespace,
-                                                    container_id=cid), timeout=60)
-        if dest.status != "RUNNING":
-            lost = (dump.pages_lazy if dump else 0)
-            outcome = Outcome.POSTCOPY_FAILED
-            message = (f"the destination's task is {dest.status or 'gone'} (exit "
-                       f"{dest.exit_status}) after post-copy; up to {lost} pages "
-                       f"({lost * PAGE} bytes) the source served lazily may be lost; the "
-                       f"source task ended with status {status}")
+        dump = _lazy_dump_stats(images, _us(time.monotonic() - t_freeze))
+        if outcome is Outcome.POSTCOPY_FAILED and _alive(pid):
+            # the source resumed: it is the container; nothing else to clean here
+            return Report(
+                container_id=cid, method=opts.method.value, outcome=outcome, dump=dump,
+                restore=_restore_stats(restored), checkpoint_us=_us(t_dumped - t_freeze),
+                restore_us=int(restored.restore_us), downtime_us=downtime,
+                transfer_bytes=sender.sent, postcopy_complete_us=postcopy_us,
+                total_us=_us(time.monotonic() - t0), message=message)
     else:
-        _links_down(pid)
+        _cut_network(pid)
     prog.enter("cleanup")
     cd.remove_task(cid)
     if not opts.keep_source:
@@ -452,6 +473,62 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
         checkpoint_us=_us(t_dumped - t_freeze), restore_us=int(restored.restore_us),
         downtime_us=downtime, transfer_bytes=transfer, postcopy_complete_us=postcopy_us,
         total_us=_us(time.monotonic() - t0), message=message)
+
+
+def _lazy_dumps(cid: str) -> list[int]:
+    """Pids of the runc ``checkpoint --lazy-pages`` of ``cid`` (it ends with the transfer)."""
+    found = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            argv = _cmdline(int(p))
+            if "checkpoint" in argv and "--lazy-pages" in argv and argv[-1] == cid:
+                found.append(int(p))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _finish_postcopy(opts: MigrateOptions, cd: Containerd, agent: Any, work: Path,
+                     dump: DumpStats | None, outcome: Outcome, pid: int
+                     ) -> tuple[DumpStats | None, Outcome, str]:
+    """Wait until the source's CRIU has served its last page, then judge: the source task
+    stopped (CRIU ends it after a complete transfer) and the destination runs = migrated;
+    the source task runs again (CRIU resumes it when the transfer fails) = the destination's
+    copy is incomplete and is discarded; the destination died = reported with what was
+    lost."""
+    cid = opts.container_id
+    deadline = time.monotonic() + opts.postcopy_timeout
+    while _lazy_dumps(cid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _lazy_dumps(cid):
+        return dump, Outcome.POSTCOPY_FAILED, (
+            f"post-copy did not finish in {opts.postcopy_timeout:.0f} s; the source's CRIU "
+            "still serves pages and the source is kept")
+    lazy_pages = dump.pages_lazy if dump else 0
+    dest = agent.Status(agent_pb2.StatusRequest(namespace=opts.namespace, container_id=cid),
+                        timeout=60)
+    if _alive(pid):
+        with contextlib.suppress(grpc.RpcError):
+            agent.Discard(agent_pb2.StatusRequest(namespace=opts.namespace, container_id=cid),
+                          timeout=120)
+        return dump, Outcome.POSTCOPY_FAILED, (
+            f"post-copy failed: the source's CRIU could not serve every page (of {lazy_pages} "
+            f"lazy pages) and resumed the source, which runs on with all its memory; the "
+            f"destination's incomplete copy ({dest.status or 'no task'}) was discarded; what "
+            "it did while it ran there is lost")
+    if dest.status != "RUNNING":
+        return dump, Outcome.POSTCOPY_FAILED, (
+            f"the destination's task is {dest.status or 'gone'} (exit {dest.exit_status}) "
+            f"after post-copy and the source has ended: the container is lost (up to "
+            f"{lazy_pages} pages, {lazy_pages * PAGE} bytes, were served lazily)")
+    return dump, outcome, ""
 
 
 def _restore_stats(r: Any) -> RestoreStats:

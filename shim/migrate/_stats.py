@@ -22,6 +22,7 @@ __all__ = [
     "Report",
     "RestoreStats",
     "StatsError",
+    "count_lazy_pages",
     "parse_stats",
 ]
 
@@ -138,6 +139,42 @@ def parse_stats(data: bytes) -> tuple[DumpStats | None, RestoreStats | None]:
         DumpStats(**_ints(dump, _DUMP_FIELDS)) if isinstance(dump, bytes) else None,
         RestoreStats(**_ints(restore, _RESTORE_FIELDS)) if isinstance(restore, bytes) else None,
     )
+
+
+_PAGEMAP_MAGICS = 8  # CRIU's common image magic, then the pagemap magic
+_PE_LAZY = 1 << 1     # pagemap_entry flags (CRIU images/pagemap.proto)
+_LEN = struct.Struct("<I")
+
+
+def count_lazy_pages(data: bytes) -> int:
+    """Pages a ``pagemap-<pid>.img`` leaves to be served lazily (entries flagged PE_LAZY).
+
+    The first entry is the pagemap head; each later one has ``flags`` (field 4) and the page
+    count (``nr_pages``, field 2, or, as CRIU 4.2 writes it, field 5).
+
+    Raises:
+        StatsError: the bytes are not a pagemap image.
+    """
+    pos, total, first = _PAGEMAP_MAGICS, 0, True
+    if len(data) < pos:
+        raise StatsError("shorter than an image header")
+    while pos < len(data):
+        if pos + _LEN.size > len(data):
+            raise StatsError("truncated entry length")
+        (length,) = _LEN.unpack_from(data, pos)
+        pos += _LEN.size
+        body = data[pos:pos + length]
+        if len(body) != length:
+            raise StatsError(f"entry of {length} bytes declared, {len(body)} present")
+        pos += length
+        if first:
+            first = False
+            continue
+        f = _fields(body)
+        flags, pages = f.get(4, 0), f.get(5) or f.get(2, 0)
+        if isinstance(flags, int) and isinstance(pages, int) and flags & _PE_LAZY:
+            total += pages
+    return total
 
 
 class Outcome(enum.Enum):

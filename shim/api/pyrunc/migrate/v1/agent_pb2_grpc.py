@@ -49,6 +49,11 @@ class AgentStub(object):
                 request_serializer=pyrunc_dot_migrate_dot_v1_dot_agent__pb2.StatusRequest.SerializeToString,
                 response_deserializer=pyrunc_dot_migrate_dot_v1_dot_agent__pb2.StatusReply.FromString,
                 _registered_method=True)
+        self.Discard = channel.unary_unary(
+                '/pyrunc.migrate.v1.Agent/Discard',
+                request_serializer=pyrunc_dot_migrate_dot_v1_dot_agent__pb2.StatusRequest.SerializeToString,
+                response_deserializer=pyrunc_dot_migrate_dot_v1_dot_agent__pb2.StatusReply.FromString,
+                _registered_method=True)
 
 
 class AgentServicer(object):
@@ -76,6 +81,14 @@ class AgentServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Discard(self, request, context):
+        """Remove a container this agent restored whose post-copy failed (the source resumed
+        it and runs on): task, record, snapshot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -91,6 +104,11 @@ def add_AgentServicer_to_server(servicer, server):
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
+                    request_deserializer=pyrunc_dot_migrate_dot_v1_dot_agent__pb2.StatusRequest.FromString,
+                    response_serializer=pyrunc_dot_migrate_dot_v1_dot_agent__pb2.StatusReply.SerializeToString,
+            ),
+            'Discard': grpc.unary_unary_rpc_method_handler(
+                    servicer.Discard,
                     request_deserializer=pyrunc_dot_migrate_dot_v1_dot_agent__pb2.StatusRequest.FromString,
                     response_serializer=pyrunc_dot_migrate_dot_v1_dot_agent__pb2.StatusReply.SerializeToString,
             ),
@@ -174,6 +192,33 @@ class Agent(object):
             request,
             target,
             '/pyrunc.migrate.v1.Agent/Status',
+            pyrunc_dot_migrate_dot_v1_dot_agent__pb2.StatusRequest.SerializeToString,
+            pyrunc_dot_migrate_dot_v1_dot_agent__pb2.StatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Discard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pyrunc.migrate.v1.Agent/Discard',
             pyrunc_dot_migrate_dot_v1_dot_agent__pb2.StatusRequest.SerializeToString,
             pyrunc_dot_migrate_dot_v1_dot_agent__pb2.StatusReply.FromString,
             options,
