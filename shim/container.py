@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,8 @@ Publish = Callable[[str, Message], None]
 
 _EXEC_EXIT_WAIT = 5.0  # how long the init exit waits for the execs' exits
 _OUTPUT_FLUSH_WAIT = 2.0  # how long an exit waits for the last output to be copied
+_ABORT_WAIT = 120.0  # how long a Kill/Delete waits for an aborted restore to clean up
+_SIGKILL = 9
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +233,7 @@ class InitProcess(ProcessBase):
             self.io.runtime_stdio(),
             console_socket=self.io.console_socket,
             no_pivot=c.config.no_pivot,
+            cgroups_path=c.cgroups_path(),
         )
         await network.restored(restored.pid)
         self.pid = restored.pid
@@ -367,6 +371,8 @@ class Container:
         self.init = InitProcess(self, config.id, config.io, Created())
         self.execs: dict[str, ExecProcess] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._restoring: asyncio.Task[None] | None = None  # Start's restore, while in flight
+        self._abort_signal = 0  # the signal of the Kill/Delete that aborted it
 
     @classmethod
     async def create(
@@ -452,7 +458,10 @@ class Container:
             if exec_id and not self.init.state.can_exec():
                 state = self.init.state.name
                 raise FailedPrecondition(f"cannot start an exec in a {state} container")
-            await p.state.start(p)
+            if isinstance(p.state, CreatedFromCheckpoint):
+                await self._restore(p)
+            else:
+                await p.state.start(p)
             if exec_id:
                 self.publish(
                     "/tasks/exec-started",
@@ -462,8 +471,52 @@ class Container:
                 self.publish("/tasks/start", events.TaskStart(container_id=self.id, pid=p.pid))
             return p.pid
 
+    async def _restore(self, p: ProcessBase) -> None:
+        """Start's restore, as a task a Kill or Delete can abort (:meth:`_abort_restore`).
+        A restore that is aborted or runs out of time (its ttrpc deadline or the runtime's
+        limit) has had CRIU's processes, mounts and cgroups removed by the runner; the task
+        then ends as stopped, its exit (128 + signal) published. Called under the lock."""
+        task = asyncio.get_running_loop().create_task(p.state.start(p))
+        self._restoring, self._abort_signal = task, 0
+        try:
+            await task
+        except (asyncio.CancelledError, TimeoutError) as exc:
+            signal = self._abort_signal or _SIGKILL
+            p.record_exit(Exit(0, 128 + signal, time.time()))
+            self.publish(
+                "/tasks/exit",
+                events.TaskExit(
+                    container_id=self.id,
+                    id=p.id,
+                    pid=0,
+                    exit_status=p.exit_status,
+                    exited_at=_timestamp(p.exited_at),
+                ),
+            )
+            current = asyncio.current_task()
+            if self._abort_signal and (current is None or not current.cancelling()):
+                raise FailedPrecondition(
+                    f"restore of {self.id} aborted by signal {self._abort_signal}"
+                ) from exc
+            raise
+        finally:
+            self._restoring = None
+
+    async def _abort_restore(self, signal: int) -> bool:
+        """If Start is restoring the init, cancel that restore (which kills CRIU's processes
+        and removes what it mounted) and wait until it is over; True if there was one."""
+        task = self._restoring
+        if task is None or task.done():
+            return False
+        self._abort_signal = signal or _SIGKILL
+        task.cancel()
+        await asyncio.wait([task], timeout=_ABORT_WAIT)
+        return True
+
     async def delete(self, exec_id: str) -> ProcessBase:
         p = self.process(exec_id)
+        if not exec_id:
+            await self._abort_restore(_SIGKILL)
         async with self.lock:
             await p.state.delete(p)
             if not exec_id:
@@ -483,6 +536,8 @@ class Container:
 
     async def kill(self, exec_id: str, signal: int, all: bool) -> None:
         p = self.process(exec_id)
+        if not exec_id and await self._abort_restore(signal):
+            return  # the restore is over, the task stopped (its exit published)
         async with self.lock:
             await p.state.kill(p, signal, all)
 

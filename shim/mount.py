@@ -12,9 +12,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 from collections.abc import Iterable, Sequence
 
-__all__ = ["mount", "mount_all", "parse_options", "unmount_all"]
+__all__ = ["mount", "mount_all", "mounts_under", "parse_options", "unmount_all", "unmount_under"]
 
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -130,6 +131,27 @@ def mount_all(mounts: Sequence[tuple[str, str, Sequence[str]]], target: str) -> 
     except OSError:
         unmount_all(target)
         raise
+
+
+def mounts_under(prefix: str) -> list[str]:
+    """The mount points at ``prefix`` or below it (``/proc/self/mountinfo``), deepest first."""
+    prefix = prefix.rstrip("/")
+    found: list[str] = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4]
+            # mountinfo escapes space, tab, newline and backslash as octal
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), point)
+            if point == prefix or point.startswith(prefix + "/"):
+                found.append(point)
+    return sorted(set(found), key=lambda m: m.count("/"), reverse=True)
+
+
+def unmount_under(prefix: str) -> None:
+    """Detach every mount at ``prefix`` or below it (what a killed CRIU left: its cgroup
+    yard, runc's ``criu-root``)."""
+    for point in mounts_under(prefix):
+        unmount_all(point)
 
 
 def unmount_all(target: str) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from shim.reaper import Exit, Reaper
 
-__all__ = ["CAPTURE", "Child", "Result", "run", "spawn"]
+__all__ = ["CAPTURE", "Child", "Result", "kill_tree", "run", "spawn"]
 
 CAPTURE = -1
 """Pass as ``stdout``/``stderr`` to collect that stream into :class:`Result`."""
@@ -179,10 +179,10 @@ async def run(
             if writer is not None:
                 await writer
     except TimeoutError:
-        _kill(child.pid)
+        kill_tree(child.pid)
         raise TimeoutError(f"{argv[0]} did not finish within {timeout} s") from None
     except asyncio.CancelledError:  # the caller gave up (a ttrpc deadline): stop the child too
-        _kill(child.pid)
+        kill_tree(child.pid)
         raise
     out = outputs[0] if stdout == CAPTURE else b""
     err = outputs[-1] if stderr == CAPTURE and outputs else b""
@@ -212,6 +212,40 @@ async def _write_all(fd: int, data: bytes) -> None:
         os.close(fd)
 
 
-def _kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+def _children(pids: set[int]) -> set[int]:
+    """The processes whose parent is in ``pids`` (from ``/proc/<pid>/stat``)."""
+    found: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 1 and int(fields[1]) in pids:
+            found.add(int(entry))
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every descendant of it (a runc and the CRIU it runs, with the
+    tasks CRIU is restoring, which CRIU clones as runc's children).
+
+    The tree is stopped top down first (SIGSTOP), so nobody forks a child this walk misses,
+    then killed: a killed process's children would go to the subreaper and no longer be
+    found as descendants. Reading ``/proc`` is cheap; it runs on the loop.
+    """
+    tree: set[int] = set()
+    level = {pid}
+    while level:
+        for p in level:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGSTOP)
+        tree |= level
+        level = _children(level) - tree
+    for p in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)

@@ -23,14 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import logging
 import os
 import shutil
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from shim.bundle import CRIU_CONFIG, CRIU_CONFIG_ANNOTATION, CRIU_WORK_DIR
+from shim.cgroups import CGROUP_ROOT
 from shim.checkpoint import netrestore
 from shim.checkpoint.criu import Criu, Requirements, criu_binary, ensure_capable, log_reason
 from shim.checkpoint.plan import (
@@ -44,6 +47,7 @@ from shim.checkpoint.plan import (
     restore_args,
 )
 from shim.errors import AlreadyExists, FailedPrecondition, ShimError, with_context
+from shim.mount import unmount_under
 from shim.reaper import Reaper
 from shim.runtime import RestoreOpts, Runtime, Stdio
 from shim.spawn import Child, Result, spawn
@@ -59,6 +63,8 @@ _LAZY_READY_TIMEOUT = 600.0
 _LAZY_DAEMON_TIMEOUT = 10.0
 _LOG_TAIL = 256 * 1024  # bytes of a kept CRIU log searched for the reason of a failure
 LAZY_PAGES_SOCKET = "lazy-pages.socket"  # created by `criu lazy-pages` in its work dir
+CGROUP_YARD = ".criu.cgyard.*"  # CRIU's cgroup mounts, in its work dir while it runs
+_CGROUP_RMDIR_WAIT = 5.0
 
 
 def _write_criu_config(bundle: Path, annotations: Mapping[str, str], text: str) -> None:
@@ -292,6 +298,48 @@ async def _start_lazy_pages_daemon(runtime: Runtime, reaper: Reaper, plan: Check
     return child
 
 
+async def _undo_restore(runtime: Runtime, cid: str, work_dir: str, cgroups_path: str) -> None:
+    """Remove what a failed restore left. runc and CRIU are gone by now (a timeout or
+    cancellation kills their whole tree, :func:`shim.spawn.kill_tree`), but a CRIU killed on
+    the way leaves its cgroup yard mounted in its work directory and runc's ``criu-root``
+    mounted in runc's state directory; then runc's state (``runc delete --force``, bounded by
+    its timeout) and the container's cgroups go."""
+    state_dir = os.path.join(runtime.config.root, runtime.config.namespace, cid)
+    yards = os.path.join(glob.escape(work_dir), CGROUP_YARD)
+    await asyncio.to_thread(_unmount_leftovers, [state_dir, *glob.glob(yards)])
+    with contextlib.suppress(ShimError, TimeoutError, OSError):
+        await runtime.delete(cid, force=True)
+    await asyncio.to_thread(_remove_leftovers, state_dir, glob.glob(yards), cgroups_path)
+
+
+def _unmount_leftovers(paths: list[str]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            unmount_under(path)
+
+
+def _remove_leftovers(state_dir: str, yards: list[str], cgroups_path: str) -> None:
+    """File work of :func:`_undo_restore`: run it in a thread."""
+    for yard in yards:
+        with contextlib.suppress(OSError):
+            os.rmdir(yard)
+    if not os.path.exists(os.path.join(state_dir, "state.json")):
+        shutil.rmtree(state_dir, ignore_errors=True)  # runc never recorded the container
+    if not cgroups_path or cgroups_path.count(":") == 2:  # none, or systemd's to remove
+        return
+    deadline = time.monotonic() + _CGROUP_RMDIR_WAIT
+    # every hierarchy CRIU restores into, named ones (systemd) and the unified one too
+    for path in sorted(CGROUP_ROOT.glob(f"*/{cgroups_path.strip('/')}")):
+        while path.is_dir():
+            try:
+                path.rmdir()
+            except OSError:  # the killed tasks are still leaving it
+                if time.monotonic() > deadline:
+                    log.warning("cannot remove cgroup %s of a failed restore", path)
+                    break
+                time.sleep(0.05)
+
+
 async def restore(
     runtime: Runtime,
     reaper: Reaper,
@@ -303,10 +351,14 @@ async def restore(
     *,
     console_socket: str | None,
     no_pivot: bool,
+    cgroups_path: str = "",
 ) -> Restored:
     """Restore ``cid`` (whose spec has ``annotations``) from ``source``, with the plan its
     dump stored (:func:`shim.checkpoint.plan.plan_restore`). Its network's rebuild is the
     caller's (:class:`shim.checkpoint.netrestore.NetworkRestore`, entered before this).
+
+    The restore is bounded (the caller's deadline, else the runtime's limit); a restore that
+    fails, runs out of time or is cancelled leaves nothing behind (:func:`_undo_restore`).
 
     Raises:
         InvalidArgument: the stored plan, the annotations or the restore options are bad.
@@ -345,8 +397,9 @@ async def restore(
         if daemon is not None and not daemon.exited.done():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(daemon.pid, 9)
+        note = await asyncio.to_thread(_keep_log, plan.work_dir, RESTORE_LOG, bundle)
+        await _undo_restore(runtime, cid, plan.work_dir, cgroups_path)
         if not isinstance(exc, ShimError):
             raise
-        note = await asyncio.to_thread(_keep_log, plan.work_dir, RESTORE_LOG, bundle)
         raise with_context(exc, f"restore failed: {exc} ({note})") from exc
     return Restored(int(pid_file.read_text()), daemon)

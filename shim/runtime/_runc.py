@@ -39,7 +39,18 @@ __all__ = [
 
 DEFAULT_ROOT = "/run/containerd/runc"
 _TIMEOUT = 60.0
+CRIU_TIMEOUT_ENV = "PYRUNC_CRIU_TIMEOUT"
 _CRIU_TIMEOUT = 600.0  # a dump or restore of a large container takes a while
+
+
+def criu_timeout() -> float:
+    """How long a dump or restore may take when the request brings no deadline of its own:
+    ``PYRUNC_CRIU_TIMEOUT`` seconds from the shim's environment (containerd's), else 600."""
+    try:
+        value = float(os.environ.get(CRIU_TIMEOUT_ENV, ""))
+    except ValueError:
+        return _CRIU_TIMEOUT
+    return value if value > 0 else _CRIU_TIMEOUT
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,7 +305,7 @@ class Runc:
         """``runc checkpoint``: ``criu_args`` as rendered by the checkpoint plan;
         ``extra_fds`` become fds 3, 4, ..."""
         args = ["checkpoint", *criu_args, cid]
-        await self._run(args, extra_fds=extra_fds, timeout=_CRIU_TIMEOUT)
+        await self._run(args, extra_fds=extra_fds, timeout=criu_timeout())
 
     def spawn_checkpoint(
         self, cid: str, criu_args: Sequence[str], *, extra_fds: Sequence[int] = ()
@@ -307,7 +318,7 @@ class Runc:
     async def restore(self, cid: str, opts: RestoreOpts, stdio: Stdio) -> None:
         """``runc restore``; ``stdio`` is re-attached by CRIU to the restored process in
         place of the pipes it had at dump time."""
-        await self._run(["restore", *opts.args(), cid], stdio=stdio, timeout=_CRIU_TIMEOUT)
+        await self._run(["restore", *opts.args(), cid], stdio=stdio, timeout=criu_timeout())
 
     async def ps(self, cid: str) -> list[int]:
         result = await self._run(["ps", "--format", "json", cid])

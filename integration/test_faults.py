@@ -1,0 +1,243 @@
+"""Faults around checkpoint and restore, and the shim's own defences, against real containerd,
+runc and CRIU.
+
+Strategy: each test makes one fault happen for real (images cut short, a restore killed in
+flight, a request from the wrong place) and then checks what the issue of record promised:
+the container that was meant to survive runs (memory verified where ``memfill`` is used), the
+one meant to stop is cleanly stopped with its exit reported, and nothing is left behind: no
+process, mount, cgroup, runc state or file outside the test's scratch directory. Images and
+work directories live in the ``scratch`` fixture; the ``containers`` fixture removes every
+container, also on failure. ``io.containerd.runc.v2`` is the control wherever the reference
+shim can take the same fault.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ._ckpt_tools import popen_pyrunc, run_pyrunc
+from .harness import (
+    IMAGE_REF,
+    NAMESPACE,
+    PYRUNC,
+    Containerd,
+    Containers,
+    Started,
+    container_processes,
+    ensure_image_tar,
+    mounts_under,
+    wait_until,
+)
+
+pyrunc_only = pytest.mark.parametrize("runtime", [PYRUNC], ids=["pyrunc"], indirect=True)
+
+RUNC_ROOT = Path("/run/containerd/runc")  # the runtime root containerd gives shims
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+MEMFILL_MIB = 16
+
+
+# --- probes ----------------------------------------------------------------------------------
+
+
+def _mentions(pid: int, needles: tuple[str, ...]) -> bool:
+    """Whether process ``pid`` names one of ``needles`` in its command line, working
+    directory or open files."""
+    base = f"/proc/{pid}"
+    try:
+        texts = [Path(base, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")]
+        texts.append(os.readlink(f"{base}/cwd"))
+        for fd in os.listdir(f"{base}/fd"):
+            try:
+                texts.append(os.readlink(f"{base}/fd/{fd}"))
+            except OSError:
+                continue
+    except OSError:
+        return False
+    return any(n in t for n in needles for t in texts)
+
+
+def processes_of(cid: str, *paths: Path) -> list[int]:
+    """Live processes of container ``cid`` or of CRIU/runc working on it: in its cgroup, or
+    naming ``cid`` or one of ``paths`` (images, work dirs) in argv, cwd or open files."""
+    needles = (cid, *(str(p) for p in paths))
+    found = set(container_processes(NAMESPACE, cid))
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != os.getpid() and _mentions(int(name), needles):
+            found.add(int(name))
+    return sorted(found)
+
+
+def restore_residue(containerd: Containerd, cid: str, *paths: Path) -> list[str]:
+    """Everything a finished (failed or aborted) restore of ``cid`` must not leave: processes,
+    mounts (rootfs, ``criu-root``, CRIU's cgroup yard), runc state, cgroups, the bundle."""
+    problems = []
+    if procs := processes_of(cid, *paths):
+        problems.append(f"processes {procs}")
+    state = RUNC_ROOT / NAMESPACE / cid
+    for where in (state, containerd.bundle(NAMESPACE, cid), *paths):
+        if mounts := mounts_under(where):
+            problems.append(f"mounts {mounts}")
+    if state.exists():
+        problems.append(f"runc state {state}")
+    cgroups = [str(p) for p in CGROUP_ROOT.glob(f"*/{NAMESPACE}/{cid}")]
+    if cgroups:
+        problems.append(f"cgroups {cgroups}")
+    yards = [str(y) for p in paths for y in p.glob(".criu.cgyard.*")]
+    if yards:
+        problems.append(f"cgroup yards {yards}")
+    return problems
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def start_memfill(containers: Containers, name: str) -> Started:
+    started = containers.start(name, "/usr/bin/memfill", str(MEMFILL_MIB), "5")
+    wait_until(lambda: started.output() == f"filled {MEMFILL_MIB} MiB\n", 60, interval=0.1)
+    return started
+
+
+def verify_memfill(containers: Containers, started: Started) -> None:
+    containers.ctr("tasks", "kill", "-s", "SIGUSR1", started.id)
+    want = f"filled {MEMFILL_MIB} MiB\nverify ok {MEMFILL_MIB} MiB\n"
+    wait_until(lambda: started.output() == want, 30, interval=0.1,
+               message=lambda: f"memfill to verify: {started.output()!r}")
+
+
+def cut_pages_in_half(containerd: Containerd, containers: Containers, scratch: Path) -> Path:
+    """A complete checkpoint of a running memfill whose ``pages-1.img`` is then cut in half
+    (the restore of it hangs in CRIU); returns the images directory."""
+    orig = start_memfill(containers, "fault-src")
+    images = scratch / "images"
+    proc = run_pyrunc(containerd, "checkpoint", "-q", orig.id, "--image-path", str(images),
+                      "--work-path", str(scratch / "dump-work"))
+    assert proc.returncode == 0, proc.stderr
+    pages = images / "pages-1.img"
+    os.truncate(pages, pages.stat().st_size // 2)
+    verify_memfill(containers, orig)  # the checkpointed container goes on untouched
+    return images
+
+
+def new_record(containers: Containers, name: str) -> str:
+    """``ctr c create`` a container record (no task) to restore into; returns its id."""
+    cid = containers.new_id(name)
+    containers.ctr("containers", "create", "--runtime", containers.runtime, containers.image,
+                   cid, "sleep", "1")
+    return cid
+
+
+def finish(proc: subprocess.Popen[str], timeout: float) -> tuple[int, str]:
+    """Wait for a background tool; its status and stderr (killed if it outlives timeout)."""
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"the tool did not return within {timeout} s: {err}")
+    return proc.returncode, err
+
+
+# --- defect 1: a restore that hangs is bounded and can be killed -------------------------------
+
+
+@pyrunc_only
+@pytest.mark.parametrize("how", ["kill", "delete"])
+def test_restore_hanging_on_truncated_pages_is_aborted_by_kill_or_delete(
+    containerd: Containerd, containers: Containers, scratch: Path, how: str
+) -> None:
+    """CRIU hangs restoring images whose pages are cut in half. A Kill (or a Delete) of the
+    task while its restore is in flight ends it: the restore fails, the task is stopped with
+    its exit reported, and CRIU's processes, mounts and cgroups are gone."""
+    ctr = containers.ctr
+    images = cut_pages_in_half(containerd, containers, scratch)
+    cid = new_record(containers, "fault-hang")
+    work = scratch / "restore-work"
+    events = containers.popen("events")
+    tool = popen_pyrunc(containerd, "restore", cid, "--image-path", str(images),
+                        "--work-path", str(work), "--detach")
+    try:
+        # CRIU is in the middle of the restore once its cgroup yard is mounted
+        wait_until(lambda: tool.poll() is not None or mounts_under(work), 60, interval=0.05,
+                   message="CRIU to start restoring")
+        assert tool.poll() is None, tool.communicate()
+        time.sleep(2)  # let it get stuck: the abort must work on a hung CRIU, not a busy one
+        assert tool.poll() is None, tool.communicate()
+        started = time.monotonic()
+        if how == "kill":
+            ctr("tasks", "kill", "-s", "SIGKILL", cid, timeout=60)
+        else:
+            ctr("tasks", "rm", cid, timeout=60)
+        status, err = finish(tool, 60)
+        elapsed = time.monotonic() - started
+    finally:
+        if tool.poll() is None:
+            tool.kill()
+            tool.communicate()
+    assert status == 1, err
+    assert f"restore of {cid} aborted by signal 9" in err, err
+    assert elapsed < 30, f"the abort took {elapsed:.1f} s"
+    wait_until(lambda: ctr.task(cid) is None, 30, message="the task to be deleted")
+    assert_exit_reported(events, cid, 137)
+    ctr("containers", "rm", cid)
+    assert restore_residue(containerd, cid, images, work) == []
+
+
+def assert_exit_reported(events: subprocess.Popen[str], cid: str, status: int) -> None:
+    """``ctr events`` showed a ``/tasks/exit`` of ``cid`` with ``status``."""
+    time.sleep(0.5)  # events travel asynchronously to ctr
+    events.terminate()
+    out, _ = events.communicate(timeout=10)
+    exits = [line for line in out.splitlines() if "/tasks/exit" in line and cid in line]
+    assert exits and f'"exit_status":{status}' in exits[-1], out
+
+
+@pytest.fixture
+def limited_containerd() -> Iterator[Containerd]:
+    """A containerd of its own whose shims bound a dump or restore to 15 s
+    (``PYRUNC_CRIU_TIMEOUT`` in containerd's environment, which its shims inherit)."""
+    os.environ["PYRUNC_CRIU_TIMEOUT"] = "15"
+    try:
+        daemon = Containerd.start(prefix="/run/pyrunc-lim-")
+    finally:
+        del os.environ["PYRUNC_CRIU_TIMEOUT"]
+    try:
+        daemon.import_image(ensure_image_tar(), IMAGE_REF, NAMESPACE)
+        yield daemon
+    finally:
+        problems = daemon.stop()
+        assert not problems, problems
+
+
+def test_restore_hanging_on_truncated_pages_ends_at_the_limit(
+    limited_containerd: Containerd, scratch: Path, request: pytest.FixtureRequest
+) -> None:
+    """Without a deadline in the request, the configured limit bounds the restore: it
+    fails, and the task ends stopped with its exit reported, nothing left behind."""
+    containerd = limited_containerd
+    box = Containers(containerd=containerd, ctr=containerd.ctr(NAMESPACE), runtime=PYRUNC,
+                     image=IMAGE_REF, logdir=scratch / "logs")
+    try:
+        images = cut_pages_in_half(containerd, box, scratch)
+        cid = new_record(box, "fault-limit")
+        work = scratch / "restore-work"
+        events = box.popen("events")
+        started = time.monotonic()
+        proc = run_pyrunc(containerd, "restore", cid, "--image-path", str(images),
+                          "--work-path", str(work), "--detach", timeout=120)
+        elapsed = time.monotonic() - started
+        assert proc.returncode == 1, (proc.stdout, proc.stderr)
+        assert 15 <= elapsed < 60, elapsed
+        assert "did not finish within 15" in proc.stderr, proc.stderr
+        wait_until(lambda: box.ctr.task(cid) is None, 30, message="the task to be deleted")
+        assert_exit_reported(events, cid, 137)
+        box.ctr("containers", "rm", cid)
+        assert restore_residue(containerd, cid, images, work) == []
+    finally:
+        problems = box.cleanup()
+        assert not problems, problems
