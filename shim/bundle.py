@@ -24,6 +24,8 @@ __all__ = [
     "RESTORE_ANNOTATION",
     "Spec",
     "cgroups_path",
+    "own_pid_namespace",
+    "process_with_terminal",
     "read_spec",
     "spec_annotations",
     "with_criu_config",
@@ -63,6 +65,34 @@ def spec_annotations(spec: Spec) -> dict[str, str]:
 def cgroups_path(spec: Spec) -> str:
     linux = spec.get("linux")
     return str(linux.get("cgroupsPath", "")) if isinstance(linux, dict) else ""
+
+
+def own_pid_namespace(spec: Spec) -> bool:
+    """Whether the container gets a PID namespace of its own: one of type ``pid`` without a
+    ``path`` (a container in the host's, or joining another's, has none). As containerd's
+    ``ShouldKillAllOnExit``, an unreadable spec ({}) counts as none."""
+    linux = spec.get("linux")
+    namespaces = linux.get("namespaces") if isinstance(linux, dict) else None
+    return any(
+        isinstance(ns, dict) and ns.get("type") == "pid" and not ns.get("path")
+        for ns in (namespaces if isinstance(namespaces, list) else [])
+    )
+
+
+def process_with_terminal(process: bytes, terminal: bool) -> bytes:
+    """An exec's process spec (JSON) with ``terminal`` set as the Exec request asks, as
+    containerd's runc shim does before ``runc exec`` (``pkg/process/init.go``, ``exec``).
+
+    Raises:
+        ValueError: ``process`` is not a JSON object.
+    """
+    spec = json.loads(process)
+    if not isinstance(spec, dict):
+        raise ValueError("the process spec is not a JSON object")
+    if spec.get("terminal", False) is terminal:
+        return process
+    spec["terminal"] = terminal
+    return json.dumps(spec).encode()
 
 
 def write_spec(bundle: Path, spec: Spec) -> None:

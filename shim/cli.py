@@ -147,7 +147,8 @@ def _fork_daemon(listener: socket.socket, argv: list[str]) -> int:
 
 
 def _adjust_daemon(pid: int, options: bytes) -> None:
-    """Put the daemon into the shim cgroup asked for and give it containerd's OOM score + 1."""
+    """Put the daemon into the shim cgroup the task options ask for (``shim_cgroup`` of
+    either runc options type, :mod:`shim.taskoptions`) and give it containerd's OOM score + 1."""
     try:
         with open(f"/proc/{os.getppid()}/oom_score_adj") as f:
             score = int(f.read())
@@ -157,17 +158,12 @@ def _adjust_daemon(pid: int, options: bytes) -> None:
         pass  # best effort, as in the runc shim
     if not options:
         return
-    from google.protobuf.any_pb2 import Any
+    from shim.taskoptions import decode_bytes  # protobuf: only when options were sent
 
-    from shim.api.containerd.runc.options import oci_pb2
-    from shim.typeurl import unpack
-
-    any_ = Any()
-    any_.ParseFromString(options)
-    opts = unpack(any_, oci_pb2.Options)
-    if opts is not None and opts.shim_cgroup:
+    shim_cgroup = decode_bytes(options).shim_cgroup
+    if shim_cgroup:
         for controller in os.listdir("/sys/fs/cgroup"):
-            procs = os.path.join("/sys/fs/cgroup", controller, opts.shim_cgroup.lstrip("/"))
+            procs = os.path.join("/sys/fs/cgroup", controller, shim_cgroup.lstrip("/"))
             try:
                 with open(os.path.join(procs, "cgroup.procs"), "w") as f:
                     f.write(str(pid))

@@ -137,9 +137,19 @@ class ProcessIO:
 
     @classmethod
     async def open(
-        cls, config: IOConfig, reaper: Reaper, *, container_id: str, namespace: str
+        cls,
+        config: IOConfig,
+        reaper: Reaper,
+        *,
+        container_id: str,
+        namespace: str,
+        owner: tuple[int, int] = (0, 0),
     ) -> ProcessIO:
         """Create pipes (or the console socket) and open containerd's side of each stream.
+
+        ``owner`` (uid, gid) owns the stdin pipe and the output
+        pipes copied to FIFOs or files, as go-runc's ``NewPipeIO`` (containerd's ``io_uid`` and
+        ``io_gid``); a logging binary's pipes and a terminal stay root's, as there.
 
         Raises:
             InvalidArgument: an unsupported stdio URI.
@@ -150,7 +160,7 @@ class ProcessIO:
             if config.terminal:
                 io._listen_console()
             else:
-                await io._open_pipes(reaper, container_id, namespace)
+                await io._open_pipes(reaper, container_id, namespace, owner)
             if config.stdin:
                 io._stdin_src = io._own(os.open(config.stdin, os.O_RDONLY | os.O_NONBLOCK))
         except BaseException:
@@ -167,12 +177,15 @@ class ProcessIO:
         self._fds += [r, w]
         return r, w
 
-    async def _open_pipes(self, reaper: Reaper, container_id: str, namespace: str) -> None:
+    async def _open_pipes(
+        self, reaper: Reaper, container_id: str, namespace: str, owner: tuple[int, int]
+    ) -> None:
         """Pipes for all three streams, also those containerd left empty: a stream nobody
         asked for reads EOF / is drained to /dev/null by the shim. The process never holds a
         host file (like /dev/null from the shim's mount namespace), which CRIU could not dump
         from inside the container's."""
         r, w = self._pipe()
+        os.fchown(r, *owner)
         stdin: int | None = r
         stdout = stderr = None
         self._child_ends.append(r)
@@ -187,6 +200,7 @@ class ProcessIO:
             for name, path in (("stdout", self.config.stdout), ("stderr", self.config.stderr)):
                 dst = self._own(_nonblocking(_open_destination(path or os.devnull)))
                 r, w = self._pipe()
+                os.fchown(w, *owner)
                 self._outputs.append((_nonblocking(r), dst))
                 self._child_ends.append(w)
                 if name == "stdout":

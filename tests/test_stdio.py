@@ -534,3 +534,33 @@ def test_terminal_console_socket_is_removed_by_close() -> None:
         io.resize(80, 24)  # no terminal yet: nothing to do
 
     run(main())
+
+
+# -- io_uid / io_gid ---------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a pipe to another uid needs root")
+def test_owner_gets_the_container_ends_of_the_pipes(tmp_path: Path) -> None:
+    """containerd's io_uid/io_gid own the pipes the process gets for stdin, stdout and
+    stderr (go-runc NewPipeIO), so a process of that user can reopen them."""
+
+    async def main() -> None:
+        reaper = Reaper()
+        reaper.install(asyncio.get_running_loop())
+        stdin, stdout = str(tmp_path / "in"), str(tmp_path / "out")
+        os.mkfifo(stdin)
+        os.mkfifo(stdout)
+        config = IOConfig(stdin=stdin, stdout=stdout)
+        io = await ProcessIO.open(
+            config, reaper, container_id="c", namespace="n", owner=(1234, 5678)
+        )
+        try:
+            stdio = io.runtime_stdio()
+            for fd in (stdio.stdin, stdio.stdout, stdio.stderr):
+                assert fd is not None
+                st = os.fstat(fd)
+                assert (st.st_uid, st.st_gid) == (1234, 5678)
+        finally:
+            io.close()
+
+    run(main())

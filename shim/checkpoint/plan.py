@@ -543,13 +543,18 @@ def _to_plan(o: Option, value: Any) -> Any:
 
 
 def restore_source(
-    checkpoint: str, options: AnyMessage | None, annotations: Mapping[str, str] | None = None
+    checkpoint: str,
+    options: AnyMessage | None,
+    annotations: Mapping[str, str] | None = None,
+    *,
+    work_dir: str = "",
 ) -> RestoreSource | None:
     """What a Create asks to restore from: containerd's unpacked checkpoint
-    (``CreateTaskRequest.checkpoint``, ``ctr c restore --live``), ``pyrunc.v1.RestoreOptions``
-    in its options (the ``pyrunc restore`` tool), or the spec annotation
-    :data:`~shim.bundle.RESTORE_ANNOTATION` (the CRI endpoint's restore); None for a fresh
-    container.
+    (``CreateTaskRequest.checkpoint``, ``ctr c restore --live``, or the task options'
+    ``criu_image_path``), ``pyrunc.v1.RestoreOptions`` in its options (the ``pyrunc restore``
+    tool), or the spec annotation :data:`~shim.bundle.RESTORE_ANNOTATION` (the CRI endpoint's
+    restore); None for a fresh container. ``work_dir`` (the task options' ``criu_work_path``)
+    is CRIU's work directory unless RestoreOptions name one.
 
     Raises:
         InvalidArgument: two of them given, no image path, or a relative path.
@@ -560,9 +565,9 @@ def restore_source(
         if checkpoint or opts is not None:
             raise InvalidArgument(
                 f"annotation {RESTORE_ANNOTATION} and a checkpoint in the request were both given")
-        return RestoreSource(_abs_path(annotated, RESTORE_ANNOTATION))
+        return RestoreSource(_abs_path(annotated, RESTORE_ANNOTATION), work_dir=work_dir)
     if opts is None:
-        return RestoreSource(checkpoint) if checkpoint else None
+        return RestoreSource(checkpoint, work_dir=work_dir) if checkpoint else None
     if checkpoint and opts.image_path:
         raise InvalidArgument("both a checkpoint and RestoreOptions.image_path were given")
     images = checkpoint or opts.image_path
@@ -573,7 +578,7 @@ def restore_source(
             raise InvalidArgument(f"{name} must be absolute: {path!r}")
     return RestoreSource(
         images_dir=images,
-        work_dir=opts.work_path,
+        work_dir=opts.work_path or work_dir,
         tcp_close=opts.tcp_close,
         lazy_pages=opts.lazy_pages,
         page_server=opts.page_server,
