@@ -9,7 +9,7 @@ the processes that map them).
 
 Usage (root, containerd running, test image imported by hack/install.sh):
     hack/bench.py [--address SOCK] [--runs N] [--out FILE] [--readme]
-                  [--sections lifecycle,memory,ttrpc,checkpoint,network,cri]
+                  [--sections lifecycle,memory,ttrpc,checkpoint,network,cri,migration]
                   [--ckpt-sizes 0,64,512] [--ckpt-runs N] [--ckpt-runs-large N] [--net-runs N]
 ``--readme`` rewrites the tables between the BENCH markers (lifecycle, memory, ttrpc) and the
 BENCH-CHECKPOINT markers in README.md from the results; a section that did not run leaves its
@@ -24,6 +24,9 @@ sizes get fewer runs (``--ckpt-runs-large``, from 512 MiB).
 Section ``cri``: ``hack/bench_cri.py`` (CRI CheckpointContainer of a 64 MiB container through
 ``pyrunc cri serve`` on containerd 1.6 vs containerd 2.1.9's own CRI with runc; needs
 hack/install-k8s.sh).
+
+Section ``migration`` (BENCH-MIGRATION markers): ``hack/bench_migrate.py`` (``pyrunc migrate``
+between two containerd hosts, post-copy vs stop-and-copy, 256 MiB to 2 GiB).
 
 Section ``network`` (pyrunc only, BENCH-NETWORK markers): what rebuilding a container's network
 at restore costs. One ``sleep`` container per variant is checkpointed once with ``pyrunc
@@ -60,7 +63,7 @@ RUNC = "io.containerd.runc.v2"
 RUNTIMES = (PYRUNC, RUNC)
 NAMESPACE = "pyrunc-bench"
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("lifecycle", "memory", "ttrpc", "checkpoint", "network", "cri")
+SECTIONS = ("lifecycle", "memory", "ttrpc", "checkpoint", "network", "cri", "migration")
 
 
 class Ctr:
@@ -701,6 +704,10 @@ def main() -> int:
         if "restore" in results["cri"]:
             print("CRI restore (CreateContainer + StartContainer) ratio ours/reference: "
                   f"{results['cri']['restore']['ratio']:.2f}")
+    if "migration" in sections:  # hack/bench_migrate.py: pyrunc migrate between two hosts
+        mig = subprocess.run([sys.executable, str(ROOT / "hack" / "bench_migrate.py"), "--json"],
+                             check=True, stdout=subprocess.PIPE, text=True)
+        results["migration"] = json.loads(mig.stdout)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     if "lifecycle" in results and "memory" in results:
@@ -713,6 +720,13 @@ def main() -> int:
         print(text)
         if args.readme:
             update_readme(text, "BENCH-CHECKPOINT")
+    if "migration" in results:
+        from bench_migrate import table as migration_table  # hack/ is this script's directory
+
+        text = migration_table(results["migration"])  # type: ignore[arg-type]
+        print(text)
+        if args.readme:
+            update_readme(text, "BENCH-MIGRATION")
     if "network" in results:
         text = network_table(results)
         print(text)

@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Migration benchmark: downtime and total time of post-copy (lazy) vs stop-and-copy.
+
+Usage (root; hack/install.sh has run): hack/bench_migrate.py [--sizes 256,512,1024,2048]
+[--runs 5] [--json]; also run by ``hack/bench.py --sections migration``.
+
+Strategy: the integration tests' world (``integration/_migrate_lab.py``): two containerd hosts,
+each in its own network namespace with a ``pyrunc agent`` on TCP with mutual TLS, one L2
+segment, a client namespace. Per size, one container holds ``memfill <MiB>`` of random data
+(as a child of ``net-seq``, which answers the client) and moves back and forth ``--runs``
+times per method with ``pyrunc migrate --tcp-established --json``; the figures are the
+report's ``downtime_us`` (source frozen -> destination running) and ``total_us``, and, from a
+client thread that exchanges one checked record with net-seq every 10 ms over one TCP
+connection, the longest gap between two answers around each move (what a client sees,
+retransmission back-off included). p50 of the runs. memfill verifies its memory at the end
+(SIGUSR1 -> ``verify ok``), so a figure of an untouched or damaged memory cannot pass.
+No test asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from integration._migrate_lab import Host, World, start_in, two_hosts  # noqa: E402
+from integration._net_seq import SeqClient  # noqa: E402
+from integration.harness import wait_until  # noqa: E402
+
+METHODS = ("lazy", "stop-and-copy")
+PORT = 7000
+POLL_S = 0.010
+
+
+class Poller:
+    """One record every 10 ms over one connection; answer times kept."""
+
+    def __init__(self, client: SeqClient) -> None:
+        self.client = client
+        self.times: list[float] = []
+        self.error = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.client.exchange(1, timeout=120)
+            except (AssertionError, OSError) as exc:
+                self.error = str(exc)
+                return
+            self.times.append(time.monotonic())
+            time.sleep(POLL_S)
+
+    def gap(self, start: float, end: float) -> float:
+        """The longest time without an answer between ``start`` and ``end`` (seconds)."""
+        ts = [start, *[t for t in self.times if start < t <= end], end]
+        return max(b - a for a, b in itertools.pairwise(ts))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=150)
+
+
+def one_size(world: World, mib: int, runs: int) -> dict[str, Any]:
+    script = f"/usr/bin/memfill {mib} 7 & exec /usr/bin/net-seq {PORT}"
+    cid, box = start_in(world, world.a, f"bench-{mib}", "sh", "-c", script, wired=True)
+    holder: Host = world.a
+    first_log = box.log_path(cid)
+
+    def log() -> str:
+        return first_log.read_text() if holder is world.a and not moved else holder.task_log(cid)
+
+    def memfill_pid() -> int:
+        init = holder.ctr.task(cid)
+        assert init is not None
+        (pid,) = [p.pid for p in holder.ctr.ps(cid) if p.pid != init.pid]
+        return pid
+
+    moved = False
+
+    wait_until(lambda: f"filled {mib} MiB" in log(), 300, interval=0.5,
+               message=f"memfill to fill {mib} MiB")
+    client = SeqClient.connect(world.client_ns, f"{world.subnet}.2", PORT)
+    client.exchange(10)
+    poller = Poller(client)
+    out: dict[str, Any] = {}
+    try:
+        for method in METHODS:
+            rows = []
+            for _ in range(runs):
+                dst = world.other(holder)
+                time.sleep(0.5)
+                start = time.monotonic()
+                proc = world.migrate(cid, holder, dst, "--tcp-established", method=method,
+                                     timeout=900)
+                end = time.monotonic()
+                if proc.returncode != 0:
+                    raise SystemExit(f"{method} {mib} MiB failed: {proc.stderr}")
+                m = json.loads(proc.stdout)["migration"]
+                holder, moved = dst, True
+                time.sleep(0.5)  # let the poller's next answer arrive
+                rows.append({"downtime_s": m["downtime_us"] / 1e6, "total_s": m["total_us"] / 1e6,
+                             "postcopy_s": m["postcopy_complete_us"] / 1e6,
+                             "transfer_mib": m["transfer_bytes"] / 2**20,
+                             "client_gap_s": poller.gap(start, end + 0.5),
+                             "wall_s": end - start})
+                if poller.error:
+                    raise SystemExit(f"the client's connection broke: {poller.error}")
+            out[method] = {
+                "runs": rows,
+                **{f"{k}_p50": statistics.median(r[k] for r in rows)
+                   for k in ("downtime_s", "total_s", "client_gap_s", "transfer_mib")},
+            }
+            print(f"{mib:5d} MiB {method:14s} downtime p50 {out[method]['downtime_s_p50']:.3f} s"
+                  f"  total p50 {out[method]['total_s_p50']:.3f} s  client gap p50 "
+                  f"{out[method]['client_gap_s_p50']:.3f} s", file=sys.stderr, flush=True)
+        before = log().count("verify ok")
+        os.kill(memfill_pid(), signal.SIGUSR1)
+        wait_until(lambda: log().count("verify ok") > before or "FAILED" in log(), 300,
+                   interval=0.5, message="memfill to verify")
+    finally:
+        poller.stop()
+        client.close()
+    out["memory_verified"] = "FAILED" not in log()
+    holder.ctr("tasks", "kill", "-s", "SIGKILL", cid, check=False)
+    return out
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = [
+        f"Live migration ({results['date']}, `hack/bench.py --sections migration`, "
+        f"p50 of {results['runs']} moves each, memfill of random data, two containerd hosts "
+        "in network namespaces on one machine, agent over mutual TLS, `--tcp-established`):",
+        "",
+        "| memory | method | downtime | total | client gap (TCP, 10 ms polls) | moved |",
+        "|---|---|---|---|---|---|",
+    ]
+    for mib, r in results["sizes"].items():
+        for method in METHODS:
+            m = r[method]
+            rows.append(f"| {mib} MiB | {method} | {m['downtime_s_p50']:.3f} s | "
+                        f"{m['total_s_p50']:.3f} s | {m['client_gap_s_p50']:.3f} s | "
+                        f"{m['transfer_mib_p50']:.0f} MiB |")
+    verified = all(r.get("memory_verified") for r in results["sizes"].values())
+    rows += ["", "memfill verified its memory after the moves: "
+             + ("yes, every size" if verified else "NO (see the JSON)")]
+    return "\n".join(rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="256,512,1024,2048")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args()
+    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": args.runs,
+                               "sizes": {}}
+    with tempfile.TemporaryDirectory(prefix="bench-migrate-") as tmp, two_hosts(Path(tmp)) as w:
+        for mib in (int(s) for s in args.sizes.split(",")):
+            results["sizes"][str(mib)] = one_size(w, mib, args.runs)
+    print(json.dumps(results, indent=1) if args.json else table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
