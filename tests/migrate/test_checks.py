@@ -1,0 +1,59 @@
+"""shim.migrate._checks: CRIU version parsing and the refusal rules (pure)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from shim.migrate._checks import LAZY_PIPE_MAX_SIZE, HostFacts, Method, criu_version, refusals
+
+HOST = HostFacts(kernel="6.18.0", machine="x86_64", criu_version=40201, lazy_pages=True,
+                 mem_dirty_track=False, pipe_max_size=LAZY_PIPE_MAX_SIZE, free_bytes=10 << 30)
+
+
+@pytest.mark.parametrize(("text", "number"), [
+    ("Version: 4.2.1\n", 40201),
+    ("Version: 4.2\nGitID: v4.2-1-g0\n", 40200),
+    ("Version: 3.19\n", 31900),
+    ("nonsense", 0),
+])
+def test_criu_version(text: str, number: int) -> None:
+    assert criu_version(text) == number
+
+
+def test_this_machine_allows_lazy_and_stop_and_copy() -> None:
+    assert refusals(HOST, HOST, Method.LAZY, 1 << 30) == []
+    assert refusals(HOST, HOST, Method.STOP_AND_COPY, 1 << 30) == []
+
+
+def test_pre_copy_refused_without_soft_dirty_naming_the_measure() -> None:
+    (reason,) = refusals(HOST, HOST, Method.PRE_COPY, 0)
+    assert "soft-dirty" in reason and "mem_dirty_track" in reason and "6.18.0" in reason
+
+
+def change(**kw: object) -> HostFacts:
+    return dataclasses.replace(HOST, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("source", "dest", "method", "needle"), [
+    (HOST, change(lazy_pages=False), Method.LAZY, "destination cannot do lazy pages"),
+    (change(lazy_pages=False), HOST, Method.LAZY, "source cannot do lazy pages"),
+    (change(pipe_max_size=1 << 20), HOST, Method.LAZY, "fs.pipe-max-size"),
+    (HOST, change(criu_version=40100), Method.STOP_AND_COPY, "older than the source's"),
+    (HOST, change(criu_version=0), Method.STOP_AND_COPY, "destination has no CRIU"),
+    (HOST, change(machine="aarch64"), Method.STOP_AND_COPY, "architectures differ"),
+    (HOST, change(free_bytes=100), Method.STOP_AND_COPY, "bytes free"),
+])
+def test_refusals(source: HostFacts, dest: HostFacts, method: Method, needle: str) -> None:
+    reasons = refusals(source, dest, method, 1000)
+    assert any(needle in r for r in reasons), reasons
+
+
+def test_lazy_settings_do_not_matter_to_stop_and_copy() -> None:
+    dest = change(lazy_pages=False, pipe_max_size=0)
+    assert refusals(dest, dest, Method.STOP_AND_COPY, 0) == []
+
+
+def test_a_newer_destination_criu_is_fine() -> None:
+    assert refusals(HOST, change(criu_version=40300), Method.LAZY, 0) == []
