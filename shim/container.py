@@ -384,9 +384,11 @@ class Container:
         """
         c = cls(config, runtime, reaper, publish)
         rootfs = str(config.bundle / "rootfs")
+        mounted = False  # unmount only what this Create mounted
         if config.rootfs:
             os.makedirs(rootfs, exist_ok=True)
             mount_all([(m.type, m.source, m.options) for m in config.rootfs], rootfs)
+            mounted = True
         try:
             spec = oci.read_spec(config.bundle)
             c.spec = oci.with_criu_config(spec, config.bundle)
@@ -410,7 +412,8 @@ class Container:
                 c.init.io.close()
             with contextlib.suppress(Exception):
                 await runtime.delete(config.id, force=True)
-            unmount_all(rootfs)
+            if mounted:
+                unmount_all(rootfs)
             raise
         publish(
             "/tasks/create",

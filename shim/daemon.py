@@ -4,7 +4,9 @@ Strategy: mirrors containerd ``runtime/v2/shim/shim.go`` (``run``/``serve``) and
 ``shim_unix.go``. The process becomes a child subreaper, logs to the bundle's ``log`` FIFO in
 containerd's (logrus text) format, reaps on SIGCHLD through :mod:`shim.reaper`, shuts down on
 SIGTERM/SIGINT or when ``Shutdown`` finds no container left, then sends queued events (bounded)
-and removes its socket.
+and removes its socket file. Where that file is, is read at start: containerd may remove the
+bundle (and its ``address`` file) as soon as ``Shutdown`` is answered. Only peers of the
+shim's own uid and gid are served (``SO_PEERCRED``), as the runc shim does.
 """
 
 from __future__ import annotations
@@ -101,11 +103,12 @@ async def _serve(flags: Flags) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    socket_file = _socket_file()
     listener = socket.socket(fileno=3)
     # Handed over with dup2, so inheritable: no child (runc, CRIU, helpers) may keep the
     # shim's socket open, or containerd would find it "served" after this shim is gone.
     listener.set_inheritable(False)
-    server = Server(error_mapper=to_status)
+    server = Server(error_mapper=to_status, require_same_user=True)
     server.register(SERVICE, service.handlers())
     serving = loop.create_task(server.serve(listener))
     log.info("shim %s serving (namespace %s)", flags.id, flags.namespace)
@@ -120,15 +123,27 @@ async def _serve(flags: Flags) -> None:
         server.abort()
     serving.cancel()
     await publisher.close(_SHUTDOWN_DRAIN)
-    _remove_socket()
+    _remove_socket(socket_file)
 
 
-def _remove_socket() -> None:
+def _socket_file() -> tuple[str, int] | None:
+    """The path of the socket file this shim serves (from the bundle's ``address``) and its
+    inode, or None if it cannot be told."""
     try:
         path = Path("address").read_text().strip().removeprefix("unix://")
-        os.unlink(path)
+        return path, os.stat(path).st_ino
     except OSError:
-        pass
+        return None
+
+
+def _remove_socket(socket_file: tuple[str, int] | None) -> None:
+    """Unlink the socket file, unless another shim has put a new one there since."""
+    if socket_file is None:
+        return
+    path, inode = socket_file
+    with contextlib.suppress(OSError):
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
 
 
 def serve(flags: Flags) -> int:

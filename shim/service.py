@@ -93,6 +93,7 @@ class TaskService:
     async def create(self, req: api.CreateTaskRequest) -> api.CreateTaskResponse:
         if req.id in self.containers:
             raise InvalidArgument(f"container {req.id} already exists in this shim")
+        _check_bundle(req.bundle)  # before anything is written, mounted or run
         options = _runtime_options(req)
         runtime_config = RuntimeConfig(
             binary=options.binary_name or "runc",
@@ -257,6 +258,20 @@ def _runtime_options(req: api.CreateTaskRequest) -> oci_pb2.Options:
     if options is None and given.type_url:
         log.info("ignoring runtime options of type %s", given.type_url)
     return options or oci_pb2.Options()
+
+
+def _check_bundle(bundle: str) -> None:
+    """A Create's bundle must be an absolute path to an existing directory, without ``..``:
+    an empty or relative one would resolve against the shim's working directory, which is
+    the bundle of the container it already serves.
+
+    Raises:
+        InvalidArgument: it is not.
+    """
+    if not bundle or not os.path.isabs(bundle) or ".." in bundle.split("/"):
+        raise InvalidArgument(f"bundle {bundle!r} is not an absolute path")
+    if not os.path.isdir(bundle):
+        raise InvalidArgument(f"bundle {bundle} is not a directory")
 
 
 def _restore_source(req: api.CreateTaskRequest) -> RestoreSource | None:
