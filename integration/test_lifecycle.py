@@ -271,6 +271,32 @@ def test_kill_all_reaches_every_process(containers: Containers) -> None:
     assert containers.ctr.delete_task(c.id) == 128 + signal.SIGKILL
 
 
+def test_init_kill_without_an_own_pid_namespace_takes_its_children(
+    containers: Containers,
+) -> None:
+    """A container without a PID namespace of its own (the host's, or here another
+    container's, joined by path): its init's children do not die with it (the kernel kills a
+    namespace's processes only when the namespace's init dies), so the shim kills every
+    process of the container itself before it reports the init's exit."""
+    holder = containers.start("pidns", "sleep", "1000", log=False)
+    joined = ["--with-ns", f"pid:/proc/{holder.pid}/ns/pid"]
+    c = containers.start("joinpid", "sh", "-c", f"sleep 1000 & echo ready; {LOOP}", extra=joined)
+    ns = containers.ctr.namespace
+
+    def sleepers() -> list[int]:
+        return [p for p in container_processes(ns, c.id) if proc_cmdline(p) == ["sleep", "1000"]]
+
+    wait_until(lambda: len(sleepers()) == 1, 10, message="the sleeping child")
+    child = sleepers()[0]
+    assert os.readlink(f"/proc/{child}/ns/pid") == os.readlink(f"/proc/{holder.pid}/ns/pid")
+    containers.ctr("tasks", "kill", "-s", "SIGKILL", c.id)
+    containers.ctr.wait_status(c.id, TaskStatus.STOPPED)
+    wait_until(lambda: not pid_alive(child), 5, message="the child killed with the init")
+    assert container_processes(ns, c.id) == []
+    assert containers.ctr.delete_task(c.id) == 128 + signal.SIGKILL
+    assert pid_alive(holder.pid)  # the namespace's own init is not the joiner's to kill
+
+
 def test_delete_running_task_needs_force(containers: Containers, containerd: Containerd) -> None:
     c = containers.start("delete", "sleep", "1000", log=False)
     refused = containers.ctr("tasks", "rm", c.id, check=False)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from signal import SIGKILL
 from typing import TYPE_CHECKING
 
 from google.protobuf.message import Message
@@ -25,7 +26,7 @@ from google.protobuf.message import Message
 from shim import bundle as oci
 from shim.api.containerd.events import task_pb2 as events
 from shim.cgroups import FreezerState, controller_paths, freezer_state
-from shim.errors import AlreadyExists, FailedPrecondition, NotFound
+from shim.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from shim.mount import mount_all, unmount_all
 from shim.oom import OomWatch
 from shim.oom import watch as watch_oom
@@ -89,6 +90,7 @@ class ContainerConfig:
     rootfs: tuple[Mount, ...] = ()
     no_pivot: bool = False
     no_new_keyring: bool = False
+    io_owner: tuple[int, int] = (0, 0)  # uid, gid of the processes' pipes (runc io_uid/io_gid)
     restore: RestoreSource | None = None
 
 
@@ -149,7 +151,11 @@ class ProcessBase:
     async def _open_io(self) -> ProcessIO:
         c = self.container
         self.io = await ProcessIO.open(
-            self.io_config, c.reaper, container_id=c.id, namespace=c.config.namespace
+            self.io_config,
+            c.reaper,
+            container_id=c.id,
+            namespace=c.config.namespace,
+            owner=c.config.io_owner,
         )
         return self.io
 
@@ -308,7 +314,15 @@ class InitProcess(ProcessBase):
         await self.container.runtime.resume(self.container.id)
 
     async def _handle_exit(self, ex: Exit) -> None:
+        """Without a PID namespace of its own, the container's other processes do not die
+        with its init: kill them all (through its cgroup, ``runc kill --all``) before the
+        init's exit is published, as containerd's runc shim does (``ShouldKillAllOnExit``)."""
         c = self.container
+        if not oci.own_pid_namespace(c.spec):
+            try:
+                await c.runtime.kill(c.id, SIGKILL, all=True)
+            except Exception:
+                log.exception("container %s: killing the init's other processes failed", c.id)
         running = [e.exited.wait() for e in c.execs.values() if e.pid and not e.exited.is_set()]
         if running:
             await asyncio.wait(
@@ -325,6 +339,9 @@ class ExecProcess(ProcessBase):
         self.spec = spec
 
     async def do_start(self) -> None:
+        """``runc exec --detach``. If it fails, the exec's stdio is closed at once (the
+        client waits for its FIFOs' EOF before it reports the failure) and a Wait on it
+        returns, as containerd's runc shim closes its ``waitBlock``; it stays created."""
         c = self.container
         io = await self._open_io()
         spec_path = c.bundle / f".exec-{self.id}.json"
@@ -334,6 +351,11 @@ class ExecProcess(ProcessBase):
             await c.runtime.exec(
                 c.id, spec_path, pid_file, io.runtime_stdio(), console_socket=io.console_socket
             )
+        except BaseException:
+            io.close()
+            self.io = None
+            self.exited.set()
+            raise
         finally:
             spec_path.unlink(missing_ok=True)
         self.pid = int(pid_file.read_text())
@@ -555,6 +577,15 @@ class Container:
             self.publish("/tasks/resumed", events.TaskResumed(container_id=self.id))
 
     async def add_exec(self, exec_id: str, io: IOConfig, spec: bytes) -> None:
+        """Register an exec; its process spec's ``terminal`` becomes the request's.
+
+        Raises:
+            InvalidArgument: the process spec is not a JSON object.
+        """
+        try:
+            spec = oci.process_with_terminal(spec, io.terminal)
+        except ValueError as exc:
+            raise InvalidArgument(f"exec {exec_id}: bad process spec: {exc}") from exc
         async with self.lock:
             if exec_id in self.execs:
                 raise AlreadyExists(f"id {exec_id} already exists")

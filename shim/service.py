@@ -33,8 +33,10 @@ from shim.reaper import Reaper
 from shim.runtime import Runc, RuntimeConfig
 from shim.runtime._runc import DEFAULT_ROOT
 from shim.stdio import IOConfig
+from shim.taskoptions import RESTORE_OPTIONS, TaskOptions
+from shim.taskoptions import decode as decode_task_options
 from shim.ttrpc import RequestContext
-from shim.typeurl import OCI_RESOURCES, pack, type_name, unpack
+from shim.typeurl import OCI_RESOURCES, pack, type_name
 
 if TYPE_CHECKING:
     from shim.checkpoint.plan import RestoreSource
@@ -94,7 +96,7 @@ class TaskService:
         if req.id in self.containers:
             raise InvalidArgument(f"container {req.id} already exists in this shim")
         _check_bundle(req.bundle)  # before anything is written, mounted or run
-        options = _runtime_options(req)
+        options = decode_task_options(req.options)
         runtime_config = RuntimeConfig(
             binary=options.binary_name or "runc",
             root=options.root or DEFAULT_ROOT,
@@ -119,7 +121,8 @@ class TaskService:
             rootfs=tuple(Mount(m.type, m.source, tuple(m.options)) for m in req.rootfs),
             no_pivot=options.no_pivot_root,
             no_new_keyring=options.no_new_keyring,
-            restore=_restore_source(req),
+            io_owner=(options.io_uid, options.io_gid),
+            restore=_restore_source(req, options),
         )
         container = await Container.create(config, runtime, self.reaper, self.publisher.publish)
         self.containers[req.id] = container
@@ -240,26 +243,6 @@ class TaskService:
         return Empty()
 
 
-_RESTORE_OPTIONS = "pyrunc.v1.RestoreOptions"
-
-
-def _runtime_options(req: api.CreateTaskRequest) -> oci_pb2.Options:
-    """containerd.runc.v1.Options from the request, or from the ``runtime_options`` of a
-    pyrunc.v1.RestoreOptions (see :func:`_restore_source`); other types are ignored (as
-    documented in config.toml.example)."""
-    given = req.options
-    if type_name(given) == _RESTORE_OPTIONS:
-        from shim.api.pyrunc.v1 import checkpoint_pb2
-
-        restore = unpack(given, checkpoint_pb2.RestoreOptions)
-        assert restore is not None
-        given = restore.runtime_options
-    options = unpack(given, oci_pb2.Options)
-    if options is None and given.type_url:
-        log.info("ignoring runtime options of type %s", given.type_url)
-    return options or oci_pb2.Options()
-
-
 def _check_bundle(bundle: str) -> None:
     """A Create's bundle must be an absolute path to an existing directory, without ``..``:
     an empty or relative one would resolve against the shim's working directory, which is
@@ -274,16 +257,25 @@ def _check_bundle(bundle: str) -> None:
         raise InvalidArgument(f"bundle {bundle} is not a directory")
 
 
-def _restore_source(req: api.CreateTaskRequest) -> RestoreSource | None:
-    """What to restore from (:func:`shim.checkpoint.plan.restore_source`); None for a fresh
+def _restore_source(
+    req: api.CreateTaskRequest, options: TaskOptions | None = None
+) -> RestoreSource | None:
+    """What to restore from (:func:`shim.checkpoint.plan.restore_source`): the request's
+    checkpoint, else the task options' ``criu_image_path`` (what containerd's client sends a
+    runtime not named ``io.containerd.runc*`` in ``CreateOptions``); None for a fresh
     container, without loading the checkpoint machinery."""
+    if options is None:
+        options = decode_task_options(req.options)
+    checkpoint = req.checkpoint or options.criu_image_path
     annotations = spec_annotations(read_spec(Path(req.bundle)))
-    if (not req.checkpoint and type_name(req.options) != _RESTORE_OPTIONS
+    if (not checkpoint and type_name(req.options) != RESTORE_OPTIONS
             and RESTORE_ANNOTATION not in annotations):
         return None
     from shim.checkpoint.plan import restore_source  # the checkpoint machinery: restores only
 
-    return restore_source(req.checkpoint, req.options, annotations)
+    return restore_source(
+        checkpoint, req.options, annotations, work_dir=options.criu_work_path
+    )
 
 
 def _codec(

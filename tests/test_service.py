@@ -16,6 +16,7 @@ import ctypes
 import json
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ from shim.reaper import Reaper
 from shim.service import TaskService, _restore_source
 from shim.state import TaskStatus
 from shim.ttrpc import Code, RequestContext
-from shim.typeurl import OCI_RESOURCES, pack
+from shim.typeurl import OCI_PROCESS, OCI_RESOURCES, pack
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
@@ -288,7 +289,8 @@ opt() { # opt NAME ARGS...: the value after NAME
     while [ $# -gt 1 ]; do [ "$1" = "$name" ] && { echo "$2"; return; }; shift; done
 }
 eval "id=\${$#}"
-case $cmd in kill) [ "$1" = --all ] && shift; id=$1 ;; esac
+all=
+case $cmd in kill) [ "$1" = --all ] && { all=1; shift; }; id=$1 ;; esac
 dir=$root/$id
 pid() { cat "$dir/pid"; }
 detach() { # start "$@" on our stdio; it runs only once re-parented away from this shell,
@@ -320,13 +322,23 @@ start)
 exec)
     [ -e "$dir" ] || fail "container $id does not exist"
     pidfile=$(opt --pid-file "$@")
-    cp "$(opt --process "$@")" "$dir/exec.$$.sh"
+    # the process spec is JSON; its args are ["sh", "-c", SCRIPT] (see exec_spec())
+    process=$(opt --process "$@")
+    fails=$(dirname "$process")/fail-exec
+    [ -e "$fails" ] && fail "$(cat "$fails")"
+    cp "$process" "$dir/exec-process.json"
+    @PYTHON@ -c 'import json, sys; sys.stdout.write(json.load(sys.stdin)["args"][-1])' \
+        < "$process" > "$dir/exec.$$.sh"
     detach sh "$dir/exec.$$.sh"
     echo $! >> "$dir/exec-pids"
     echo $! > "$pidfile"
     ;;
 kill)
     [ -e "$dir" ] || fail "container $id does not exist"
+    if [ -n "$all" ]; then # every process of the "cgroup", dead init or not (as runc)
+        for p in $(pid) $(cat "$dir/exec-pids" 2>/dev/null); do kill -"$2" "$p" 2>/dev/null; done
+        exit 0
+    fi
     kill -"$2" "$(pid)" 2>/dev/null || fail "container not running"
     ;;
 delete)
@@ -347,6 +359,15 @@ esac
 """
 
 PR_SET_CHILD_SUBREAPER = 36
+
+SPEC = {"ociVersion": "1.0.2", "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}}
+"""The test bundle's config.json: a container with a PID namespace of its own."""
+
+
+def exec_spec(script: str, *, terminal: bool = False) -> AnyPb:
+    """An Exec's process spec running ``script`` (the fake runc runs its last arg)."""
+    process = {"args": ["sh", "-c", script], "cwd": "/", "terminal": terminal}
+    return AnyPb(type_url=OCI_PROCESS, value=json.dumps(process).encode())
 
 
 @pytest.fixture
@@ -397,11 +418,11 @@ class Env:
 @pytest.fixture
 def env(tmp_path: Path, subreaper: None) -> Iterator[Env]:
     runc = tmp_path / "runc"
-    runc.write_text(FAKE_RUNC)
+    runc.write_text(FAKE_RUNC.replace("@PYTHON@", sys.executable))
     runc.chmod(0o755)
     bundle = tmp_path / "bundle"
     bundle.mkdir()
-    (bundle / "config.json").write_text(json.dumps({"ociVersion": "1.0.2"}))
+    (bundle / "config.json").write_text(json.dumps(SPEC))
     e = Env(tmp_path, runc, bundle, tmp_path / "state")
     try:
         yield e
@@ -501,7 +522,7 @@ def test_lifecycle_create_start_exec_kill_wait_delete(env: Env) -> None:
 
         # An exec with its own stdout FIFO, exiting by itself with status 3.
         exec_out = env.fifo("exec-stdout")
-        spec = AnyPb(type_url="x", value=b"echo exec-out; exit 3\n")
+        spec = exec_spec("echo exec-out; exit 3\n")
         exec_req = api.ExecProcessRequest(id="c1", exec_id="e1", stdout=exec_out, spec=spec)
         await call(svc, "Exec", exec_req, Empty)
         with pytest.raises(AlreadyExists):
@@ -599,7 +620,7 @@ def test_init_exit_is_published_after_the_exec_exits(env: Env) -> None:
         svc, pub = make_service()
         created = await call(svc, "Create", env.create(), api.CreateTaskResponse)
         await call(svc, "Start", api.StartRequest(id="c1"), api.StartResponse)
-        spec = AnyPb(value=b"exec sleep 1000\n")
+        spec = exec_spec("exec sleep 1000\n")
         await call(svc, "Exec", api.ExecProcessRequest(id="c1", exec_id="e1", spec=spec), Empty)
         await call(svc, "Start", api.StartRequest(id="c1", exec_id="e1"), api.StartResponse)
         await call(svc, "Kill", api.KillRequest(id="c1", signal=signal.SIGKILL), Empty)
@@ -746,22 +767,124 @@ def test_delete_of_a_running_container_is_refused(env: Env) -> None:
     run(main())
 
 
-def test_runtime_options_come_from_restore_options_too() -> None:
-    """pyrunc restore sends RestoreOptions as task options; the container's runtime options
-    travel inside it, so a crun container is restored with crun."""
-    from shim.api.containerd.runc.options import oci_pb2
-    from shim.api.pyrunc.v1 import checkpoint_pb2
-    from shim.service import _runtime_options
-    from shim.typeurl import pack
+def test_create_options_restore_from_their_image_path(tmp_path: Path) -> None:
+    """containerd's client sends a runtime not named io.containerd.runc* the restore image
+    path in containerd.linux.runc.CreateOptions (WithRestoreImagePath); its work path is
+    CRIU's work dir, as the reference's criu_work_path."""
+    from shim.api.containerd.linux.runctypes import runc_pb2
 
-    runtime = oci_pb2.Options(binary_name="crun", root="/run/crun")
-    restore = checkpoint_pb2.RestoreOptions(image_path="/i")
-    restore.runtime_options.CopyFrom(pack(runtime))
-    req = api.CreateTaskRequest(id="c", options=pack(restore))
-    assert _runtime_options(req) == runtime
-    assert _runtime_options(api.CreateTaskRequest(id="c", options=pack(runtime))) == runtime
-    bare = api.CreateTaskRequest(id="c", options=pack(checkpoint_pb2.RestoreOptions()))
-    assert _runtime_options(bare) == oci_pb2.Options()
+    (tmp_path / "config.json").write_text("{}")
+    opts = runc_pb2.CreateOptions(criu_image_path="/ck/img", criu_work_path="/ck/work")
+    req = api.CreateTaskRequest(id="c", bundle=str(tmp_path), options=pack(opts))
+    assert _restore_source(req) == RestoreSource("/ck/img", work_dir="/ck/work")
+    runc = oci_pb2.Options(criu_image_path="/ck/img")  # containerd also sets checkpoint
+    req = api.CreateTaskRequest(
+        id="c", bundle=str(tmp_path), checkpoint="/ck/img", options=pack(runc)
+    )
+    assert _restore_source(req) == RestoreSource("/ck/img")
+    plain = runc_pb2.CreateOptions(no_pivot_root=True)
+    req = api.CreateTaskRequest(id="c", bundle=str(tmp_path), options=pack(plain))
+    assert _restore_source(req) is None
+
+
+def test_exec_process_spec_takes_the_request_terminal_flag(env: Env) -> None:
+    """The exec's process spec says terminal as the Exec request does (runc refuses a console
+    socket for a process without a terminal); a spec that is not JSON is refused."""
+    env.init("exec sleep 1000\n")
+
+    async def main() -> None:
+        svc, _ = make_service()
+        await call(svc, "Create", env.create(), api.CreateTaskResponse)
+        await call(svc, "Start", api.StartRequest(id="c1"), api.StartResponse)
+        spec = exec_spec("exit 0\n", terminal=True)
+        req = api.ExecProcessRequest(id="c1", exec_id="e1", spec=spec, terminal=False)
+        await call(svc, "Exec", req, Empty)
+        await call(svc, "Start", api.StartRequest(id="c1", exec_id="e1"), api.StartResponse)
+        await call(svc, "Wait", api.WaitRequest(id="c1", exec_id="e1"), api.WaitResponse)
+        process = json.loads((env.root / "testns" / "c1" / "exec-process.json").read_text())
+        assert process["terminal"] is False
+        assert process["args"] == ["sh", "-c", "exit 0\n"]
+        with pytest.raises(InvalidArgument, match="bad process spec"):
+            bad = api.ExecProcessRequest(id="c1", exec_id="e2", spec=AnyPb(value=b"[1]"))
+            await call(svc, "Exec", bad, Empty)
+        await call(svc, "Kill", api.KillRequest(id="c1", signal=9), Empty)
+        await call(svc, "Wait", api.WaitRequest(id="c1"), api.WaitResponse)
+        await call(svc, "Delete", api.DeleteRequest(id="c1"), api.DeleteResponse)
+
+    run(main())
+
+
+def test_failed_exec_start_closes_its_stdio_and_ends_its_wait(env: Env) -> None:
+    """containerd's client waits for an exec's output FIFOs to reach EOF before it reports a
+    failed start: the shim lets go of them at once, and a pending Wait returns."""
+    env.init("exec sleep 1000\n")
+    (env.bundle / "fail-exec").write_text("exec failed: no such file")
+
+    async def main() -> None:
+        svc, _ = make_service()
+        await call(svc, "Create", env.create(), api.CreateTaskResponse)
+        await call(svc, "Start", api.StartRequest(id="c1"), api.StartResponse)
+        out = env.fifo("exec-out")
+        reader = os.open(out, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            req = api.ExecProcessRequest(id="c1", exec_id="e1", stdout=out, spec=exec_spec(""))
+            await call(svc, "Exec", req, Empty)
+            waiting = asyncio.ensure_future(
+                call(svc, "Wait", api.WaitRequest(id="c1", exec_id="e1"), api.WaitResponse)
+            )
+            with pytest.raises(ShimError, match="no such file"):
+                await call(svc, "Start", api.StartRequest(id="c1", exec_id="e1"), api.StartResponse)
+            await asyncio.wait_for(waiting, 5)
+            assert os.read(reader, 10) == b""  # EOF: no writer left (held, it would be EAGAIN)
+        finally:
+            os.close(reader)
+        await call(svc, "Delete", api.DeleteRequest(id="c1", exec_id="e1"), api.DeleteResponse)
+        await call(svc, "Kill", api.KillRequest(id="c1", signal=9), Empty)
+        await call(svc, "Wait", api.WaitRequest(id="c1"), api.WaitResponse)
+        await call(svc, "Delete", api.DeleteRequest(id="c1"), api.DeleteResponse)
+
+    run(main())
+
+
+def test_host_pid_init_exit_kills_every_process_first(env: Env) -> None:
+    """In the host's PID namespace the container's other processes outlive its init: the
+    shim kills them all (runc kill --all) before it publishes the init's exit."""
+    (env.bundle / "config.json").write_text(json.dumps({"linux": {"namespaces": []}}))
+    env.init("exec sleep 1000\n")
+
+    async def main() -> None:
+        svc, pub = make_service()
+        await call(svc, "Create", env.create(), api.CreateTaskResponse)
+        await call(svc, "Start", api.StartRequest(id="c1"), api.StartResponse)
+        spec = exec_spec("exec sleep 1000\n")
+        await call(svc, "Exec", api.ExecProcessRequest(id="c1", exec_id="e1", spec=spec), Empty)
+        await call(svc, "Start", api.StartRequest(id="c1", exec_id="e1"), api.StartResponse)
+        await call(svc, "Kill", api.KillRequest(id="c1", signal=signal.SIGKILL), Empty)
+        waited = await call(svc, "Wait", api.WaitRequest(id="c1"), api.WaitResponse)
+        assert waited.exit_status == 137
+        assert "kill --all c1 9" in env.calls()
+        exits = pub.of("/tasks/exit")
+        assert [(e.id, e.exit_status) for e in exits] == [("e1", 137), ("c1", 137)]
+        await call(svc, "Delete", api.DeleteRequest(id="c1"), api.DeleteResponse)
+
+    run(main())
+
+
+def test_own_pid_namespace_init_exit_kills_nothing_else(env: Env) -> None:
+    """With a PID namespace of its own the kernel kills the rest with the init: no kill --all
+    from the shim (its exec is killed here by the test, and only then the init exit comes)."""
+    env.init("exit 5\n")
+
+    async def main() -> None:
+        svc, _ = make_service()
+        await call(svc, "Create", env.create(), api.CreateTaskResponse)
+        await call(svc, "Start", api.StartRequest(id="c1"), api.StartResponse)
+        waited = await call(svc, "Wait", api.WaitRequest(id="c1"), api.WaitResponse)
+        assert waited.exit_status == 5
+        assert not [c for c in env.calls() if c.startswith("kill")]
+        await call(svc, "Delete", api.DeleteRequest(id="c1"), api.DeleteResponse)
+
+    run(main())
 
 
 # -- restore by spec annotation (the CRI endpoint's restore) -------------------------------------
