@@ -14,6 +14,7 @@ shim can take the same fault.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from ._ckpt_tools import popen_pyrunc, run_pyrunc
+from ._ckpt_tools import checkpoint_rpc, popen_pyrunc, run_pyrunc
 from .harness import (
     IMAGE_REF,
     NAMESPACE,
@@ -32,6 +33,7 @@ from .harness import (
     container_processes,
     ensure_image_tar,
     mounts_under,
+    shim_processes,
     wait_until,
 )
 
@@ -241,3 +243,107 @@ def test_restore_hanging_on_truncated_pages_ends_at_the_limit(
     finally:
         problems = box.cleanup()
         assert not problems, problems
+
+
+# --- private images, no symlinks, an unfinished dump removed -----------------------------------
+
+
+def modes(root: Path) -> dict[str, int]:
+    """Every entry under ``root`` (and root itself) with its permission bits."""
+    found = {".": root.stat().st_mode & 0o777}
+    for path in root.rglob("*"):
+        if not path.is_symlink():
+            found[str(path.relative_to(root))] = path.stat().st_mode & 0o777
+    return found
+
+
+@pyrunc_only
+def test_images_logs_and_plan_are_private(
+    containerd: Containerd, containers: Containers, scratch: Path
+) -> None:
+    """Images (the container's memory), CRIU's logs and stats and the stored plan are 0600
+    in 0700 directories, after a dump and after a restore."""
+    orig = start_memfill(containers, "fault-private")
+    images, work = scratch / "images", scratch / "work"
+    proc = run_pyrunc(containerd, "checkpoint", "-q", orig.id, "--image-path", str(images),
+                      "--work-path", str(work))
+    assert proc.returncode == 0, proc.stderr
+    restored = new_record(containers, "fault-private-r")
+    rwork = scratch / "rwork"
+    proc = run_pyrunc(containerd, "restore", restored, "--image-path", str(images),
+                      "--work-path", str(rwork), "--detach")
+    assert proc.returncode == 0, proc.stderr
+    for root in (images, work, rwork):
+        found = modes(root)
+        assert len(found) > 1, root
+        loose = {name: oct(mode) for name, mode in found.items()
+                 if mode != (0o700 if (root / name).is_dir() else 0o600)}
+        assert loose == {}, f"not private in {root}"
+    assert (images / "pyrunc-checkpoint.json").is_file() and (work / "dump.log").is_file()
+    verify_memfill(containers, orig)
+
+
+@pyrunc_only
+def test_symlinked_and_dotdot_paths_are_refused_by_the_shim(
+    containerd: Containerd, containers: Containers, scratch: Path
+) -> None:
+    """A work or image path through a symlink (CRIU would write where it points) or with a
+    ``..`` is refused with InvalidArgument by the shim itself (sent with the tool's client
+    code, past the tool's own checks); nothing is written and the container runs on."""
+    orig = containers.start("fault-paths", "sleep", "100000", log=False)
+    elsewhere = scratch / "elsewhere"
+    elsewhere.mkdir()
+    (scratch / "link").symlink_to(elsewhere)
+    cases = {
+        "work_path": str(scratch / "link"),
+        "image_path": str(scratch / "link" / "images"),
+    }
+    for field, path in cases.items():
+        refusal = checkpoint_rpc(containerd.address, orig.id, **{field: path})
+        assert refusal is not None and refusal.code == "INVALID_ARGUMENT", (field, refusal)
+        assert "symlink" in refusal.message, refusal
+    refusal = checkpoint_rpc(containerd.address, orig.id,
+                             image_path=f"{scratch}/images/../elsewhere/images")
+    assert refusal is not None and refusal.code == "INVALID_ARGUMENT", refusal
+    assert "'..'" in refusal.message, refusal
+    assert list(elsewhere.iterdir()) == []
+    info = containers.ctr.task(orig.id)
+    assert info is not None and info.pid == orig.pid and info.status.name == "RUNNING", info
+
+
+@pyrunc_only
+def test_shim_killed_mid_dump_leaves_no_images(
+    containerd: Containerd, containers: Containers, scratch: Path
+) -> None:
+    """The shim is SIGKILLed while CRIU writes the images; containerd runs the ``delete``
+    action, which removes what the unfinished dump wrote. The task is cleanly stopped (the
+    fault takes its shim away) and nothing is left: no images, process, mount or cgroup."""
+    orig = containers.start("fault-shimkill", "/usr/bin/memfill", "512", "3")
+    wait_until(lambda: orig.output() == "filled 512 MiB\n", 60, interval=0.1)
+    images = scratch / "images"
+    shims = shim_processes(containerd.address, orig.id)
+    assert len(shims) == 1, shims
+    tool = popen_pyrunc(containerd, "checkpoint", orig.id, "--image-path", str(images))
+    try:
+        wait_until(lambda: tool.poll() is not None
+                   or any(p.stat().st_size for p in images.glob("pages-*.img")),
+                   60, interval=0.005, message="CRIU to write memory pages")
+        assert tool.poll() is None, tool.communicate()
+        os.kill(shims[0], signal.SIGKILL)
+        status, err = finish(tool, 120)
+    finally:
+        if tool.poll() is None:
+            tool.kill()
+            tool.communicate()
+    assert status != 0, err
+    ctr = containers.ctr
+    wait_until(lambda: (info := ctr.task(orig.id)) is None
+               or info.status.name == "STOPPED", 60, message="the task to stop")
+    wait_until(lambda: not images.exists(), 60,
+               message=lambda: f"the unfinished images to go: {sorted(images.glob('*'))}")
+    wait_until(lambda: processes_of(orig.id, images) == [], 60,
+               message=lambda: f"processes to go: {processes_of(orig.id, images)}")
+    if ctr.task(orig.id) is not None:
+        ctr("tasks", "rm", "-f", orig.id)
+    ctr("containers", "rm", orig.id)
+    assert restore_residue(containerd, orig.id, images) == []

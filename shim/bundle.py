@@ -22,6 +22,7 @@ __all__ = [
     "CRIU_WORK_DIR",
     "HOOK_MARK",
     "RESTORE_ANNOTATION",
+    "UNFINISHED_DUMP",
     "Spec",
     "cgroups_path",
     "own_pid_namespace",
@@ -37,6 +38,11 @@ CRIU_CONFIG_ANNOTATION = "org.criu.config"
 CRIU_CONFIG = "criu.conf"
 CRIU_WORK_DIR = "work/criu-work"
 """CRIU's work directory inside the bundle unless a request names one."""
+
+UNFINISHED_DUMP = "criu-dump-unfinished"
+"""A file in the bundle while a dump runs: three lines, the images directory, ``created`` or
+``kept`` (whether the dump made that directory), and the file whose presence marks the dump
+complete. The ``delete`` action after a shim died mid-dump removes what the dump wrote."""
 
 RESTORE_ANNOTATION = "io.pyrunc.restore.checkpoint"
 """Spec annotation: the CRIU images directory a container is created from (restored at Start).

@@ -2,11 +2,13 @@
 
 Strategy: mirrors the runc shim manager's ``Stop``/``Cleanup``: force-delete the container in
 the runtime (errors only warned on stderr, which containerd logs as cleanup warnings), unmount
-the rootfs, remove the shim socket if nothing serves it any more, and answer with the init pid
+the rootfs, remove the shim socket if nothing serves it any more, remove what a dump the dead
+shim left unfinished wrote (:data:`shim.bundle.UNFINISHED_DUMP`), and answer with the init pid
 and exit status 137 (128 + SIGKILL). Idempotent and fast: containerd runs it after every task
-delete too, on the critical path of ``ctr run --rm``, so it imports neither protobuf nor json:
-the three-field DeleteResponse is encoded here (a unit test checks it against the generated
-message) and the runtime selection is kept as ``key=value`` lines.
+delete too, on the critical path of ``ctr run --rm``, so it imports no protobuf (only
+``shim.bundle``, for the name of the unfinished-dump file): the three-field DeleteResponse is
+encoded here (a unit test checks it against the generated message) and the runtime selection
+is kept as ``key=value`` lines.
 This runs as a short-lived process, not in the daemon, so it may wait for its own child.
 """
 
@@ -14,12 +16,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 import time
 
+from shim.bundle import UNFINISHED_DUMP
 from shim.mount import unmount_all
 
-__all__ = ["cleanup", "encode_delete_response", "read_runtime_options", "write_runtime_options"]
+__all__ = [
+    "cleanup",
+    "discard_unfinished_dump",
+    "encode_delete_response",
+    "read_runtime_options",
+    "write_runtime_options",
+]
 
 OPTIONS_FILE = "runtime-options"
 _RUNC_DELETE_TIMEOUT = 4.0
@@ -113,6 +123,38 @@ def _runtime_delete(argv: list[str]) -> None:
         time.sleep(0.002)
 
 
+def discard_unfinished_dump(bundle: str) -> None:
+    """If the shim died during a dump (the bundle still holds :data:`UNFINISHED_DUMP`),
+    remove what that dump wrote, as the dump itself does when it fails: the images directory
+    if the dump made it, else its contents. A dump that got as far as storing its plan is
+    complete and kept."""
+    marker = os.path.join(bundle, UNFINISHED_DUMP)
+    try:
+        with open(marker) as f:
+            images_dir, how, complete = f.read().splitlines()[:3]
+    except (OSError, ValueError):
+        return
+    if (
+        os.path.isabs(images_dir)
+        and os.path.dirname(complete) == images_dir
+        and not os.path.lexists(complete)
+        and os.path.isdir(images_dir)
+        and not os.path.islink(images_dir)
+    ):
+        if how == "created":
+            shutil.rmtree(images_dir, ignore_errors=True)
+        else:
+            with os.scandir(images_dir) as entries:
+                for entry in entries:
+                    with contextlib.suppress(OSError):
+                        if entry.is_dir(follow_symlinks=False):
+                            shutil.rmtree(entry.path, ignore_errors=True)
+                        else:
+                            os.unlink(entry.path)
+    with contextlib.suppress(OSError):
+        os.unlink(marker)
+
+
 def cleanup(bundle: str, namespace: str, cid: str) -> bytes:
     """Clean up ``cid``'s bundle and return the serialized DeleteResponse."""
     options = read_runtime_options(bundle)
@@ -127,6 +169,7 @@ def cleanup(bundle: str, namespace: str, cid: str) -> bytes:
     except OSError as exc:
         sys.stderr.write(f"unmount rootfs: {exc}\n")
     _remove_dead_socket(bundle)
+    discard_unfinished_dump(bundle)
     try:
         with open(os.path.join(bundle, "init.pid")) as f:
             pid = int(f.read())

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from shim.bundle import CRIU_CONFIG, CRIU_CONFIG_ANNOTATION, CRIU_WORK_DIR
+from shim.bundle import CRIU_CONFIG, CRIU_CONFIG_ANNOTATION, CRIU_WORK_DIR, UNFINISHED_DUMP
 from shim.cgroups import CGROUP_ROOT
 from shim.checkpoint import netrestore
 from shim.checkpoint.criu import Criu, Requirements, criu_binary, ensure_capable, log_reason
@@ -46,7 +46,13 @@ from shim.checkpoint.plan import (
     plan_restore,
     restore_args,
 )
-from shim.errors import AlreadyExists, FailedPrecondition, ShimError, with_context
+from shim.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    ShimError,
+    with_context,
+)
 from shim.mount import unmount_under
 from shim.reaper import Reaper
 from shim.runtime import RestoreOpts, Runtime, Stdio
@@ -99,12 +105,62 @@ def _mkdir_private(path: str) -> bool:
     return True
 
 
-def _keep_log(work_dir: str, name: str, bundle: Path) -> str:
-    """Copy CRIU's log out of the work dir into the bundle; return the note for the error
-    (:func:`_log_note`). File work: run it in a thread."""
-    kept = bundle / f"criu-{name}"
+def check_path(what: str, path: str) -> None:
+    """Refuse an images or work path that is relative, has a ``..`` component, or whose
+    existing components include a symlink (CRIU would follow it and write elsewhere: a work
+    path linked to ``/etc`` had it write ``/etc/dump.log``).
+
+    Raises:
+        InvalidArgument: it does.
+    """
+    if not os.path.isabs(path) or ".." in path.split("/"):
+        raise InvalidArgument(f"{what} {path!r} must be an absolute path without '..'")
+    current = "/"
+    for part in [p for p in path.split("/") if p and p != "."]:
+        current = os.path.join(current, part)
+        try:
+            if os.path.islink(current):
+                raise InvalidArgument(f"{what} {path} goes through the symlink {current}")
+            if not os.path.exists(current):
+                return  # made by the dump, as a directory
+        except OSError as exc:
+            raise InvalidArgument(f"{what} {path}: {exc.strerror}") from exc
+
+
+def _check_work_path(work_dir: str, bundle: Path) -> None:
+    """:func:`check_path` for a work path the request named; the default one in the bundle
+    is the shim's choice (containerd makes the bundle's ``work`` a symlink to its own work
+    directory)."""
+    if work_dir != str(bundle / CRIU_WORK_DIR):
+        check_path("work path", work_dir)
+
+
+def make_private(path: str) -> None:
+    """Make a directory tree private: directories 0700, files 0600 (CRIU's images hold the
+    container's memory; its logs and stats what it did). Symlinks are left alone. File work:
+    run it in a thread."""
     with contextlib.suppress(OSError):
-        shutil.copyfile(os.path.join(work_dir, name), kept)
+        os.chmod(path, 0o700)
+    for root, dirs, files in os.walk(path):
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                if not os.path.islink(os.path.join(root, name)):
+                    os.chmod(os.path.join(root, name), 0o700)
+        for name in files:
+            with contextlib.suppress(OSError):
+                if not os.path.islink(os.path.join(root, name)):
+                    os.chmod(os.path.join(root, name), 0o600)
+
+
+def _keep_log(work_dir: str, name: str, bundle: Path) -> str:
+    """Copy CRIU's log out of the work dir into the bundle (0600); return the note for the
+    error (:func:`_log_note`). File work: run it in a thread."""
+    kept = bundle / f"criu-{name}"
+    with contextlib.suppress(OSError), open(os.path.join(work_dir, name), "rb") as src:
+        fd = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        os.fchmod(fd, 0o600)
+        with open(fd, "wb") as dst:
+            shutil.copyfileobj(src, dst)
     return _log_note(kept)
 
 
@@ -136,7 +192,8 @@ def _discard_images(images_dir: str, *, created: bool) -> None:
 
 def _store_plan(plan: CheckpointPlan) -> None:
     tmp = os.path.join(plan.images_dir, f".{STORED_PLAN}")
-    with open(tmp, "wb") as f:
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600),
+              "wb") as f:
         f.write(dump_plan(plan))
     os.rename(tmp, os.path.join(plan.images_dir, STORED_PLAN))
 
@@ -186,6 +243,8 @@ async def checkpoint(
             lazy_pages=plan.lazy_pages,
         ),
     )
+    check_path("image path", plan.images_dir)
+    _check_work_path(plan.work_dir, bundle)
     if os.path.exists(os.path.join(plan.images_dir, STORED_PLAN)):
         raise AlreadyExists(f"{plan.images_dir} already holds a checkpoint")
     with contextlib.suppress(FileNotFoundError, NotADirectoryError):
@@ -196,20 +255,39 @@ async def checkpoint(
             )
     created = _mkdir_private(plan.images_dir)
     _mkdir_private(plan.work_dir)
+    marker = _mark_unfinished(bundle, plan.images_dir, created)
     try:
         _write_criu_config(bundle, annotations, criu_config(plan, restore=False))
         await netrestore.record(reaper, pid, plan.images_dir, bundle)
         if plan.lazy_pages:
             child = await _start_lazy_dump(runtime, cid, plan)
-            _store_plan(plan)
-            return LazyDump(child, plan)
-        await runtime.checkpoint(cid, checkpoint_args(plan))
-    except ShimError as exc:
+        else:
+            await runtime.checkpoint(cid, checkpoint_args(plan))
+        await asyncio.to_thread(make_private, plan.images_dir)
+        await asyncio.to_thread(make_private, plan.work_dir)
+    except BaseException as exc:  # a failure, a timeout, a cancelled request
         note = await asyncio.to_thread(_keep_log, plan.work_dir, DUMP_LOG, bundle)
         await asyncio.to_thread(_discard_images, plan.images_dir, created=created)
+        marker.unlink(missing_ok=True)
+        if not isinstance(exc, ShimError):
+            raise
         raise with_context(exc, f"checkpoint failed: {exc} ({note})") from exc
     _store_plan(plan)
-    return None
+    marker.unlink(missing_ok=True)
+    return LazyDump(child, plan) if plan.lazy_pages else None
+
+
+def _mark_unfinished(bundle: Path, images_dir: str, created: bool) -> Path:
+    """Write the bundle's :data:`shim.bundle.UNFINISHED_DUMP` file for this dump."""
+    marker = bundle / UNFINISHED_DUMP
+    complete = os.path.join(images_dir, STORED_PLAN)
+    text = f"{images_dir}\n{'created' if created else 'kept'}\n{complete}\n"
+    tmp = bundle / f".{UNFINISHED_DUMP}"
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600),
+              "w") as f:
+        f.write(text)
+    tmp.rename(marker)
+    return marker
 
 
 async def _start_lazy_dump(runtime: Runtime, cid: str, plan: CheckpointPlan) -> Child:
@@ -365,6 +443,7 @@ async def restore(
         FailedPrecondition: CRIU or the host cannot do it (nothing started).
         ShimError: runc or CRIU failed; the message names the kept CRIU log.
     """
+    check_path("image path", source.images_dir)
     try:
         with open(os.path.join(source.images_dir, STORED_PLAN), "rb") as f:
             stored: bytes | None = f.read()
@@ -373,6 +452,7 @@ async def restore(
     plan = plan_restore(
         source, stored, annotations, default_work_dir=str(bundle / CRIU_WORK_DIR)
     )
+    _check_work_path(plan.work_dir, bundle)
     await _ensure_capable(
         runtime,
         reaper,
@@ -402,4 +482,5 @@ async def restore(
         if not isinstance(exc, ShimError):
             raise
         raise with_context(exc, f"restore failed: {exc} ({note})") from exc
+    await asyncio.to_thread(make_private, plan.work_dir)
     return Restored(int(pid_file.read_text()), daemon)
