@@ -75,9 +75,11 @@ class Poller:
         self._thread.join(timeout=150)
 
 
-def one_size(world: World, mib: int, runs: int) -> dict[str, Any]:
+def one_size(world: World, mib: int, runs: int, index: int) -> dict[str, Any]:
     script = f"/usr/bin/memfill {mib} 7 & exec /usr/bin/net-seq {PORT}"
-    cid, box = start_in(world, world.a, f"bench-{mib}", "sh", "-c", script, wired=True)
+    ip = f"{world.subnet}.{10 + index}"  # a new address and veth per size
+    cid, box = start_in(world, world.a, f"bench-{mib}", "sh", "-c", script, wired=True,
+                        octet=10 + index, veth=f"v{index}")
     holder: Host = world.a
     first_log = box.log_path(cid)
 
@@ -94,7 +96,7 @@ def one_size(world: World, mib: int, runs: int) -> dict[str, Any]:
 
     wait_until(lambda: f"filled {mib} MiB" in log(), 300, interval=0.5,
                message=f"memfill to fill {mib} MiB")
-    client = SeqClient.connect(world.client_ns, f"{world.subnet}.2", PORT)
+    client = SeqClient.connect(world.client_ns, ip, PORT)
     client.exchange(10)
     poller = Poller(client)
     out: dict[str, Any] = {}
@@ -137,6 +139,8 @@ def one_size(world: World, mib: int, runs: int) -> dict[str, Any]:
         client.close()
     out["memory_verified"] = "FAILED" not in log()
     holder.ctr("tasks", "kill", "-s", "SIGKILL", cid, check=False)
+    holder.ctr("tasks", "rm", "-f", cid, check=False)
+    holder.ctr("containers", "rm", cid, check=False)
     return out
 
 
@@ -170,8 +174,8 @@ def main() -> int:
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": args.runs,
                                "sizes": {}}
     with tempfile.TemporaryDirectory(prefix="bench-migrate-") as tmp, two_hosts(Path(tmp)) as w:
-        for mib in (int(s) for s in args.sizes.split(",")):
-            results["sizes"][str(mib)] = one_size(w, mib, args.runs)
+        for index, mib in enumerate(int(s) for s in args.sizes.split(",")):
+            results["sizes"][str(mib)] = one_size(w, mib, args.runs, index)
     print(json.dumps(results, indent=1) if args.json else table(results))
     return 0
 

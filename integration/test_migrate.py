@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ._migrate_lab import Host, World, in_netns, pyrunc_cli, start_in, two_hosts
+from ._migrate_lab import AGENT_PORT, Host, World, in_netns, pyrunc_cli, start_in, two_hosts
 from .harness import IMAGE_REF, PYRUNC, REPO, TaskStatus, pyrunc_env, wait_until
 
 pytestmark = pytest.mark.parametrize("runtime", [PYRUNC], ids=["pyrunc"], indirect=True)
@@ -199,8 +199,10 @@ def test_page_server_connection_cut_during_post_copy(world: World) -> None:
     # the destination runs and fetches pages: cut its connection to the source's page server
     wait_until(lambda: world.b.status(cid) is TaskStatus.RUNNING, 120, interval=0.01,
                message="the destination to run")
-    cut = subprocess.run(["nsenter", f"--net={world.b.netns}", "ss", "-K", "dst",
-                          world.a.ip], capture_output=True, text=True, timeout=30, check=False)
+    # only the page server's connection: not the agent's own (its local port is the agent's)
+    cut = subprocess.run(["nsenter", f"--net={world.b.netns}", "ss", "-K", "dst", world.a.ip,
+                          "and", "sport", "!=", f":{AGENT_PORT}"],
+                         capture_output=True, text=True, timeout=30, check=False)
     out, err = mig.communicate(timeout=300)
     if mig.returncode == 0:
         pytest.fail(f"post-copy finished before the cut ({cut.stdout} {cut.stderr}): {out}")

@@ -391,6 +391,9 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
         cd.checkpoint(cid, pack(options))
     except ContainerdError as exc:
         raise back(f"the dump failed: {exc}") from None
+    except BaseException:  # interrupted: put the source back first
+        back("interrupted")
+        raise
     t_dumped = time.monotonic()
     dump = _lazy_dump_stats(images, 0) if lazy else _dump_stats(work)
     if dump is not None:
@@ -414,12 +417,14 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
     prog.enter("transfer")
     call = agent.Migrate(iter(sender))
     restored = None
+    t_running = 0.0
     try:
         for reply in call:
             kind = reply.WhichOneof("kind")
             if kind == "received":
                 continue
             if kind == "restored":
+                t_running = time.monotonic()  # the task runs there: the downtime ends
                 restored = reply.restored
                 sender.decision.put(True)
                 prog.enter("commit")
@@ -434,11 +439,14 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
         # restored but the commit was not confirmed: the agent rolls back without it
         raise back(f"destination {opts.to} ran the container but did not confirm the commit "
                    f"({exc.code().name}: {exc.details()})") from None
+    except BaseException:  # interrupted: the agent rolls back without a commit
+        sender.decision.put(False)
+        call.cancel()
+        back("interrupted")
+        raise
     if restored is None:
         sender.decision.put(False)
         raise back(f"destination {opts.to} ended the stream without restoring")
-    t_running = time.monotonic()
-    # the agent answers Restored once the task runs; downtime ends there
     downtime = _us(t_running - t_freeze)
     outcome = Outcome.KEPT_SOURCE if opts.keep_source else Outcome.MIGRATED
     message = ""
