@@ -13,6 +13,7 @@ shim can take the same fault.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -347,3 +348,123 @@ def test_shim_killed_mid_dump_leaves_no_images(
         ctr("tasks", "rm", "-f", orig.id)
     ctr("containers", "rm", orig.id)
     assert restore_residue(containerd, orig.id, images) == []
+
+
+# --- CRIU killed, disk full, bad images -------------------------------------------------------
+
+
+def criu_pids_for(path: Path) -> list[int]:
+    """CRIU processes working on ``path`` (images or work dir)."""
+    return [pid for pid in processes_of("\0no-container\0", path)
+            if Path(f"/proc/{pid}/comm").exists()
+            and Path(f"/proc/{pid}/comm").read_text().strip() == "criu"]
+
+
+def checkpoint_memfill(containerd: Containerd, containers: Containers, scratch: Path,
+                       mib: int = MEMFILL_MIB) -> tuple[Started, Path]:
+    """A running memfill of ``mib`` MiB and a complete checkpoint of it."""
+    orig = containers.start("fault-src", "/usr/bin/memfill", str(mib), "5")
+    wait_until(lambda: orig.output() == f"filled {mib} MiB\n", 60, interval=0.1)
+    images = scratch / "images"
+    proc = run_pyrunc(containerd, "checkpoint", "-q", orig.id, "--image-path", str(images),
+                      "--work-path", str(scratch / "dump-work"))
+    assert proc.returncode == 0, proc.stderr
+    return orig, images
+
+
+def verify(containers: Containers, started: Started, mib: int) -> None:
+    containers.ctr("tasks", "kill", "-s", "SIGUSR1", started.id)
+    wait_until(lambda: f"verify ok {mib} MiB\n" in started.output(), 60, interval=0.1,
+               message=lambda: f"memfill to verify: {started.output()!r}")
+
+
+@pyrunc_only
+def test_criu_killed_during_restore_leaves_nothing(
+    containerd: Containerd, containers: Containers, scratch: Path
+) -> None:
+    orig, images = checkpoint_memfill(containerd, containers, scratch, 256)
+    cid = new_record(containers, "fault-criukill")
+    work = scratch / "restore-work"
+    tool = popen_pyrunc(containerd, "restore", cid, "--image-path", str(images),
+                        "--work-path", str(work), "--detach")
+    try:
+        criu = wait_until(lambda: tool.poll() is not None or (mounts_under(work)
+                                                              and criu_pids_for(images)),
+                          60, interval=0.005, message="CRIU to restore")
+        assert tool.poll() is None, tool.communicate()
+        assert isinstance(criu, list)
+        for pid in criu:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        status, err = finish(tool, 120)
+    finally:
+        if tool.poll() is None:
+            tool.kill()
+            tool.communicate()
+    assert status == 1 and "restore failed" in err, err
+    wait_until(lambda: containers.ctr.task(cid) is None, 30, message="the task to be deleted")
+    containers.ctr("containers", "rm", cid)
+    assert restore_residue(containerd, cid, images, work) == []
+    verify(containers, orig, 256)
+
+
+@pyrunc_only
+def test_dump_into_a_full_disk_leaves_the_container_running(
+    containerd: Containerd, containers: Containers, scratch: Path
+) -> None:
+    """A dump of 64 MiB into an 8 MiB tmpfs fails; the container runs on, unfrozen, its
+    memory intact, and no partial images are left."""
+    orig = containers.start("fault-full", "/usr/bin/memfill", "64", "9")
+    wait_until(lambda: orig.output() == "filled 64 MiB\n", 60, interval=0.1)
+    small = scratch / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(small)],
+                   check=True)
+    try:
+        images = small / "images"
+        proc = run_pyrunc(containerd, "checkpoint", orig.id, "--image-path", str(images),
+                          "--work-path", str(scratch / "work"))
+        assert proc.returncode == 1, (proc.stdout, proc.stderr)
+        assert "checkpoint failed" in proc.stderr, proc.stderr
+        assert not images.exists() or list(images.iterdir()) == []
+        assert processes_of("\0none\0", images) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+    info = containers.ctr.task(orig.id)
+    assert info is not None and info.pid == orig.pid and info.status.name == "RUNNING", info
+    verify(containers, orig, 64)
+
+
+@pyrunc_only
+@pytest.mark.parametrize("damage", ["garbage-inventory", "corrupt-plan", "missing-plan"])
+def test_restore_from_damaged_images(
+    containerd: Containerd, containers: Containers, scratch: Path, damage: str
+) -> None:
+    """A garbage inventory or a corrupt stored plan: the restore is refused or fails, the
+    task is gone and nothing is left. A missing plan is a checkpoint made elsewhere: it
+    restores from the annotations alone and the memory verifies."""
+    orig, images = checkpoint_memfill(containerd, containers, scratch)
+    plan = images / "pyrunc-checkpoint.json"
+    if damage == "garbage-inventory":
+        (images / "inventory.img").write_bytes(os.urandom(512))
+    elif damage == "corrupt-plan":
+        plan.write_text('{"version": 1, "leave_running": "perhaps", ')
+    else:
+        plan.unlink()
+    cid = new_record(containers, f"fault-{damage}")
+    work = scratch / "restore-work"
+    log = scratch / "restored.log"
+    proc = run_pyrunc(containerd, "restore", cid, "--image-path", str(images),
+                      "--work-path", str(work), "--detach", "--log-uri", f"file://{log}")
+    if damage == "missing-plan":
+        assert proc.returncode == 0, proc.stderr
+        restored = Started(cid, int(proc.stdout), log)
+        verify(containers, restored, MEMFILL_MIB)
+        return
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    if damage == "corrupt-plan":
+        assert "InvalidArgument" in proc.stderr or "invalid" in proc.stderr.lower(), proc.stderr
+    wait_until(lambda: containers.ctr.task(cid) is None, 30, message="the task to be deleted")
+    containers.ctr("containers", "rm", cid)
+    assert restore_residue(containerd, cid, images, work) == []
+    verify(containers, orig, MEMFILL_MIB)
