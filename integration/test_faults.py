@@ -468,3 +468,124 @@ def test_restore_from_damaged_images(
     containers.ctr("containers", "rm", cid)
     assert restore_residue(containerd, cid, images, work) == []
     verify(containers, orig, MEMFILL_MIB)
+
+
+# --- containerd restarted in the middle -------------------------------------------------------
+
+
+def wait_criu_done(path: Path) -> None:
+    wait_until(lambda: criu_pids_for(path) == [], 120, interval=0.1,
+               message=lambda: f"CRIU to finish with {path}: {criu_pids_for(path)}")
+
+
+@pyrunc_only
+def test_containerd_restarted_during_a_checkpoint(
+    containerd: Containerd, containers: Containers, scratch: Path
+) -> None:
+    """containerd restarts while CRIU writes 256 MiB of images. The shim finishes the dump
+    on its own: the images are complete (and restore, memory verified) or gone; the container
+    runs on, its memory verified."""
+    orig = containers.start("fault-cdck", "/usr/bin/memfill", "256", "4")
+    wait_until(lambda: orig.output() == "filled 256 MiB\n", 60, interval=0.1)
+    images = scratch / "images"
+    tool = popen_pyrunc(containerd, "checkpoint", orig.id, "--image-path", str(images))
+    try:
+        wait_until(lambda: tool.poll() is not None
+                   or any(p.stat().st_size for p in images.glob("pages-*.img")),
+                   60, interval=0.005, message="CRIU to write memory pages")
+        containerd.restart()
+        finish(tool, 120)
+    finally:
+        if tool.poll() is None:
+            tool.kill()
+            tool.communicate()
+    wait_criu_done(images)
+    ctr = containers.ctr
+    info = ctr.task(orig.id)
+    assert info is not None and info.pid == orig.pid and info.status.name == "RUNNING", info
+    verify(containers, orig, 256)
+    if (images / "pyrunc-checkpoint.json").exists():
+        cid = new_record(containers, "fault-cdck-r")
+        log = scratch / "restored.log"
+        proc = run_pyrunc(containerd, "restore", cid, "--image-path", str(images),
+                          "--detach", "--log-uri", f"file://{log}")
+        assert proc.returncode == 0, proc.stderr
+        verify(containers, Started(cid, int(proc.stdout), log), 256)
+    else:
+        assert not images.exists() or list(images.iterdir()) == []
+
+
+@pyrunc_only
+def test_containerd_restarted_during_a_restore(
+    containerd: Containerd, containers: Containers, scratch: Path
+) -> None:
+    """containerd restarts while CRIU restores 256 MiB. The shim finishes the restore: the
+    restored task runs with its memory verified, or it is gone with nothing left."""
+    orig, images = checkpoint_memfill(containerd, containers, scratch, 256)
+    cid = new_record(containers, "fault-cdrs")
+    work = scratch / "restore-work"
+    log = scratch / "restored.log"
+    tool = popen_pyrunc(containerd, "restore", cid, "--image-path", str(images),
+                        "--work-path", str(work), "--detach", "--log-uri", f"file://{log}")
+    try:
+        wait_until(lambda: tool.poll() is not None or mounts_under(work), 60, interval=0.005,
+                   message="CRIU to restore")
+        containerd.restart()
+        finish(tool, 120)
+    finally:
+        if tool.poll() is None:
+            tool.kill()
+            tool.communicate()
+    wait_criu_done(images)
+    ctr = containers.ctr
+    wait_until(lambda: (i := ctr.task(cid)) is None or i.status.name != "CREATED", 60,
+               message="the restore to settle")
+    info = ctr.task(cid)
+    if info is not None and info.status.name == "RUNNING":
+        verify(containers, Started(cid, info.pid, log), 256)
+    else:
+        if info is not None:
+            ctr("tasks", "rm", "-f", cid)
+        ctr("containers", "rm", cid)
+        assert restore_residue(containerd, cid, images, work) == []
+    verify(containers, orig, 256)
+
+
+# --- many at once -----------------------------------------------------------------------------
+
+CONCURRENT = 50
+
+
+@pyrunc_only
+def test_50_containers_checkpointed_and_restored_concurrently(
+    containerd: Containerd, containers: Containers, scratch: Path
+) -> None:
+    """50 ``sleep`` containers are checkpointed at once, then restored at once into 50 new
+    containers: 0 errors, 0 containers lost (every original and every restored task runs)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    originals = [containers.start(f"fault-many{i}", "sleep", "100000", log=False)
+                 for i in range(CONCURRENT)]
+
+    def checkpoint(i: int) -> str:
+        proc = run_pyrunc(containerd, "checkpoint", "-q", originals[i].id, "--image-path",
+                          str(scratch / f"i{i}"), timeout=600)
+        return "" if proc.returncode == 0 else f"{originals[i].id}: {proc.stderr.strip()}"
+
+    records = [new_record(containers, f"fault-many-r{i}") for i in range(CONCURRENT)]
+
+    def restore(i: int) -> str:
+        proc = run_pyrunc(containerd, "restore", records[i], "--image-path",
+                          str(scratch / f"i{i}"), "--detach", timeout=600)
+        return "" if proc.returncode == 0 else f"{records[i]}: {proc.stderr.strip()}"
+
+    with ThreadPoolExecutor(CONCURRENT) as pool:
+        errors = [e for e in pool.map(checkpoint, range(CONCURRENT)) if e]
+        assert errors == [], errors
+        errors = [e for e in pool.map(restore, range(CONCURRENT)) if e]
+        assert errors == [], errors
+    tasks = containers.ctr.tasks()
+    lost = [cid for cid in [s.id for s in originals] + records
+            if cid not in tasks or tasks[cid].status.name != "RUNNING"]
+    assert lost == [], lost
+    assert all(tasks[s.id].pid == s.pid for s in originals)
