@@ -533,8 +533,54 @@ def test_containerd21_own_restore(daemons: dict[Version, tuple[CriContainerd, En
                 restored = create(kubelet, pod_b, "counter", str(location))
                 start(kubelet, restored)
                 node = Node("own", daemon, daemons[Version.V2_1][1], kubelet, tmp_path)
-                assert_restored_counter(node, restored, Checkpointed(location, before, after),
+                ck = Checkpointed(location, before, after)
+                assert_restored_counter(node, restored, ck,
                                         old_lines=archived_log_counts(location))
+                kill(kubelet, restored)  # kubelet's restart: the same image again
+                again = create(kubelet, pod_b, "counter", str(location), attempt=1)
+                start(kubelet, again)
+                assert_restored_counter(node, again, ck,
+                                        old_lines=archived_log_counts(location))
+            finally:
+                problems = kubelet.remove_everything()
+                assert not problems, problems
+    finally:
+        _drop_names(daemon, registry.host)
+
+
+def test_containerd21_own_restore_memfill(
+        daemons: dict[Version, tuple[CriContainerd, Endpoint]], registry: Registry,
+        tmp_path: Path) -> None:
+    """containerd 2.1.9's own restore of 64 MiB on the shim: verify ok, no new ``filled``."""
+    if Version.V2_1 not in daemons:
+        daemons[Version.V2_1] = _start(Version.V2_1)
+    daemon = daemons[Version.V2_1][0]
+    image = f"{registry.host}/pyrunc-test:latest"
+    try:
+        daemon.ctr("images", "tag", IMAGE_REF, image)
+        daemon.ctr("images", "push", "--plain-http", image)
+        daemon.ctr("images", "rm", image)
+        with Kubelet.connect(f"unix://{daemon.address}") as kubelet:
+            try:
+                kubelet.images.PullImage(
+                    api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=image)), timeout=120)
+                pod = kubelet.run_pod("own-m", host_network=False, runtime_handler="pyrunc-rp")
+                cid = kubelet.create_container(pod, "memfill", image, ["memfill", "64", "7"])
+                wait_until(lambda: "filled 64 MiB" in log_lines(kubelet, cid), 30,
+                           message="memfill")
+                location = checkpoint_location(tmp_path, pod.name, pod.namespace, "memfill")
+                kubelet.checkpoint(cid, location)
+                kubelet.remove_pod(pod.id)
+                pod_b = kubelet.run_pod("own-m2", host_network=False,
+                                        runtime_handler="pyrunc-rp")
+                restored = create(kubelet, pod_b, "memfill", str(location))
+                start(kubelet, restored)
+                old = len(log_lines(kubelet, restored))  # 2.x puts the old log back first
+                kubelet.exec_sync(restored, ["kill", "-USR1", "1"])
+                wait_until(lambda: "verify ok 64 MiB" in log_lines(kubelet, restored)[old:], 30,
+                           message="the restored memfill to verify")
+                assert not [x for x in log_lines(kubelet, restored)[old:]
+                            if x.startswith("filled")]
             finally:
                 problems = kubelet.remove_everything()
                 assert not problems, problems
