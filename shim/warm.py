@@ -23,6 +23,7 @@ No asyncio, protobuf or dataclasses here: ``start`` imports this module.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
@@ -88,7 +89,7 @@ def code_stamp(root: str = PACKAGE_DIR) -> str:
     return digest.hexdigest()
 
 
-def _namespaces(pid: int | str) -> dict[str, str]:
+def _namespaces(pid: int | str, proc: str = "/proc") -> dict[str, str]:
     """``pid``'s namespace links; a kind this kernel lacks reads as ``""``.
 
     Raises:
@@ -97,7 +98,7 @@ def _namespaces(pid: int | str) -> dict[str, str]:
     links: dict[str, str] = {}
     for ns in NAMESPACES:
         try:
-            links[ns] = os.readlink(f"/proc/{pid}/ns/{ns}")
+            links[ns] = os.readlink(f"{proc}/{pid}/ns/{ns}")
         except FileNotFoundError:
             links[ns] = ""
     return links
@@ -116,22 +117,23 @@ def where_am_i() -> dict[str, str]:
     return place
 
 
-def in_host_namespaces() -> bool:
-    """True if this process shares every namespace with the host's init. Only then are warm
-    processes used (and started): one started from a containerd in, say, a test's network
-    namespace would serve and outlive that namespace. (pid 1 may refuse to show its
-    namespaces, e.g. a VM's non-dumpable init; kthreadd, pid 2, lives in the same ones.)"""
-    for init in (1, 2):
-        try:
-            if init == 2:
-                with open("/proc/2/comm") as f:
-                    if f.read().strip() != "kthreadd":
-                        return False
-            theirs = _namespaces(init)
-        except OSError:
-            continue
-        return theirs == _namespaces("self")
-    return False
+def in_host_namespaces(proc: str = "/proc") -> bool:
+    """True if this process shares every namespace with the host's own kernel threads. Only
+    then are warm processes used (and started): one started from a containerd in, say, a
+    test's network namespace would serve and outlive that namespace.
+
+    The host is told by kthreadd, which is pid 2 only in the initial PID namespace: in a
+    child PID namespace with a /proc of its own, pid 1 is that namespace's init, which
+    shares the caller's namespaces and would pass for the host (a fork server started there
+    would take the host's socket path), and pid 2 is some other process. pid 1 is not
+    consulted (a VM's init may also refuse to show its namespaces)."""
+    try:
+        with open(f"{proc}/2/comm") as f:
+            if f.read().strip() != "kthreadd":
+                return False
+        return _namespaces(2, proc) == _namespaces("self", proc)
+    except OSError:
+        return False
 
 
 # -- sockets ---------------------------------------------------------------------------
@@ -275,6 +277,17 @@ class Request:
             sock.close()
 
 
+def _freeze_heap() -> None:
+    """Move every object this server made (its imports) out of the garbage collector's
+    reach. A worker forked from it shares those pages copy-on-write; a collection in the
+    worker would walk all of them and write their GC headers, copying nearly every page
+    (measured: a forked daemon's private dirty memory 7 MiB after a collection, 2 MiB with
+    the heap frozen). Frozen objects are never collected: they live as long as the
+    process anyway."""
+    gc.collect()
+    gc.freeze()
+
+
 def serve(
     path: str,
     handle: Callable[[Request], int],
@@ -302,6 +315,7 @@ def serve(
     stamp, place = code_stamp(), where_am_i()  # requests meanwhile wait in the backlog
     if ready is not None:
         ready()
+    _freeze_heap()
     listener.settimeout(_ORPHAN_CHECK if idle is None else min(idle, _ORPHAN_CHECK))
     my_uid = os.geteuid()
     last = time.monotonic()

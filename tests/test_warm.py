@@ -185,7 +185,46 @@ def test_idle_server_ends_and_removes_its_socket(sock_path: str) -> None:
 def test_namespace_list_is_the_one_of_the_host_test() -> None:
     assert set(warm.where_am_i()) == {*warm.NAMESPACES, "cgroups"}
     assert "time" in warm.NAMESPACES
-    assert isinstance(warm.in_host_namespaces(), bool)
+
+
+def _fake_proc(root: Path, procs: dict[str, tuple[str, dict[str, str]]]) -> str:
+    """A /proc with ``name -> (comm, {namespace: link})`` entries."""
+    for name, (comm, links) in procs.items():
+        (root / name / "ns").mkdir(parents=True)
+        (root / name / "comm").write_text(comm + "\n")
+        for ns, link in links.items():
+            os.symlink(link, root / name / "ns" / ns)
+    return str(root)
+
+
+HOST = {ns: f"{ns}:[40265{i}]" for i, ns in enumerate(warm.NAMESPACES)}
+
+
+@pytest.mark.parametrize(
+    ("procs", "host"),
+    [
+        # the host: self shares kthreadd's namespaces
+        ({"2": ("kthreadd", HOST), "self": ("containerd", HOST)}, True),
+        # a test's network namespace
+        ({"2": ("kthreadd", HOST), "self": ("containerd", {**HOST, "net": "net:[9]"})}, False),
+        # a child PID namespace with a /proc of its own: pid 2 is not kthreadd (its pid 1
+        # shares the caller's namespaces and once passed for the host)
+        (
+            {
+                "1": ("in-namespace.sh", {**HOST, "pid": "pid:[7]"}),
+                "2": ("containerd", {**HOST, "pid": "pid:[7]"}),
+                "self": ("containerd", {**HOST, "pid": "pid:[7]"}),
+            },
+            False,
+        ),
+        # kthreadd's links cannot be read (no pid 2 at all)
+        ({"self": ("containerd", HOST)}, False),
+    ],
+    ids=["host", "other-netns", "child-pidns-own-proc", "no-kthreadd"],
+)
+def test_in_host_namespaces(tmp_path: Path, procs: dict[str, tuple[str, dict[str, str]]],
+                            host: bool) -> None:
+    assert warm.in_host_namespaces(_fake_proc(tmp_path, procs)) is host
 
 
 def test_a_server_whose_socket_was_replaced_ends(
