@@ -411,10 +411,14 @@ def test_pyrunc_shims_come_from_the_fork_server(containers: Containers) -> None:
     started = [containers.start("fork", "sleep", "1000", log=False) for _ in range(2)]
     shims = {parent_pid(s.pid) for s in started}
     assert len(shims) == 2 and None not in shims
+    # one fork server per place (namespaces and cgroups): exactly one serves this containerd's
+    # (other containerds on the host, in other cgroups, may have their own)
+    place = Path(f"/proc/{containers.containerd.pid}/cgroup").read_text()
     servers = [
         pid
         for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
         if proc_cmdline(pid)[:2] == ["containerd-shim-pyrunc-v2", "forkserver"]
+        and _read_or_empty(f"/proc/{pid}/cgroup") == place
     ]
     assert len(servers) == 1, servers
     containerd_session = session_of(containers.containerd.pid)
@@ -432,6 +436,13 @@ def test_pyrunc_shims_come_from_the_fork_server(containers: Containers) -> None:
         # helper) keeps it open, which would make containerd see a live shim after it exited
         flags = Path(f"/proc/{shim}/fdinfo/3").read_text().split("flags:")[1].split()[0]
         assert int(flags, 8) & 0o2000000, f"fd 3 of shim {shim} is inheritable"
+
+
+def _read_or_empty(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""  # the process is gone
 
 
 def session_of(pid: int) -> int:

@@ -32,11 +32,13 @@ import os
 import socket
 import sys
 
-from shim.warm import RUN_DIR, Request, request, serve
+from shim.warm import RUN_DIR, Request, request, serve, where_am_i
 
-__all__ = ["SOCKET_PATH", "request_daemon", "serve_forever", "spawn_server"]
+__all__ = ["IDLE", "request_daemon", "serve_forever", "socket_path", "spawn_server"]
 
-SOCKET_PATH = f"{RUN_DIR}/forkserver.sock"
+#: Seconds without a request after which a fork server ends (one serves each place, and
+#: places come and go: a test's containerd, a containerd restarted into another cgroup).
+IDLE = 1800.0
 # The daemon rewrites its command line in place (shim.proctitle); reserve room for it.
 _CMDLINE_ROOM = "-" * 1024
 
@@ -52,7 +54,19 @@ def request_daemon(listener: socket.socket, argv: list[str]) -> int:
             daemon itself (and starts a new server if ``restart``).
     """
     fields: dict[str, object] = {"cwd": os.getcwd(), "env": dict(os.environ), "argv": argv}
-    return request(SOCKET_PATH, fields, what="fork server", fds=[listener.fileno()])
+    return request(socket_path(), fields, what="fork server", fds=[listener.fileno()])
+
+
+def socket_path() -> str:
+    """The socket of the fork server for this place: one server per set of namespaces and
+    cgroups (a daemon must live where containerd put ``start``), named by a hash of them, so
+    a containerd in another cgroup (a test's, a second daemon's) gets a warm server of its
+    own instead of "elsewhere" answers from whichever server took a shared path first."""
+    import hashlib
+    import json
+
+    place = json.dumps(where_am_i(), sort_keys=True).encode()
+    return f"{RUN_DIR}/forkserver-{hashlib.sha256(place).hexdigest()[:16]}.sock"
 
 
 def spawn_server() -> None:
@@ -125,16 +139,18 @@ def _become_daemon(req: Request) -> None:
 
 
 def serve_forever() -> None:
-    """The fork server: import what a daemon needs, then serve requests until a stale one."""
+    """The fork server: import what a daemon needs, then serve requests until a stale one
+    comes or :data:`IDLE` seconds pass without one."""
     # The point of the fork server: import everything a daemon needs, once.
     import shim.daemon
     import shim.service  # noqa: F401
     from shim.proctitle import set_cmdline
 
     serve(
-        SOCKET_PATH,
+        socket_path(),
         _fork_daemon,
         fds=1,
+        idle=IDLE,
         ready=lambda: set_cmdline(["containerd-shim-pyrunc-v2", "forkserver"]),
     )
 
