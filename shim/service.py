@@ -176,9 +176,9 @@ class TaskService:
         return Empty()
 
     async def checkpoint(self, req: api.CheckpointTaskRequest) -> Empty:
+        container = self._get(req.id)  # before the checkpoint machinery (~2 MiB) is loaded
         from shim.checkpoint.plan import plan_checkpoint
 
-        container = self._get(req.id)
         plan = plan_checkpoint(
             req.path,
             req.options if req.HasField("options") else None,

@@ -92,7 +92,9 @@ def _write_criu_config(bundle: Path, annotations: Mapping[str, str], text: str) 
     if base and not base.endswith("\n"):
         base += "\n"
     tmp = bundle / f".{CRIU_CONFIG}"
-    tmp.write_text(base + text)
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600),
+              "w") as f:
+        f.write(base + text)
     tmp.rename(ours)
 
 

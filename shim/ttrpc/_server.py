@@ -117,6 +117,8 @@ class Server:
         error_mapper: turns a handler's exception into a Status; default_error_mapper if
             None. If the mapper itself fails the status is UNKNOWN.
         require_same_user: drop connections whose peer uid/gid differ from our euid/egid.
+        on_connection_closed: called (on the loop, must not block) whenever a connection
+            is gone.
     """
 
     def __init__(
@@ -124,9 +126,11 @@ class Server:
         error_mapper: ErrorMapper | None = None,
         *,
         require_same_user: bool = False,
+        on_connection_closed: Callable[[], None] | None = None,
     ) -> None:
         self._map_error: ErrorMapper = error_mapper or default_error_mapper
         self._require_same_user = require_same_user
+        self._on_connection_closed = on_connection_closed
         self._services: dict[str, dict[str, Handler]] = {}
         self._listeners: set[asyncio.Server] = set()
         self._connections: set[_ServerProtocol] = set()
@@ -226,6 +230,8 @@ class Server:
     def _remove_connection(self, conn: _ServerProtocol) -> None:
         self._connections.discard(conn)
         self._changed.set()
+        if self._on_connection_closed is not None:
+            self._on_connection_closed()
 
     def _status_for(self, exc: BaseException) -> Status:
         try:
