@@ -294,3 +294,23 @@ def test_agent_refuses_clients_without_a_certificate_of_its_ca(world: World) -> 
                            timeout=60, cwd=REPO, env=pyrunc_env(), check=False)
     assert agent.returncode == 1 and "refusing plaintext TCP" in agent.stderr, agent.stderr
 
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_destination_restore_fails_and_the_source_runs_on(world: World, method: str) -> None:
+    """The destination cannot rebuild the container's network (the host-side veth name is
+    taken there): its restore fails after CRIU started; the source runs on from where it was
+    (for lazy: its CRIU ended and the task thawed) and the destination holds nothing."""
+    cid, box = start_in(world, world.a, "mig-fail", "/usr/bin/counter", "20", wired=True)
+    path = box.log_path(cid)
+    wait_until(lambda: len(numbers(path.read_text())) >= 3, 20, interval=0.1)
+    squatter = world.lab.netns("sq")
+    world.lab.veth(world.lab.name("vs"), squatter, netns=world.b.netns)  # the name, taken on b
+    proc = world.migrate(cid, world.a, world.b, method=method)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "already exists" in proc.stderr and "the source runs on (RUNNING)" in proc.stderr, (
+        proc.stderr)
+    before = numbers(path.read_text())[-1]
+    wait_until(lambda: numbers(path.read_text())[-1] > before + 3, 20, interval=0.1,
+               message="the source's counter to go on")
+    assert_only_on(world, cid, world.a)
