@@ -561,7 +561,7 @@ class Container:
 
     async def kill(self, exec_id: str, signal: int, all: bool) -> None:
         p = self.process(exec_id)
-        if not exec_id and await self._abort_restore(signal):
+        if not exec_id and signal and await self._abort_restore(signal):
             return  # the restore is over, the task stopped (its exit published)
         async with self.lock:
             await p.state.kill(p, signal, all)

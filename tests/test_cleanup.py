@@ -1,0 +1,60 @@
+"""shim.cleanup.discard_unfinished_dump: what a dump its shim died in wrote goes at delete."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shim.bundle import UNFINISHED_DUMP
+from shim.checkpoint.plan import STORED_PLAN
+from shim.cleanup import discard_unfinished_dump
+
+
+def _mark(bundle: Path, images: Path, how: str) -> None:
+    (bundle / UNFINISHED_DUMP).write_text(f"{images}\n{how}\n{images / STORED_PLAN}\n")
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    bundle, images = tmp_path / "bundle", tmp_path / "images"
+    bundle.mkdir()
+    images.mkdir()
+    (images / "pages-1.img").write_bytes(b"x" * 100)
+    (images / "sub").mkdir()
+    return bundle, images
+
+
+def test_a_created_images_dir_is_removed(dirs: tuple[Path, Path]) -> None:
+    bundle, images = dirs
+    _mark(bundle, images, "created")
+    discard_unfinished_dump(str(bundle))
+    assert not images.exists() and not (bundle / UNFINISHED_DUMP).exists()
+
+
+def test_a_kept_images_dir_is_emptied(dirs: tuple[Path, Path]) -> None:
+    bundle, images = dirs
+    _mark(bundle, images, "kept")
+    discard_unfinished_dump(str(bundle))
+    assert images.is_dir() and list(images.iterdir()) == []
+
+
+def test_a_complete_dump_is_kept(dirs: tuple[Path, Path]) -> None:
+    bundle, images = dirs
+    (images / STORED_PLAN).write_text("{}")
+    _mark(bundle, images, "created")
+    discard_unfinished_dump(str(bundle))
+    assert (images / "pages-1.img").exists() and not (bundle / UNFINISHED_DUMP).exists()
+
+
+def test_a_marker_naming_another_file_is_ignored(dirs: tuple[Path, Path]) -> None:
+    bundle, images = dirs
+    (bundle / UNFINISHED_DUMP).write_text(f"{images}\ncreated\n/elsewhere/{STORED_PLAN}\n")
+    discard_unfinished_dump(str(bundle))
+    assert (images / "pages-1.img").exists()
+
+
+def test_no_marker_changes_nothing(dirs: tuple[Path, Path]) -> None:
+    bundle, images = dirs
+    discard_unfinished_dump(str(bundle))
+    assert (images / "pages-1.img").exists()
