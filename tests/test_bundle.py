@@ -12,6 +12,8 @@ from shim.bundle import (
     CRIU_CONFIG_ANNOTATION,
     HOOK_MARK,
     cgroups_path,
+    own_pid_namespace,
+    process_with_terminal,
     read_spec,
     spec_annotations,
     with_criu_config,
@@ -163,3 +165,32 @@ def test_with_restore_hook_keeps_a_foreign_hook_with_an_env() -> None:
     foreign = {"path": "/x", "env": ["PYRUNC_HOOK=other", "A=b"]}
     spec = with_restore_hook({"hooks": {"createRuntime": [foreign, "garbage"]}}, None)
     assert create_runtime(spec) == [foreign, "garbage"]
+
+
+@pytest.mark.parametrize(
+    ("namespaces", "own"),
+    [
+        ([{"type": "pid"}, {"type": "mount"}], True),
+        ([{"type": "mount"}], False),  # the host's (oci.WithHostNamespace drops the entry)
+        ([{"type": "pid", "path": "/proc/42/ns/pid"}], False),  # another's, joined
+        (None, False),
+    ],
+)
+def test_own_pid_namespace(namespaces: object, own: bool) -> None:
+    """As containerd's ShouldKillAllOnExit: only a pid entry without a path is the
+    container's own namespace."""
+    spec: dict[str, object] = {"linux": {"namespaces": namespaces}}
+    assert own_pid_namespace(spec) is own
+    assert own_pid_namespace({}) is False
+
+
+def test_process_with_terminal() -> None:
+    process = json.dumps({"args": ["sh"], "terminal": False}).encode()
+    assert process_with_terminal(process, False) is process  # unchanged: the same bytes
+    assert json.loads(process_with_terminal(process, True)) == {"args": ["sh"], "terminal": True}
+    bare = json.dumps({"args": ["sh"]}).encode()
+    assert json.loads(process_with_terminal(bare, True))["terminal"] is True
+    with pytest.raises(ValueError):
+        process_with_terminal(b"[]", True)
+    with pytest.raises(ValueError):
+        process_with_terminal(b"{nope", True)
