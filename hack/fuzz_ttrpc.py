@@ -268,9 +268,10 @@ class Probe:
     pid_changes: int = 0
 
 
-async def _probe(path: str, cid: str, pid: int, stop: asyncio.Event, probe: Probe) -> None:
+async def _probe(
+    path: str, client: Client, cid: str, pid: int, stop: asyncio.Event, probe: Probe
+) -> None:
     payload = api.StateRequest(id=cid).SerializeToString()
-    client = await Client.connect(path)
     try:
         while not stop.is_set():
             t0 = time.perf_counter()
@@ -355,13 +356,16 @@ async def _round(
     limit = sent.frames + args.frames
     deadline = time.monotonic() + args.seconds
     stop_probe = asyncio.Event()
+    # The probe connects first: a connect while the 256 idle ones fill the listen backlog
+    # gets EAGAIN, which asyncio takes for "in progress", and the socket never connects.
+    prober = asyncio.create_task(
+        _probe(path, await Client.connect(path), cid, pid, stop_probe, probe))
     idle = []
     for _ in range(IDLE_CONNECTIONS):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         with contextlib.suppress(OSError):
             s.connect(path)
         idle.append(s)
-    prober = asyncio.create_task(_probe(path, cid, pid, stop_probe, probe))
     loris = [asyncio.create_task(_slowloris(path, deadline)) for _ in range(SLOWLORIS)]
     workers = [
         asyncio.create_task(_worker(path, random.Random(rng.random()), sent, limit, deadline))
