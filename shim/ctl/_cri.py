@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass
 from typing import Final
 
+from shim.warm import RUN_DIR
+
 __all__ = [
     "DEFAULT_CRI_CONTAINERD",
     "DEFAULT_CRI_LISTEN",
@@ -27,7 +29,7 @@ __all__ = [
     "run_cri",
 ]
 
-DEFAULT_CRI_LISTEN: Final = "unix:///run/containerd-shim-pyrunc/cri.sock"
+DEFAULT_CRI_LISTEN: Final = f"unix://{RUN_DIR}/cri.sock"
 DEFAULT_CRI_CONTAINERD: Final = "unix:///run/containerd/containerd.sock"
 DEFAULT_CRI_WORK_DIR: Final = "/var/lib/containerd-shim-pyrunc/cri"
 

@@ -15,6 +15,8 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from shim.warm import RUN_DIR
+
 if TYPE_CHECKING:
     from shim.migrate import Progress, Report
 
@@ -28,7 +30,7 @@ __all__ = [
     "run_migrate",
 ]
 
-DEFAULT_AGENT_SOCKET: Final = "unix:///run/containerd-shim-pyrunc/agent.sock"
+DEFAULT_AGENT_SOCKET: Final = f"unix://{RUN_DIR}/agent.sock"
 DEFAULT_MIGRATE_WORK_DIR: Final = "/var/lib/containerd-shim-pyrunc/migrate"
 METHODS: Final = ("lazy", "stop-and-copy", "pre-copy")
 
