@@ -26,11 +26,9 @@ containerd 1.7 takes the 1.6 configuration. Facts (measured here): containerd 2.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -44,8 +42,8 @@ from .harness import (
     IMAGE_TAR,
     HarnessError,
     ensure_image_tar,
-    pid_alive,
-    proc_cmdline,
+    kill_stray_shims,
+    stop_daemon,
     unmount_all_under,
     wait_until,
 )
@@ -344,17 +342,8 @@ class CriContainerd:
         problems: list[str] = []
         if self.proc.poll() is None:
             problems += self._remove_pods()
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                problems.append("containerd ignored SIGTERM for 20s; SIGKILLed")
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        for pid in self._own_shims():
-            problems.append(f"killed stray shim {pid} {proc_cmdline(pid)}")
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        problems += stop_daemon(self.proc)
+        problems += kill_stray_shims(self.address)
         stuck = unmount_all_under(self.dir)
         if stuck:
             problems.append(f"could not unmount {stuck}")
@@ -363,14 +352,3 @@ class CriContainerd:
         if not stuck:
             shutil.rmtree(self.dir, ignore_errors=True)
         return problems
-
-    def _own_shims(self) -> list[int]:
-        found = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            argv = proc_cmdline(int(entry))
-            if "-address" in argv and argv.index("-address") + 1 < len(argv) \
-                    and argv[argv.index("-address") + 1] == self.address and pid_alive(int(entry)):
-                found.append(int(entry))
-        return found

@@ -68,6 +68,7 @@ from .mounts import (
 from .procs import (
     container_processes,
     freezer_state,
+    kill_stray_shims,
     parent_pid,
     pid_alive,
     proc_cmdline,
@@ -76,6 +77,7 @@ from .procs import (
     shim_processes,
     shim_socket_path,
     socket_is_live,
+    stop_daemon,
     unix_socket_paths,
 )
 from .pty import (
@@ -111,6 +113,7 @@ __all__ = [
     "container_processes",
     "ensure_image_tar",
     "freezer_state",
+    "kill_stray_shims",
     "mounts_under",
     "parent_pid",
     "pid_alive",
@@ -124,6 +127,7 @@ __all__ = [
     "shim_processes",
     "shim_socket_path",
     "socket_is_live",
+    "stop_daemon",
     "unix_socket_paths",
     "unmount_all_under",
     "wait_until",

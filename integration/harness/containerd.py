@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -18,14 +17,12 @@ from ._common import _PATH_DIRS, IMAGE_REF, NAMESPACE, TASK_DIR, CtrError, Harne
 from .ctr import Ctr, TaskInfo
 from .mounts import mounts_under, unmount_all_under
 from .procs import (
-    _flag,
-    _proc_pids,
     container_processes,
-    pid_alive,
-    proc_cmdline,
+    kill_stray_shims,
     shim_processes,
     shim_socket_path,
     socket_is_live,
+    stop_daemon,
 )
 
 
@@ -269,18 +266,8 @@ class Containerd:
                     problems += self.purge(ns)
             except (OSError, subprocess.SubprocessError) as exc:  # a hung daemon: go on
                 problems.append(f"purging containers: {exc!r}")
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                problems.append("containerd ignored SIGTERM for 20s; SIGKILLed")
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        # shims of this daemon that outlived it (their cwd is a bundle under our state dir)
-        for pid in self._own_shims():
-            problems.append(f"killed stray shim {pid} {proc_cmdline(pid)}")
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        problems += stop_daemon(self.proc)
+        problems += kill_stray_shims(self.address)  # shims of this daemon that outlived it
         stuck = unmount_all_under(self.dir)
         if stuck:
             problems.append(f"could not unmount {stuck}")
@@ -291,14 +278,6 @@ class Containerd:
         if not stuck:
             shutil.rmtree(self.dir, ignore_errors=True)
         return problems
-
-    def _own_shims(self) -> list[int]:
-        found = []
-        for pid in _proc_pids():
-            argv = proc_cmdline(pid)
-            if _flag(argv, "-address") == self.address and pid_alive(pid):
-                found.append(pid)
-        return found
 
 
 def remove_container(ctr: Ctr, cid: str, task: TaskInfo | None = None) -> list[str]:

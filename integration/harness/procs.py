@@ -3,10 +3,13 @@ container's processes, its shim, unix sockets and the shim's socket."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import signal
 import socket
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -102,6 +105,40 @@ def shim_processes(address: str, cid: str) -> list[int]:
         if _flag(argv, "-id") == cid and _flag(argv, "-address") == address and pid_alive(pid):
             found.append(pid)
     return found
+
+
+def stop_daemon(proc: subprocess.Popen[bytes], timeout: float = 20) -> list[str]:
+    """SIGTERM a daemon the tests started and wait for it; SIGKILL it after ``timeout``
+    seconds. Returns the problem seen (empty when it stopped on SIGTERM or was gone)."""
+    if proc.poll() is not None:
+        return []
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+        return [f"containerd ignored SIGTERM for {timeout:g}s; SIGKILLed"]
+    return []
+
+
+def shims_of(address: str) -> list[int]:
+    """Live shims started for the containerd at ``address`` (``-address`` in their argv)."""
+    return [
+        pid for pid in _proc_pids()
+        if _flag(proc_cmdline(pid), "-address") == address and pid_alive(pid)
+    ]
+
+
+def kill_stray_shims(address: str) -> list[str]:
+    """SIGKILL the shims of the containerd at ``address`` that outlived it; one problem line
+    each."""
+    problems = []
+    for pid in shims_of(address):
+        problems.append(f"killed stray shim {pid} {proc_cmdline(pid)}")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return problems
 
 
 def _flag(argv: Sequence[str], name: str) -> str | None:
