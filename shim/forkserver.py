@@ -54,10 +54,13 @@ def request_daemon(listener: socket.socket, argv: list[str]) -> int:
             daemon itself (and starts a new server if ``restart``).
     """
     fields: dict[str, object] = {"cwd": os.getcwd(), "env": dict(os.environ), "argv": argv}
-    return request(socket_path(), fields, what="fork server", fds=[listener.fileno()])
+    place = where_am_i()
+    return request(
+        socket_path(place), fields, what="fork server", fds=[listener.fileno()], place=place
+    )
 
 
-def socket_path() -> str:
+def socket_path(place: dict[str, str] | None = None) -> str:
     """The socket of the fork server for this place: one server per set of namespaces and
     cgroups (a daemon must live where containerd put ``start``), named by a hash of them, so
     a containerd in another cgroup (a test's, a second daemon's) gets a warm server of its
@@ -65,8 +68,8 @@ def socket_path() -> str:
     import hashlib
     import json
 
-    place = json.dumps(where_am_i(), sort_keys=True).encode()
-    return f"{RUN_DIR}/forkserver-{hashlib.sha256(place).hexdigest()[:16]}.sock"
+    here = json.dumps(where_am_i() if place is None else place, sort_keys=True).encode()
+    return f"{RUN_DIR}/forkserver-{hashlib.sha256(here).hexdigest()[:16]}.sock"
 
 
 def spawn_server() -> None:

@@ -218,7 +218,14 @@ def _read_all(conn: socket.socket, data: bytes = b"") -> bytes:
 # -- the protocol ----------------------------------------------------------------------
 
 
-def request(path: str, fields: dict[str, object], *, what: str, fds: Sequence[int] = ()) -> int:
+def request(
+    path: str,
+    fields: dict[str, object],
+    *,
+    what: str,
+    fds: Sequence[int] = (),
+    place: dict[str, str] | None = None,
+) -> int:
     """Ask the warm process on ``path`` for a worker: send this process's stamp and place
     with ``fields`` (and ``fds``), return the worker's pid. Blocks for up to 5 s.
 
@@ -227,13 +234,16 @@ def request(path: str, fields: dict[str, object], *, what: str, fds: Sequence[in
         fields: what its handler needs (JSON values).
         what: the warm process's name, for messages.
         fds: file descriptors to pass along.
+        place: this process's :func:`where_am_i`, if the caller has it already.
     Returns:
         The worker's pid.
     Raises:
         Unavailable: no warm process (``restart``), a stale one (``restart``), a broken one,
             one that refused or lives elsewhere; the caller does the work itself.
     """
-    message = json.dumps({"stamp": code_stamp(), "place": where_am_i(), **fields}).encode()
+    if place is None:
+        place = where_am_i()
+    message = json.dumps({"stamp": code_stamp(), "place": place, **fields}).encode()
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(_TIMEOUT)
