@@ -9,8 +9,9 @@ the processes that map them).
 
 Usage (root, containerd running, test image imported by hack/install.sh):
     hack/bench.py [--address SOCK] [--runs N] [--out FILE] [--readme]
-                  [--sections lifecycle,memory,ttrpc,checkpoint,network,cri,migration]
+                  [--sections lifecycle,memory,ttrpc,checkpoint,network,cri,migration,load]
                   [--ckpt-sizes 0,64,512] [--ckpt-runs N] [--ckpt-runs-large N] [--net-runs N]
+                  [--load-n N] [--load-rounds R] [--load-trace]
 ``--readme`` rewrites the tables between the BENCH markers (lifecycle, memory, ttrpc) and the
 BENCH-CHECKPOINT markers in README.md from the results; a section that did not run leaves its
 table as it was.
@@ -27,6 +28,14 @@ hack/install-k8s.sh).
 
 Section ``migration`` (BENCH-MIGRATION markers): ``hack/bench_migrate.py`` (``pyrunc migrate``
 between two containerd hosts, post-copy vs stop-and-copy, 256 MiB to 2 GiB).
+
+Section ``load`` (BENCH-LOAD markers): ``hack/bench_load.py`` on a private containerd of its
+own: ``--load-n`` containers (default 50) started (``ctr run -d``), checkpointed (``ctr c
+checkpoint --task``) and restored (``ctr c restore --live``) at once, per runtime, the
+runtimes interleaved over ``--load-rounds`` rounds (default 3; medians): wall time of each
+phase, the sum of the shims' PSS and RSS after the start, CPU seconds of containerd's tree per
+phase and where they went; ``--load-trace`` adds a round per runtime with process times (shim
+``start``, runc, CRIU, fork-server requests) from the kernel's process events.
 
 Section ``network`` (pyrunc only, BENCH-NETWORK markers): what rebuilding a container's network
 at restore costs. One ``sleep`` container per variant is checkpointed once with ``pyrunc
@@ -63,7 +72,9 @@ RUNC = "io.containerd.runc.v2"
 RUNTIMES = (PYRUNC, RUNC)
 NAMESPACE = "pyrunc-bench"
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("lifecycle", "memory", "ttrpc", "checkpoint", "network", "cri", "migration")
+SECTIONS = ("lifecycle", "memory", "ttrpc", "checkpoint", "network", "cri", "migration", "load")
+# Sections that start their own containerd (the others use the one at --address).
+OWN_CONTAINERD = ("ttrpc", "cri", "migration", "load")
 
 
 class Ctr:
@@ -659,6 +670,12 @@ def main() -> int:
                         help=f"runs for sizes from {CKPT_LARGE_MIB} MiB")
     parser.add_argument("--net-runs", type=int, default=9,
                         help="restores per variant in the network section")
+    parser.add_argument("--load-n", type=int, default=50,
+                        help="containers at once in the load section")
+    parser.add_argument("--load-rounds", type=int, default=3,
+                        help="rounds per runtime in the load section (interleaved; medians)")
+    parser.add_argument("--load-trace", action="store_true",
+                        help="load section: one more round per runtime with process times")
     parser.add_argument("--net-parts", nargs=3, metavar=("BRIDGE", "VETH", "RUNS"),
                         help=argparse.SUPPRESS)  # the network section's child
     args = parser.parse_args()
@@ -673,11 +690,12 @@ def main() -> int:
     if args.skip_ttrpc and "ttrpc" in sections:
         sections.remove("ttrpc")
     ctr = Ctr(args.address)
-    if IMAGE not in ctr("image", "ls", "-q").split():
-        ctr("image", "import", str(ROOT / "build" / "pyrunc-test-image.tar"), timeout=120)
-    # warm up both shims' binaries and the snapshotter's caches
-    for rt in RUNTIMES:
-        ctr("run", "--rm", "--runtime", rt, IMAGE, new_id("warm"), "/usr/bin/exitcode", "0")
+    if set(sections) - set(OWN_CONTAINERD):
+        if IMAGE not in ctr("image", "ls", "-q").split():
+            ctr("image", "import", str(ROOT / "build" / "pyrunc-test-image.tar"), timeout=120)
+        # warm up both shims' binaries and the snapshotter's caches
+        for rt in RUNTIMES:
+            ctr("run", "--rm", "--runtime", rt, IMAGE, new_id("warm"), "/usr/bin/exitcode", "0")
     results: dict[str, object] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "runs": args.runs,
@@ -708,6 +726,13 @@ def main() -> int:
         mig = subprocess.run([sys.executable, str(ROOT / "hack" / "bench_migrate.py"), "--json"],
                              check=True, stdout=subprocess.PIPE, text=True)
         results["migration"] = json.loads(mig.stdout)
+    if "load" in sections:  # hack/bench_load.py: N at once, both shims, its own containerd
+        load = subprocess.run(
+            [sys.executable, str(ROOT / "hack" / "bench_load.py"), "--json", "--n",
+             str(args.load_n), "--rounds", str(args.load_rounds),
+             *(["--trace"] if args.load_trace else [])],
+            check=True, stdout=subprocess.PIPE, text=True)
+        results["load"] = json.loads(load.stdout)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     if "lifecycle" in results and "memory" in results:
@@ -727,6 +752,13 @@ def main() -> int:
         print(text)
         if args.readme:
             update_readme(text, "BENCH-MIGRATION")
+    if "load" in results:
+        from bench_load import table as load_table  # hack/ is this script's directory
+
+        text = load_table(results["load"])  # type: ignore[arg-type]
+        print(text)
+        if args.readme:
+            update_readme(text, "BENCH-LOAD")
     if "network" in results:
         text = network_table(results)
         print(text)
