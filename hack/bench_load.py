@@ -198,15 +198,23 @@ def classify(argv: list[str], address: str) -> str | None:
     return None
 
 
+def is_forkserver_exec(argv: list[str]) -> bool:
+    """A pyrunc fork server as it is exec'd (``python -m shim.forkserver ...``), before it
+    names itself ``containerd-shim-pyrunc-v2 forkserver``."""
+    return argv[1:3] == ["-m", "shim.forkserver"]
+
+
 def trace_durations(
     records: list[dict[str, Any]], address: str, forkserver: int, window: tuple[int, int]
 ) -> dict[str, dict[str, float]]:
     """From the tracer's records, per kind of process (:func:`classify`) that started within
     ``window`` (monotonic ns), how long it ran (exec to exit, ms): count, p50, max, sum. CRIU
     counts when its parent is a runc of this bench. ``forkserver request``: pyrunc's fork
-    server's intermediate children (fork to exit), one per daemon it made."""
+    server's intermediate children (fork to exit), one per daemon it made; a fork server
+    exec'd during the trace counts as well as ``forkserver``."""
     started: dict[int, tuple[str, int]] = {}
     runcs: set[int] = set()
+    forkservers = {forkserver}
     out: dict[str, list[float]] = {}
     lo, hi = window
     for rec in records:
@@ -214,6 +222,8 @@ def trace_durations(
             continue
         kind, stamp, pid = rec["e"], rec["t"], rec["pid"]
         if kind == "exec":
+            if is_forkserver_exec(rec.get("argv", [])):
+                forkservers.add(pid)
             what = classify(rec.get("argv", []), address)
             if what == "criu" and rec.get("ppid") not in runcs:
                 what = None
@@ -223,7 +233,7 @@ def trace_durations(
                 started[pid] = (what, stamp)
             else:
                 started.pop(pid, None)
-        elif kind == "fork" and rec.get("ppid") == forkserver and lo <= stamp <= hi:
+        elif kind == "fork" and rec.get("ppid") in forkservers and lo <= stamp <= hi:
             started[pid] = ("forkserver request", stamp)
         elif kind == "exit" and pid in started:
             what, begun = started.pop(pid)
@@ -250,6 +260,7 @@ def run_tracer(forkserver: int) -> int:
     out.write('{"e": "ready"}\n')
     out.flush()
     lost = 0
+    watched = {forkserver}  # and every fork server started meanwhile (a stale one is replaced)
     try:
         while True:
             try:
@@ -266,8 +277,10 @@ def run_tracer(forkserver: int) -> int:
                     except (OSError, IndexError, ValueError):
                         continue
                     rec["argv"] = raw.decode(errors="replace").split("\0")[:-1]
+                    if is_forkserver_exec(rec["argv"]):
+                        watched.add(pid)
                 elif kind == "fork":
-                    if parent != forkserver:
+                    if parent not in watched:
                         continue
                     rec["ppid"] = parent
                 out.write(json.dumps(rec) + "\n")
@@ -404,17 +417,20 @@ class CpuGroup:
 class Cpu:
     """CPU seconds of containerd's tree over one phase, split by who spent them."""
 
-    def __init__(self, group: CpuGroup, containerd: int, address: str, forkserver: int) -> None:
+    def __init__(self, group: CpuGroup, containerd: int, address: str, cgroups: str) -> None:
         self.group, self.containerd, self.address = group, containerd, address
-        self.forkserver = forkserver
+        self.cgroups = cgroups
 
     def sample(self) -> dict[str, Any]:
-        shims = {pid: read_stat(pid) for pid in shim_daemons(self.address)}
+        def stats(pids: Iterable[int]) -> dict[int, tuple[int, float, float]]:
+            found = {pid: read_stat(pid) for pid in pids}
+            return {pid: s for pid, s in found.items() if s is not None}
+
         return {
             "cgroup": self.group.usage_s(),
             "containerd": read_stat(self.containerd),
-            "forkserver": read_stat(self.forkserver) if self.forkserver else None,
-            "shims": {pid: s for pid, s in shims.items() if s is not None},
+            "forkservers": stats(forkservers_of(self.cgroups)),  # a stale one is replaced
+            "shims": stats(shim_daemons(self.address)),
         }
 
     @staticmethod
@@ -425,13 +441,19 @@ class Cpu:
                 return 0.0, 0.0
             return a[1] - b[1], a[2] - b[2]
 
+        def grown(key: str) -> tuple[float, float]:
+            """Own and children's CPU of the processes alive at the end (those born in the
+            phase from zero)."""
+            own_s = children_s = 0.0
+            for pid, (_, s, c) in after[key].items():
+                _, s0, c0 = before[key].get(pid, (0, 0.0, 0.0))
+                own_s += s - s0
+                children_s += c - c0
+            return own_s, children_s
+
         containerd_self, containerd_children = own("containerd")
-        fs_self, fs_children = own("forkserver")
-        shims_self = shims_children = 0.0
-        for pid, (_, s, c) in after["shims"].items():
-            _, s0, c0 = before["shims"].get(pid, (0, 0.0, 0.0))
-            shims_self += s - s0
-            shims_children += c - c0
+        fs_self, fs_children = grown("forkservers")
+        shims_self, shims_children = grown("shims")
         out = {
             "total_s": after["cgroup"] - before["cgroup"],
             "containerd_s": containerd_self,
@@ -564,7 +586,7 @@ class Bench:
         self.refs.update(refs)
         if measure and rt == PYRUNC:
             self.find_forkserver()
-        cpu = Cpu(self.group, self.containerd.pid, self.address, self.forkserver) \
+        cpu = Cpu(self.group, self.containerd.pid, self.address, self.cgroups) \
             if measure else None
         out: dict[str, Any] = {"cpu": {}}
         try:
@@ -600,6 +622,8 @@ class Bench:
                 with contextlib.suppress(OSError, IndexError, ValueError):
                     sessions.append(parse_session(Path(f"/proc/{pid}/stat").read_text()))
             mem["from_forkserver"] = sum(s != self.containerd.pid for s in sessions)
+        if rt == PYRUNC:
+            self.find_forkserver()  # the one now: a stale one may have been replaced
         if rt == PYRUNC and self.forkserver:
             fs = memory_sum([self.forkserver])
             mem["forkserver_rss_kib"], mem["forkserver_pss_kib"] = fs["rss_kib"], fs["pss_kib"]

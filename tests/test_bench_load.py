@@ -153,6 +153,11 @@ def test_trace_durations(bl: ModuleType) -> None:
         {"e": "fork", "t": 110 * ms, "pid": 20, "ppid": 7},  # by the fork server
         {"e": "fork", "t": 111 * ms, "pid": 21, "ppid": 8},  # by someone else
         {"e": "exit", "t": 113 * ms, "pid": 20},
+        # a new fork server (the first went stale) and one request to it
+        {"e": "exec", "t": 114 * ms, "pid": 9, "ppid": 1,
+         "argv": [PY, "-m", "shim.forkserver", "----"]},
+        {"e": "fork", "t": 120 * ms, "pid": 22, "ppid": 9},
+        {"e": "exit", "t": 125 * ms, "pid": 22},
         {"e": "exit", "t": 140 * ms, "pid": 10},
         {"e": "exit", "t": 161 * ms, "pid": 11},
         {"e": "exec", "t": 150 * ms, "pid": 30, "ppid": 12, "argv": RUNC_CREATE},
@@ -169,16 +174,17 @@ def test_trace_durations(bl: ModuleType) -> None:
     got = bl.trace_durations(records, ADDRESS, 7, (0, 500 * ms))
     assert got == {
         "criu": {"count": 1, "p50": 20.0, "max": 20.0, "sum": 20.0},
-        "forkserver request": {"count": 1, "p50": 3.0, "max": 3.0, "sum": 3.0},
+        "forkserver request": {"count": 2, "p50": 4.0, "max": 5.0, "sum": 8.0},
         "runc create": {"count": 1, "p50": 30.0, "max": 30.0, "sum": 30.0},
         "start io.containerd.pyrunc.v2": {"count": 2, "p50": 50.0, "max": 60.0, "sum": 100.0},
     }
 
 
 def test_cpu_delta_splits_the_cgroup(bl: ModuleType) -> None:
-    before = {"cgroup": 10.0, "containerd": (1, 2.0, 1.0), "forkserver": (1, 0.5, 0.0),
+    before = {"cgroup": 10.0, "containerd": (1, 2.0, 1.0), "forkservers": {7: (1, 0.5, 0.0)},
               "shims": {50: (1, 0.2, 0.1)}}
-    after = {"cgroup": 13.0, "containerd": (1, 2.5, 1.5), "forkserver": (1, 0.6, 0.1),
+    after = {"cgroup": 13.0, "containerd": (1, 2.5, 1.5),
+             "forkservers": {8: (1, 0.1, 0.1)},  # 7 went stale, 8 replaced it
              "shims": {50: (1, 0.3, 0.4), 60: (1, 0.4, 0.5)}}  # 60: born in the phase
     got = bl.Cpu.delta(before, after)
     assert got == pytest.approx({
@@ -187,8 +193,10 @@ def test_cpu_delta_splits_the_cgroup(bl: ModuleType) -> None:
 
 
 def test_cpu_delta_without_a_fork_server(bl: ModuleType) -> None:
-    sample = {"cgroup": 1.0, "containerd": (1, 0.0, 0.0), "forkserver": None, "shims": {}}
-    assert bl.Cpu.delta(sample, {**sample, "cgroup": 2.0})["forkserver_s"] == 0.0
+    sample = {"cgroup": 1.0, "containerd": (1, 0.0, 0.0), "forkservers": {}, "shims": {}}
+    got = bl.Cpu.delta(sample, {**sample, "cgroup": 2.0})
+    assert got["forkserver_s"] == 0.0
+    assert got["other_s"] == 1.0
 
 
 def _results(bl: ModuleType) -> dict[str, Any]:
