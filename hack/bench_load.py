@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-NAMESPACE = "pyrunc-bench-load"
+NAMESPACE = "pyrunc-bench-load"  # + a suffix per run: two runs at once stay apart
 PYRUNC = "io.containerd.pyrunc.v2"
 RUNC = "io.containerd.runc.v2"
 RUNTIMES = (PYRUNC, RUNC)
@@ -175,12 +175,12 @@ def _flag(argv: list[str], name: str) -> str | None:
     return None
 
 
-def classify(argv: list[str], address: str) -> str | None:
+def classify(argv: list[str], address: str, namespace: str) -> str | None:
     """What a traced program is, for this containerd: ``start <runtime>`` / ``delete
     <runtime>`` (a shim's short-lived action process), ``daemon <runtime>``, ``runc <sub>``
-    (runc of this bench's namespace), ``criu`` (any: the caller checks its parent), or
-    None. ``argv[0]`` may be the interpreter of a script (the pyrunc shim), so the first two
-    words are looked at."""
+    (runc of this bench's ``namespace``: its state root is named after it), ``criu`` (any:
+    the caller checks its parent), or None. ``argv[0]`` may be the interpreter of a script
+    (the pyrunc shim), so the first two words are looked at."""
     names = [os.path.basename(a) for a in argv[:2]]
     for binary, runtime in SHIM_BINARIES.items():
         if binary in names:
@@ -189,7 +189,7 @@ def classify(argv: list[str], address: str) -> str | None:
             action = argv[-1] if argv[-1] in ("start", "delete") else "daemon"
             return f"{action} {runtime}"
     if names and names[0] == "runc":
-        if not any(NAMESPACE in a for a in argv):
+        if not any(a.endswith(f"/{namespace}") for a in argv):
             return None
         sub = next((a for a in argv[1:] if a in RUNC_COMMANDS), "?")
         return f"runc {sub}"
@@ -205,7 +205,8 @@ def is_forkserver_exec(argv: list[str]) -> bool:
 
 
 def trace_durations(
-    records: list[dict[str, Any]], address: str, forkserver: int, window: tuple[int, int]
+    records: list[dict[str, Any]], address: str, namespace: str, forkserver: int,
+    window: tuple[int, int],
 ) -> dict[str, dict[str, float]]:
     """From the tracer's records, per kind of process (:func:`classify`) that started within
     ``window`` (monotonic ns), how long it ran (exec to exit, ms): count, p50, max, sum. CRIU
@@ -224,7 +225,7 @@ def trace_durations(
         if kind == "exec":
             if is_forkserver_exec(rec.get("argv", [])):
                 forkservers.add(pid)
-            what = classify(rec.get("argv", []), address)
+            what = classify(rec.get("argv", []), address, namespace)
             if what == "criu" and rec.get("ppid") not in runcs:
                 what = None
             if what is not None and what.startswith("runc "):
@@ -351,7 +352,7 @@ def shim_daemons(address: str) -> dict[int, str]:
     out: dict[int, str] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            what = classify(cmdline(entry.name), address)
+            what = classify(cmdline(entry.name), address, "")
             if what is not None and what.startswith("daemon "):
                 out[int(entry.name)] = what.split()[1]
     return out
@@ -391,7 +392,7 @@ class CpuGroup:
     """A cpuacct cgroup for containerd's tree; ``usage_s`` is its CPU seconds so far."""
 
     def __init__(self) -> None:
-        self.path = CPUACCT / f"pyrunc-bench-load-{uuid.uuid4().hex[:8]}"
+        self.path = CPUACCT / f"pyrunc-bench-cpu-{uuid.uuid4().hex[:8]}"
         self.path.mkdir()
 
     def add(self, pid: int) -> None:
@@ -466,11 +467,11 @@ class Cpu:
         return out
 
 
-def remove_namespace_cgroups() -> None:
+def remove_namespace_cgroups(namespace: str) -> None:
     """runc put each container in ``/<namespace>/<id>`` of every controller; the containers
     are gone, their namespace's directory stays: remove it (and any empty one below)."""
     for controller in Path("/sys/fs/cgroup").iterdir():
-        top = controller / NAMESPACE
+        top = controller / namespace
         if not top.is_dir():
             continue
         for sub in sorted(top.rglob("*"), key=lambda d: -len(d.parts)):
@@ -486,6 +487,7 @@ class Bench:
 
     def __init__(self, n: int, settle: float) -> None:
         self.n, self.settle = n, settle
+        self.namespace = f"{NAMESPACE}-{uuid.uuid4().hex[:6]}"
         self.stack = contextlib.ExitStack()
         self.forkserver = 0
         self.forkserver_changes = 0
@@ -503,12 +505,12 @@ class Bench:
             self.stack.callback(self.stop_containerd)
             self.group.add(self.containerd.pid)
             self.cgroups = Path(f"/proc/{self.containerd.pid}/cgroup").read_text()
-            self.containerd.import_image(ensure_image_tar(), IMAGE_REF, NAMESPACE)
+            self.containerd.import_image(ensure_image_tar(), IMAGE_REF, self.namespace)
         except BaseException:
             self.stack.close()
             raise
         self.address = self.containerd.address
-        self.base = ["ctr", "--address", self.address, "-n", NAMESPACE]
+        self.base = ["ctr", "--address", self.address, "-n", self.namespace]
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -522,7 +524,7 @@ class Bench:
         for pid in forkservers_of(self.cgroups):  # the fork server of this place only
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        remove_namespace_cgroups()
+        remove_namespace_cgroups(self.namespace)
 
 
     def ctr(self, *args: str, check: bool = True, timeout: float = 120) -> str:
@@ -666,8 +668,8 @@ def traced_round(bench: Bench, rt: str) -> dict[str, Any]:
     return {
         "lost_reads": lost,
         **{name: {"wall_s": out[f"{name}_s"],
-                  "processes_ms": trace_durations(records, bench.address, bench.forkserver,
-                                                  out["window_ns"][name])}
+                  "processes_ms": trace_durations(records, bench.address, bench.namespace,
+                                                  bench.forkserver, out["window_ns"][name])}
            for name in PHASES},
     }
 

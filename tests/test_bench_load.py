@@ -19,6 +19,7 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "hack" / "bench_load.py"
 ADDRESS = "/run/pyrunc-bl-x/c.sock"
+NS = "pyrunc-bench-load-abc123"
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,7 @@ PYRUNC_START = [PY, "/usr/local/bin/containerd-shim-pyrunc-v2", "-namespace", "p
                 "start"]
 RUNC_START = ["/usr/bin/containerd-shim-runc-v2", "-namespace", "pyrunc-bench-load", "-address",
               ADDRESS, "-publish-binary", "/usr/bin/containerd", "-id", "c1", "start"]
-RUNC_CREATE = ["runc", "--root", "/run/containerd/runc/pyrunc-bench-load", "--log",
+RUNC_CREATE = ["runc", "--root", f"/run/containerd/runc/{NS}", "--log",
                "/run/x/log.json", "--log-format", "json", "create", "--bundle", "/b", "c1"]
 
 
@@ -135,13 +136,15 @@ RUNC_CREATE = ["runc", "--root", "/run/containerd/runc/pyrunc-bench-load", "--lo
     (["containerd-shim-pyrunc-v2", "forkserver"], None),
     (RUNC_CREATE, "runc create"),
     ([*RUNC_CREATE[:2], "/run/containerd/runc/k8s.io", *RUNC_CREATE[3:]], None),
+    ([*RUNC_CREATE[:2], f"/run/containerd/runc/{NS}0", *RUNC_CREATE[3:]], None),  # another run
+    (["runc", "--root", f"/run/containerd/runc/{NS}", "delete", "--force", "c1"], "runc delete"),
     (["runc", "init"], None),
     (["criu", "swrk", "3"], "criu"),
     (["sleep", "100000"], None),
     ([], None),
 ])
 def test_classify(bl: ModuleType, argv: list[str], what: str | None) -> None:
-    assert bl.classify(argv, ADDRESS) == what
+    assert bl.classify(argv, ADDRESS, NS) == what
 
 
 def test_trace_durations(bl: ModuleType) -> None:
@@ -171,7 +174,7 @@ def test_trace_durations(bl: ModuleType) -> None:
         {"e": "exit", "t": 950 * ms, "pid": 40},
         {"e": "lost", "n": 0},
     ]
-    got = bl.trace_durations(records, ADDRESS, 7, (0, 500 * ms))
+    got = bl.trace_durations(records, ADDRESS, NS, 7, (0, 500 * ms))
     assert got == {
         "criu": {"count": 1, "p50": 20.0, "max": 20.0, "sum": 20.0},
         "forkserver request": {"count": 2, "p50": 4.0, "max": 5.0, "sum": 8.0},
