@@ -295,7 +295,49 @@ def _freeze_heap() -> None:
     the heap frozen). Frozen objects are never collected: they live as long as the
     process anyway."""
     gc.collect()
+    _plug_holes()
     gc.freeze()
+
+
+# Kept for the life of the warm process: they fill its allocator's free blocks.
+_plugs: list[object] = []
+
+
+def _free_blocks() -> dict[int, int]:
+    """Free blocks per pymalloc size class (block size -> count), from
+    ``sys._debugmallocstats`` (which writes to fd 2); empty if it cannot be read."""
+    saved = os.dup(2)
+    fd = os.memfd_create("mallocstats")
+    try:
+        os.dup2(fd, 2)
+        sys._debugmallocstats()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    with os.fdopen(fd, "rb") as f:
+        f.seek(0)
+        text = f.read().decode(errors="replace")
+    free: dict[int, int] = {}
+    for line in text.split("\n\n", 1)[-1].split("\n\n", 1)[0].splitlines():
+        cols = line.split()
+        if len(cols) == 5 and all(c.isdigit() for c in cols):
+            free[int(cols[1])] = int(cols[4])
+    return free
+
+
+def _plug_holes() -> None:
+    """Fill the free blocks of the small-object allocator's pools with objects that live as
+    long as this process. A worker forked from it would otherwise put its new objects into
+    those holes, scattered over pages it shares with this process, and copy a 4 KiB page
+    for each small object; with no holes, its new objects go to fresh pools, packed (an idle
+    daemon's private anonymous memory: 2671 -> 2545 KiB). Blocks of 16 bytes are left
+    (nothing that small is made often)."""
+    for _ in range(2):  # the list that holds them takes blocks too
+        for size, count in _free_blocks().items():
+            if size == 32:  # a two-digit int: 24 + 2 * 4 bytes
+                _plugs.extend((1 << 40) + i for i in range(count))
+            elif size >= 48:  # bytes: a 33-byte header and the contents
+                _plugs.extend(bytes(size - 33) for _ in range(count))
 
 
 def serve(
@@ -315,17 +357,18 @@ def serve(
         handle: makes the worker for a request that passed every check.
         fds: how many file descriptors a request must carry.
         idle: seconds without a request after which the server ends; None: never.
-        ready: called once the socket is ours (e.g. to show the server's title: a server
-            that finds another one serving exits without ever looking like one).
+        ready: called once the socket is ours and the heap frozen, before the first
+            request (e.g. to show the server's title: a server that finds another one
+            serving exits without ever looking like one).
     """
     bound = bind_unique(path, lock=True)
     if bound is None:
         return
     listener, inode = bound
     stamp, place = code_stamp(), where_am_i()  # requests meanwhile wait in the backlog
+    _freeze_heap()
     if ready is not None:
         ready()
-    _freeze_heap()
     listener.settimeout(_ORPHAN_CHECK if idle is None else min(idle, _ORPHAN_CHECK))
     my_uid = os.geteuid()
     last = time.monotonic()

@@ -255,3 +255,25 @@ def test_bind_unique_with_a_lock_serves_once(sock_path: str) -> None:
     assert bind_unique(sock_path, lock=True) is None
     assert os.path.exists(f"{sock_path}.lock")
     first[0].close()
+
+
+def test_plug_holes_fills_the_small_object_allocators_free_blocks() -> None:
+    """What a forked worker would scatter its new objects into: the free blocks of the warm
+    process's pools (read from the allocator's own statistics), filled before it forks."""
+    code = (
+        "import json\n"
+        "from shim import warm\n"
+        "junk = [bytes(n % 400 + 20) for n in range(20000)]\n"
+        "del junk[::3]\n"  # holes in many pools of many sizes
+        "before = warm._free_blocks()\n"
+        "warm._plug_holes()\n"
+        "print(json.dumps([before, warm._free_blocks(), len(warm._plugs)]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=30, check=True)
+    before, after, plugs = json.loads(proc.stdout)
+    assert sorted(map(int, before)) == list(range(16, 513, 16))  # every size class parsed
+    free = lambda blocks: sum(int(size) * n for size, n in blocks.items() if int(size) >= 32)  # noqa: E731
+    assert free(before) > 100_000
+    assert free(after) < free(before) / 4
+    assert plugs > 1000
