@@ -12,7 +12,8 @@ times per method with ``pyrunc migrate --tcp-established --json``; the figures a
 report's ``downtime_us`` (source frozen -> destination running) and ``total_us``, and, from a
 client thread that exchanges one checked record with net-seq every 10 ms over one TCP
 connection, the longest gap between two answers around each move (what a client sees,
-retransmission back-off included). p50 of the runs. memfill verifies its memory at the end
+retransmission back-off included), and where the downtime went (the report's ``phases``).
+p50 of the runs. memfill verifies its memory at the end
 (SIGUSR1 -> ``verify ok``), so a figure of an untouched or damaged memory cannot pass.
 No test asserts a time.
 """
@@ -112,14 +113,19 @@ def one_size(world: World, mib: int, runs: int, index: int) -> dict[str, Any]:
                 end = time.monotonic()
                 if proc.returncode != 0:
                     raise SystemExit(f"{method} {mib} MiB failed: {proc.stderr}")
-                m = json.loads(proc.stdout)["migration"]
+                report = json.loads(proc.stdout)
+                m = report["migration"]
+                criu = report["container_statistics"][0]["criu_statistics"]
                 holder, moved = dst, True
                 time.sleep(0.5)  # let the poller's next answer arrive
                 rows.append({"downtime_s": m["downtime_us"] / 1e6, "total_s": m["total_us"] / 1e6,
                              "postcopy_s": m["postcopy_complete_us"] / 1e6,
                              "transfer_mib": m["transfer_bytes"] / 2**20,
                              "client_gap_s": poller.gap(start, end + 0.5),
-                             "wall_s": end - start})
+                             "wall_s": end - start, "phases_us": m.get("phases", {}),
+                             "criu_frozen_ms": criu["frozen_time"] / 1e3 if method != "lazy"
+                             else None,
+                             "criu_restore_ms": criu["restore_time"] / 1e3})
                 if poller.error:
                     raise SystemExit(f"the client's connection broke: {poller.error}")
             out[method] = {
@@ -130,6 +136,9 @@ def one_size(world: World, mib: int, runs: int, index: int) -> dict[str, Any]:
             print(f"{mib:5d} MiB {method:14s} downtime p50 {out[method]['downtime_s_p50']:.3f} s"
                   f"  total p50 {out[method]['total_s_p50']:.3f} s  client gap p50 "
                   f"{out[method]['client_gap_s_p50']:.3f} s", file=sys.stderr, flush=True)
+            print("      frozen window, p50 per phase (ms): " + "  ".join(
+                f"{name.removeprefix('frozen:')} {ms:.0f}"
+                for name, ms in frozen_phases(rows).items()), file=sys.stderr, flush=True)
         before = log().count("verify ok")
         os.kill(memfill_pid(), signal.SIGUSR1)
         wait_until(lambda: log().count("verify ok") > before or "FAILED" in log(), 300,
@@ -142,6 +151,12 @@ def one_size(world: World, mib: int, runs: int, index: int) -> dict[str, Any]:
     holder.ctr("tasks", "rm", "-f", cid, check=False)
     holder.ctr("containers", "rm", cid, check=False)
     return out
+
+
+def frozen_phases(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """p50 over the runs of each phase inside the frozen window (milliseconds)."""
+    names = [n for n in rows[0]["phases_us"] if n.startswith("frozen:")]
+    return {n: statistics.median(r["phases_us"].get(n, 0) for r in rows) / 1e3 for n in names}
 
 
 def table(results: dict[str, Any]) -> str:
@@ -159,6 +174,13 @@ def table(results: dict[str, Any]) -> str:
             rows.append(f"| {mib} MiB | {method} | {m['downtime_s_p50']:.3f} s | "
                         f"{m['total_s_p50']:.3f} s | {m['client_gap_s_p50']:.3f} s | "
                         f"{m['transfer_mib_p50']:.0f} MiB |")
+    rows += ["", "Inside the downtime, p50 per phase in ms (the report's `migration.phases`; "
+             "`agent:` = the destination's agent):", ""]
+    for mib, r in results["sizes"].items():
+        for method in METHODS:
+            phases = frozen_phases(r[method]["runs"])
+            rows.append(f"- {mib} MiB {method}: " + ", ".join(
+                f"{name.removeprefix('frozen:')} {ms:.0f}" for name, ms in phases.items()))
     verified = all(r.get("memory_verified") for r in results["sizes"].values())
     rows += ["", "memfill verified its memory after the moves: "
              + ("yes, every size" if verified else "NO (see the JSON)")]

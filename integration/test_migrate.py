@@ -216,14 +216,29 @@ def test_page_server_connection_cut_during_post_copy(world: World) -> None:
 
 
 def test_destination_restore_fails_when_its_base_image_goes(world: World) -> None:
-    mib = 512
-    cid, log = start_memfill(world, world.a, mib)
+    """The destination's base image is removed while the rootfs diff is on its way (the
+    destination prepares the rootfs on it once the diff has arrived, before the source
+    freezes; a 256 MiB file in the container's writable layer keeps the diff going for a
+    while): the preparation fails, the source was never frozen and runs on."""
+    mib = 64
+    cid, box = start_in(world, world.a, "mig-mem", "sh", "-c",
+                        f"head -c {256 << 20} /dev/urandom > /ballast && "
+                        f"exec /usr/bin/memfill {mib} 7")
+    path = box.log_path(cid)
+    wait_until(lambda: f"filled {mib} MiB" in path.read_text(), 120, interval=0.1,
+               message=f"memfill to fill {mib} MiB")
+
+    def log() -> str:
+        return path.read_text()
+
     mig = world.migrate_popen(cid, world.a, world.b, method="stop-and-copy")
-    wait_staging(world.b)
+    wait_until(lambda: bool(world.b.staged()), 60, interval=0.01,
+               message="the migration to arrive on b")
     world.b.ctr("images", "rm", "--sync", IMAGE_REF)
     out, err = mig.communicate(timeout=300)
     assert mig.returncode == 1, (out, err)
     assert "preparing the rootfs" in err and "the source runs on (RUNNING)" in err, err
+    assert "before the freeze" in err, err
     verify_memfill(world.a, cid, log, mib)
     assert_only_on(world, cid, world.a)
 
@@ -294,6 +309,33 @@ def test_agent_refuses_clients_without_a_certificate_of_its_ca(world: World) -> 
                            timeout=60, cwd=REPO, env=pyrunc_env(), check=False)
     assert agent.returncode == 1 and "refusing plaintext TCP" in agent.stderr, agent.stderr
 
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_rootfs_written_after_the_diff_arrives(world: World, method: str) -> None:
+    """The rootfs diff goes before the freeze; the container keeps writing its rootfs (every
+    20 ms a line appended to /appended and printed, and /gone-<n-1> replaced by /gone-<n>),
+    so what it did between the diff and the freeze reaches the destination only through the
+    frozen second pass (what changed, and what each changed directory still holds): the file
+    there has every line, none missing and none twice, and at most one /gone-* is left."""
+    cid, box = start_in(world, world.a, "mig-fs", "sh", "-c",
+                        "i=0; while :; do i=$((i+1)); echo $i >> /appended; "
+                        "rm -f /gone-$((i-1)); : > /gone-$i; echo $i; sleep 0.02; done")
+    path = box.log_path(cid)
+    wait_until(lambda: len(numbers(path.read_text())) >= 10, 20, interval=0.1)
+    report = world.report(world.migrate(cid, world.a, world.b, method=method))
+    phases = report["migration"]["phases"]  # type: ignore[index]
+    assert "frozen:send-rootfs-changes" in phases, phases  # the second pass was taken
+    assert_only_on(world, cid, world.b)
+    printed = log_of(world.b, cid)
+    wait_until(lambda: len(numbers(printed())) >= 10, 20, interval=0.1,
+               message="the container to go on on b")
+    lines = numbers(world.b.ctr("tasks", "exec", "--exec-id", "cat", cid, "cat",
+                                "/appended").stdout)
+    assert lines == list(range(1, len(lines) + 1)), lines
+    assert lines[-1] >= numbers(printed())[0], (lines[-5:], numbers(printed())[:5])
+    listing = world.b.ctr("tasks", "exec", "--exec-id", "ls", cid, "ls", "/").stdout.split()
+    assert len([n for n in listing if n.startswith("gone-")]) <= 1, listing
 
 
 @pytest.mark.parametrize("method", METHODS)

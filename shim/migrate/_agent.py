@@ -5,7 +5,9 @@ loop). One :class:`_Receive` per Migrate stream owns everything that stream crea
 host - the staging directory, an imported image, the snapshot, the container record, the
 task - and :meth:`_Receive.rollback` removes all of it. The rule: until the source says
 Commit, the destination is provisional; a stream that fails or ends without Commit is rolled
-back, so a failed migration leaves nothing here. After Commit the container stays; the
+back, so a failed migration leaves nothing here. Prepare (before the source freezes) makes
+the snapshot, record and task and writes down what it made (:data:`OWNED`), so that an agent
+killed before Commit rolls it back when it starts again. After Commit the container stays; the
 staging directory goes once the restore's ``criu lazy-pages`` has ended (post-copy reads
 the page map from it). Stale staging directories (an agent killed mid-transfer) are removed
 when the agent starts.
@@ -20,8 +22,11 @@ import json
 import logging
 import os
 import re
+import select
 import shutil
 import signal
+import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -41,7 +46,7 @@ from shim.api.pyrunc.v1 import checkpoint_pb2
 from shim.typeurl import pack, unpack
 
 from ._checks import cpuinfo_check, host_facts
-from ._containerd import connect, ctr
+from ._containerd import Containerd, connect, ctr
 from ._errors import ContainerdError, MigrateError, Refused, TransferFailed
 from ._stats import RestoreStats, StatsError, parse_stats
 from ._tls import TlsFiles, is_unix, server_credentials
@@ -53,6 +58,9 @@ log = logging.getLogger("pyrunc.agent")
 
 STAGE_PREFIX: Final = "stage-"
 RESTORE_STATS: Final = "stats-restore"
+OWNED: Final = "owned.json"  # what a migration not yet committed made in containerd
+NETWORK_RECORD: Final = "pyrunc-network.json"  # shim.checkpoint.network.SNAPSHOT
+PAGE_SERVER_LOG: Final = "page-server.log"
 _RECEIVED_EVERY: Final = 8 << 20
 
 
@@ -139,6 +147,44 @@ def _keep_criu_log(message: str, log_dir: Path, cid: str) -> str:
     return str(target)
 
 
+def _read_status(fd: int, timeout: float) -> bool:
+    """CRIU's status fd: a NUL once ready; EOF (it exited) or the timeout = not ready."""
+    ready, _, _ = select.select([fd], [], [], timeout)
+    return bool(ready) and os.read(fd, 1) == b"\0"
+
+
+def _unpack(tar: Path, directory: str) -> None:
+    sink = TarSink(directory)
+    with open(tar, "rb") as f:
+        while data := f.read(1 << 20):
+            sink.write(data)
+    sink.close()
+
+
+def _keep_only(top: str, kept: dict[str, list[str]]) -> None:
+    """In each directory ``kept`` names (relative to ``top``), remove the entries it does
+    not list (what the source removed after its first diff).
+
+    Raises:
+        MigrateError: a name that leads out of ``top``.
+    """
+    real_top = os.path.realpath(top)
+    for rel, names in kept.items():
+        d = os.path.realpath(os.path.join(top, rel))
+        if os.path.isabs(rel) or (d != real_top and not d.startswith(real_top + "/")):
+            raise MigrateError(f"rootfs changes name {rel!r}, outside the rootfs")
+        if not os.path.isdir(d) or os.path.islink(os.path.join(top, rel)):
+            continue
+        keep = set(names)
+        for entry in os.scandir(d):
+            if entry.name in keep:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+
+
 def _read_restore_stats(work: Path) -> RestoreStats:
     try:
         _, restore = parse_stats((work / RESTORE_STATS).read_bytes())
@@ -159,10 +205,18 @@ class _Receive:
         self.work = self.stage / "work"
         self.image_tar = self.stage / "image.tar"
         self.rootfs_tar = self.stage / "rootfs.tar"
+        self.redo_tar = self.stage / "rootfs-redo.tar"
+        self.keep_json = self.stage / "rootfs-keep.json"
         self.imported = False
         self.snapshot = False
         self.container = False
         self.task = False
+        self.prepared = False
+        self.task_created = False
+        self.early_network: bytes | None = None
+        self.mounts: list[Any] = []
+        self.runtime_options: Any | None = None
+        self.page_server: subprocess.Popen[bytes] | None = None
         for d in (self.images, self.work):
             d.mkdir(parents=True, mode=0o700)
         self._criu = TarSink(str(self.images))
@@ -172,26 +226,44 @@ class _Receive:
         if chunk.part == agent_pb2.CRIU_IMAGES:
             self._criu.write(chunk.data)
             return
-        path = {agent_pb2.IMAGE: self.image_tar, agent_pb2.ROOTFS_DIFF: self.rootfs_tar}.get(
-            chunk.part)
+        path = {agent_pb2.IMAGE: self.image_tar, agent_pb2.ROOTFS_DIFF: self.rootfs_tar,
+                agent_pb2.ROOTFS_REDO: self.redo_tar, agent_pb2.ROOTFS_KEEP: self.keep_json,
+                agent_pb2.NETWORK: self.images / NETWORK_RECORD}.get(chunk.part)
         if path is None:
             raise MigrateError(f"unknown part {chunk.part}")
+        if self.prepared and chunk.part not in (agent_pb2.ROOTFS_REDO, agent_pb2.ROOTFS_KEEP):
+            raise MigrateError(f"part {agent_pb2.Part.Name(chunk.part)} after Prepare")
         f = self._files.get(chunk.part)
         if f is None:
-            f = self._files[chunk.part] = open(path, "wb")  # noqa: SIM115 (closed in end())
+            f = self._files[chunk.part] = open(path, "wb")  # noqa: SIM115 (closed later)
         f.write(chunk.data)
 
-    def restore(self) -> agent_pb2.Restored:
-        """Everything arrived: image, snapshot, record, task. Raises on any failure (the
-        caller rolls back)."""
-        for f in self._files.values():
+    def _close(self, part: int) -> None:
+        f = self._files.pop(part, None)
+        if f is not None:
             f.close()
-        self._criu.close()
+
+    def prepare(self, page_server_host: str, create_task: bool = False) -> agent_pb2.Prepared:
+        """What does not depend on the source's frozen state: image, snapshot, rootfs diff,
+        container record; with ``page_server_host``, a ``criu page-server`` there writing
+        into the staging images. Raises on any failure (the caller rolls back)."""
+        self._close(agent_pb2.IMAGE)
+        self._close(agent_pb2.ROOTFS_DIFF)
+        self._close(agent_pb2.NETWORK)
         b = self.begin
-        start = time.monotonic()
+        phases: dict[str, int] = {}
+        mark = time.monotonic()
+
+        def lap(name: str) -> None:
+            nonlocal mark
+            now = time.monotonic()
+            phases[name] = int((now - mark) * 1e6)
+            mark = now
+
         with connect(self.cfg.containerd, b.namespace) as cd:
             if cd.has_container(self.cid):
                 raise Refused(f"container {self.cid} already exists on this host")
+            self._own()
             if self.image_tar.exists():
                 with open(self.image_tar, "rb") as f:
                     proc = ctr(cd.address, b.namespace, "images", "import", "-", stdin=f)
@@ -199,52 +271,160 @@ class _Receive:
                     raise TransferFailed("importing the image failed: "
                                          f"{proc.stderr.decode(errors='replace').strip()}")
                 self.imported = True
+                self._own()
+                lap("image-import")
             try:
-                mounts = cd.prepare(b.snapshotter, b.snapshot_key, b.parent_snapshot)
+                self.mounts = cd.prepare(b.snapshotter, b.snapshot_key, b.parent_snapshot)
             except ContainerdError as exc:
                 raise TransferFailed(f"preparing the rootfs on {b.parent_snapshot} failed "
                                      f"({exc}); is the image {b.image} there?") from None
             self.snapshot = True
             if self.rootfs_tar.exists():
-                sink = TarSink(upper_dir(mounts))
-                with open(self.rootfs_tar, "rb") as f:
-                    while data := f.read(1 << 20):
-                        sink.write(data)
-                sink.close()
+                _unpack(self.rootfs_tar, upper_dir(self.mounts))
+            lap("rootfs")
             record = containers_pb2.Container(
                 id=self.cid, labels=dict(b.labels), image=b.image,
                 spec=_spec(b.spec, self.cfg.cgroup_parent),
                 snapshotter=b.snapshotter, snapshot_key=b.snapshot_key,
                 runtime=containers_pb2.Container.Runtime(name=b.runtime))
-            runtime_options = _runtime_options(
+            self.runtime_options = _runtime_options(
                 b.runtime_options if b.HasField("runtime_options") else None,
                 self.cfg.runtime_root)
-            if runtime_options is not None:
-                record.runtime.options.CopyFrom(runtime_options)
+            if self.runtime_options is not None:
+                record.runtime.options.CopyFrom(self.runtime_options)
             cd.create_container(record)
             self.container = True
-            lazy = b.method == agent_pb2.LAZY
-            options = checkpoint_pb2.RestoreOptions(
-                image_path=str(self.images), work_path=str(self.work), lazy_pages=lazy,
-                page_server=b.page_server if lazy else "")
-            if runtime_options is not None:
-                options.runtime_options.CopyFrom(runtime_options)
-            log_dir = self.cfg.work_dir / "logs"
-            log_dir.mkdir(exist_ok=True)
-            out = f"file://{log_dir / (self.cid + '.log')}"
-            self.task = True
-            cd.create_task(self.cid, mounts, out, out, pack(options))
+            lap("container-record")
+            if create_task:
+                self.early_network = self._network_record()
+                self._create_task(cd)
+                lap("task-create")
+        address = ""
+        if page_server_host:
+            address = self._start_page_server(page_server_host)
+            lap("page-server")
+        self.prepared = True
+        return agent_pb2.Prepared(page_server=address, phases_us=phases)
+
+    def _start_page_server(self, host: str) -> str:
+        """``criu page-server`` on ``host`` writing into the staging images; returns its
+        ``host:port`` once it listens (CRIU's status fd)."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        read_end, write_end = os.pipe()
+        try:
+            self.page_server = subprocess.Popen(
+                [self.cfg.criu, "page-server", "--images-dir", str(self.images),
+                 "--address", host, "--port", str(port), "--status-fd", str(write_end),
+                 "-o", str(self.work / PAGE_SERVER_LOG), "-v2"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, pass_fds=[write_end])
+        finally:
+            os.close(write_end)
+        try:
+            ready = _read_status(read_end, timeout=30)
+        finally:
+            os.close(read_end)
+        if not ready:
+            raise TransferFailed(f"criu page-server on {host}:{port} did not start: "
+                                 f"{self._page_server_log()}")
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def _page_server_log(self) -> str:
+        with contextlib.suppress(OSError):
+            lines = (self.work / PAGE_SERVER_LOG).read_text(errors="replace").splitlines()
+            return "; ".join(line for line in lines if "Error" in line)[-500:] or "no error logged"
+        return "no log"
+
+    def _page_server_done(self) -> None:
+        """The dump's pages are all here: the page server ended its session well."""
+        if self.page_server is None:
+            return
+        try:
+            status = self.page_server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise TransferFailed("criu page-server did not end after the dump") from None
+        if status != 0:
+            raise TransferFailed(f"criu page-server failed ({status}): "
+                                 f"{self._page_server_log()}")
+
+    def _network_record(self) -> bytes | None:
+        with contextlib.suppress(FileNotFoundError):
+            return (self.images / NETWORK_RECORD).read_bytes()
+        return None
+
+    def _create_task(self, cd: Containerd) -> None:
+        """Create the task that restores from the staging images at Start (the shim reads
+        only the network record at Create)."""
+        b = self.begin
+        lazy = b.method == agent_pb2.LAZY
+        options = checkpoint_pb2.RestoreOptions(
+            image_path=str(self.images), work_path=str(self.work), lazy_pages=lazy,
+            page_server=b.page_server if lazy else "")
+        if self.runtime_options is not None:
+            options.runtime_options.CopyFrom(self.runtime_options)
+        log_dir = self.cfg.work_dir / "logs"
+        log_dir.mkdir(exist_ok=True)
+        out = f"file://{log_dir / (self.cid + '.log')}"
+        self.task = True
+        cd.create_task(self.cid, self.mounts, out, out, pack(options))
+        self.task_created = True
+
+    def restore(self) -> agent_pb2.Restored:
+        """Everything arrived: the rootfs again when it changed, the task. Raises on any
+        failure (the caller rolls back)."""
+        start = time.monotonic()
+        if not self.prepared:  # a source that sent no Prepare
+            self.prepare("")
+        phases: dict[str, int] = {}
+        mark = time.monotonic()
+
+        def lap(name: str) -> None:
+            nonlocal mark
+            now = time.monotonic()
+            phases[name] = int((now - mark) * 1e6)
+            mark = now
+
+        self._criu.close()
+        self._page_server_done()
+        lap("images")
+        if agent_pb2.ROOTFS_KEEP in self._files:
+            self._close(agent_pb2.ROOTFS_KEEP)
+            upper = upper_dir(self.mounts)
+            _keep_only(upper, json.loads(self.keep_json.read_bytes() or b"{}"))
+            if agent_pb2.ROOTFS_REDO in self._files:
+                self._close(agent_pb2.ROOTFS_REDO)
+                _unpack(self.redo_tar, upper)
+            lap("rootfs-changes")
+        with connect(self.cfg.containerd, self.begin.namespace) as cd:
+            if self.task_created and self._network_record() != self.early_network:
+                # the network changed between the early record and the dump: the task
+                # created on the early one would rebuild the old network
+                log.info("%s: the network changed before the freeze; creating the task again",
+                         self.cid)
+                cd.remove_task(self.cid)
+                self.task_created = False
+                lap("task-delete")
+            if not self.task_created:
+                self._create_task(cd)
+                lap("task-create")
             pid = cd.start(self.cid)
+            lap("task-start")
         took = int((time.monotonic() - start) * 1e6)
         rs = _read_restore_stats(self.work)
         return agent_pb2.Restored(
             pid=pid, forking_time=rs.forking_time, restore_time=rs.restore_time,
             pages_restored=rs.pages_restored, pages_compared=rs.pages_compared,
-            pages_skipped_cow=rs.pages_skipped_cow, restore_us=took)
+            pages_skipped_cow=rs.pages_skipped_cow, restore_us=took, phases_us=phases)
 
     def rollback(self) -> None:
         """Remove everything this migration made here (best effort, logged)."""
         self._criu.abort()
+        if self.page_server is not None and self.page_server.poll() is None:
+            self.page_server.kill()
+            self.page_server.wait()
         for f in self._files.values():
             with contextlib.suppress(OSError):
                 f.close()
@@ -269,8 +449,22 @@ class _Receive:
         shutil.rmtree(self.stage, ignore_errors=True)
         log.info("migration of %s rolled back", self.cid)
 
+    def _own(self) -> None:
+        """Write down what this migration made in containerd (:data:`OWNED`), so that an
+        agent that ended mid-migration rolls it back when it starts again."""
+        b = self.begin
+        doc = {"namespace": b.namespace, "container_id": self.cid,
+               "snapshotter": b.snapshotter, "snapshot_key": b.snapshot_key,
+               "image": b.image if self.imported else ""}
+        tmp = self.stage / f".{OWNED}"
+        tmp.write_text(json.dumps(doc))
+        tmp.rename(self.stage / OWNED)
+
     def release(self) -> None:
-        """Committed: drop the staging directory once post-copy (if any) has ended."""
+        """Committed: the container is this host's now; drop the staging directory once
+        post-copy (if any) has ended."""
+        (self.stage / OWNED).unlink(missing_ok=True)
+
         def later() -> None:
             deadline = time.monotonic() + 24 * 3600
             while lazy_daemons(str(self.images)) and time.monotonic() < deadline:
@@ -353,6 +547,10 @@ class _Servicer(agent_pb2_grpc.AgentServicer):  # type: ignore[misc]
                     if total - last >= _RECEIVED_EVERY:
                         last = total
                         yield agent_pb2.MigrateReply(received=agent_pb2.Received(bytes=total))
+                elif kind == "prepare" and not recv.prepared and not restored:
+                    yield agent_pb2.MigrateReply(prepared=recv.prepare(
+                        req.prepare.page_server_host, req.prepare.create_task))
+                    log.info("%s prepared", recv.cid)
                 elif kind == "end" and not restored:
                     yield agent_pb2.MigrateReply(received=agent_pb2.Received(bytes=total))
                     restored_msg = recv.restore()
@@ -377,8 +575,44 @@ class _Servicer(agent_pb2_grpc.AgentServicer):  # type: ignore[misc]
             context.abort(grpc.StatusCode.ABORTED, "the source ended the migration")
 
 
-def _clean_stale(work_dir: Path) -> None:
+def page_servers(images_dir: str) -> list[int]:
+    """Pids of ``criu page-server`` processes writing into ``images_dir``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+                if b"page-server" in argv and images_dir.encode() in argv:
+                    found.append(int(name))
+    return found
+
+
+def _roll_back_owned(containerd: str, owned: Path) -> None:
+    """Remove what an unfinished migration made in containerd (its :data:`OWNED` record)."""
+    try:
+        doc = json.loads(owned.read_text())
+        cid, namespace = str(doc["container_id"]), str(doc["namespace"])
+        with connect(containerd, namespace) as cd:
+            cd.remove_task(cid)
+            with contextlib.suppress(ContainerdError):
+                cd.delete_container(cid)
+            with contextlib.suppress(ContainerdError):
+                cd.remove_snapshot(str(doc["snapshotter"]), str(doc["snapshot_key"]))
+            if doc.get("image"):
+                ctr(cd.address, namespace, "images", "rm", str(doc["image"]))
+        log.warning("rolled back %s (left by an agent that ended mid-migration)", cid)
+    except (OSError, ValueError, KeyError, ContainerdError) as exc:
+        log.error("rolling back what %s names: %s", owned, exc)
+
+
+def _clean_stale(work_dir: Path, containerd: str) -> None:
     for stale in work_dir.glob(f"{STAGE_PREFIX}*"):
+        # a page server of an agent that ended mid-migration: its dump is abandoned
+        for pid in page_servers(str(stale / "images")):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if (stale / OWNED).exists():
+            _roll_back_owned(containerd, stale / OWNED)
         if not lazy_daemons(str(stale / "images")):
             log.warning("removing %s (left by an agent that ended mid-migration)", stale)
             shutil.rmtree(stale, ignore_errors=True)
@@ -391,7 +625,7 @@ def serve(cfg: AgentConfig, ready: threading.Event | None = None) -> int:
         MigrateError: a TCP address without TLS and without ``insecure_tcp``.
     """
     cfg.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _clean_stale(cfg.work_dir)
+    _clean_stale(cfg.work_dir, cfg.containerd)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=[
         ("grpc.max_receive_message_length", 8 << 20),
         ("grpc.max_send_message_length", 8 << 20),

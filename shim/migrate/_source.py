@@ -6,13 +6,19 @@ Strategy: one function, :func:`migrate`, in phases, each with its own way back:
    and the agent's facts (:func:`shim.migrate._checks.refusals`), the CPU (the agent runs
    ``criu cpuinfo check`` on this host's cpuinfo image), no container of that id there.
    Any reason -> :class:`Refused`.
-2. **freeze and dump**: stop-and-copy pauses the task and dumps it with leave-running (it
-   stays paused); lazy dumps with ``--lazy-pages`` and a page server on this host, and
-   CRIU keeps the task frozen while it serves pages. Way back: resume the task (stop-and-
-   copy) or end the dump and thaw it (lazy: :func:`_abort_lazy_dump`).
-3. **send and restore**: one Migrate stream - the base image when the agent lacks its
-   snapshot, the rootfs diff, the CRIU images - and the agent restores. Way back: as 2;
-   the agent rolls its side back when the stream ends without Commit.
+2. **prepare** (the container runs on): the Migrate stream opens; the base image when the
+   agent lacks its snapshot, the rootfs diff and the network record go; the agent prepares
+   everything that does not depend on the frozen state (image, snapshot, rootfs, container
+   record, the task that restores at Start, for stop-and-copy a ``criu page-server``) and
+   answers Prepared. Way back: nothing to undo here; the agent rolls its side back when the
+   stream ends without Commit.
+3. **freeze, dump, restore** (the downtime): stop-and-copy pauses the task and dumps it with
+   leave-running (it stays paused), its pages going straight to the destination's page
+   server; lazy dumps with ``--lazy-pages`` and a page server on this host, and CRIU keeps
+   the task frozen while it serves pages. Then what changed in the rootfs since the diff
+   (:func:`_rootfs_changes`), the other CRIU images, End; the agent starts the task. Way
+   back: resume the task (stop-and-copy) or end the dump and thaw it (lazy:
+   :func:`_abort_lazy_dump`); the agent rolls back.
 4. **commit**: the destination runs (downtime ends here); Commit; then the source goes
    (stop-and-copy: its links are deleted and its TCP sockets destroyed first, so that
    nothing reaches the peers, then it is killed) - for lazy only after its CRIU has served
@@ -32,7 +38,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -64,6 +72,7 @@ __all__ = ["MigrateOptions", "Progress", "migrate"]
 
 PAGE: Final = 4096
 DUMP_STATS: Final = "stats-dump"
+_CTIME_SLACK: Final = 0.1
 _NET_NS = "network"
 
 
@@ -254,36 +263,126 @@ def _dump_stats(work: Path) -> DumpStats | None:
     return dump
 
 
-class _Sender:
-    """The request side of the Migrate stream (run by grpc's thread)."""
+class _Stream:
+    """The request side of the Migrate stream: this thread puts requests, grpc's thread takes
+    them (a bounded queue: at most a few chunks in flight). A put fails, instead of blocking,
+    once the call has ended (the agent failed or went)."""
 
-    def __init__(self, begin: Any, parts: list[tuple[Any, Callable[[], Iterator[bytes]]]],
-                 progress: Progress) -> None:
-        self.begin = begin
-        self.parts = parts
+    def __init__(self, progress: Progress) -> None:
         self.progress = progress
-        self.decision: queue.Queue[bool] = queue.Queue()
-        self.error: BaseException | None = None
         self.sent = 0
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=8)
+        self._ended = threading.Event()
 
     def __iter__(self) -> Iterator[Any]:
-        try:
-            yield agent_pb2.MigrateRequest(begin=self.begin)
-            for part, source in self.parts:
-                for data in source():
-                    for i in range(0, len(data), CHUNK):
-                        piece = data[i:i + CHUNK]
-                        yield agent_pb2.MigrateRequest(chunk=agent_pb2.Chunk(part=part,
-                                                                             data=piece))
-                        self.sent += len(piece)
-                        self.progress.sent = self.sent
-                        self.progress.show(self.progress)
-            yield agent_pb2.MigrateRequest(end=agent_pb2.End())
-        except BaseException as exc:
-            self.error = exc
-            raise
-        if self.decision.get():
-            yield agent_pb2.MigrateRequest(commit=agent_pb2.Commit())
+        while not self._ended.is_set():
+            try:
+                request = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if request is None:
+                return
+            yield request
+
+    def watch(self, call: Any) -> None:
+        call.add_done_callback(lambda _: self._ended.set())
+
+    def put(self, request: Any) -> None:
+        while True:
+            if self._ended.is_set():
+                raise _CallEnded
+            with contextlib.suppress(queue.Full):
+                self._queue.put(request, timeout=0.2)
+                return
+
+    def send(self, part: Any, chunks: Iterator[bytes]) -> None:
+        """One part, chunk by chunk."""
+        for data in chunks:
+            for i in range(0, len(data), CHUNK):
+                piece = data[i:i + CHUNK]
+                self.put(agent_pb2.MigrateRequest(chunk=agent_pb2.Chunk(part=part, data=piece)))
+                self.sent += len(piece)
+                self.progress.sent = self.sent
+                self.progress.show(self.progress)
+
+    def close(self) -> None:
+        """No more requests (the stream's end: the agent sees it after what was put)."""
+        with contextlib.suppress(_CallEnded):
+            self.put(None)
+
+
+class _CallEnded(Exception):
+    """The Migrate call ended while the source still had requests to send."""
+
+
+def _reply(call: Any, kind: str) -> Any:
+    """The next reply of ``kind`` (progress replies skipped).
+
+    Raises:
+        grpc.RpcError: the call failed.
+        TransferFailed: the stream ended without one.
+    """
+    for reply in call:
+        if reply.WhichOneof("kind") == kind:
+            return getattr(reply, kind)
+    raise TransferFailed(f"the agent ended the stream without {kind}")
+
+
+def _inodes(directory: str) -> dict[str, int]:
+    """Every path under ``directory`` (relative, "." for itself) and its inode number."""
+    found = {".": os.lstat(directory).st_ino}
+    for root, dirs, files in os.walk(directory):
+        for name in (*dirs, *files):
+            path = os.path.join(root, name)
+            with contextlib.suppress(FileNotFoundError):
+                found[os.path.relpath(path, directory)] = os.lstat(path).st_ino
+    return found
+
+
+def _rootfs_changes(directory: str, before: dict[str, int], since: float
+                    ) -> tuple[dict[str, list[str]], list[str]] | None:
+    """What changed under ``directory`` at or after ``since`` (wall clock, seconds), when
+    ``before`` (:func:`_inodes`) was taken just before the first diff; None if nothing.
+
+    Returns the names every changed directory holds now (the destination removes the others
+    there: entries removed after the diff) and the paths to send again. Judged by ctime: a
+    write, a new entry, a chmod, an xattr change a file's ctime; a removal, a new entry or a
+    rename its directory's; no one sets a ctime by hand. The kernel stamps ctime from a
+    clock that may lag by a tick, hence the margin (a change just before ``since`` is sent
+    twice). A directory that is not the one that was there (a new inode: made, or moved in,
+    after the diff) goes again whole, children included, whatever their ctime. Measured:
+    CRIU's dump itself makes a temporary directory in the container's /tmp (so /tmp and the
+    root change on every dump), which is why this sends only what changed."""
+    limit = since - _CTIME_SLACK
+    kept: dict[str, list[str]] = {}
+    paths: list[str] = []
+    whole: list[str] = []  # new directories: everything under them goes
+    for root, dirs, files in os.walk(directory):
+        rel_root = os.path.relpath(root, directory)
+        dirs.sort()
+        if any(rel_root == w or rel_root.startswith(w + "/") for w in whole):
+            paths.extend(os.path.join(rel_root, n) for n in (*dirs, *files))
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            st = os.lstat(root)
+            if st.st_ctime >= limit or before.get(rel_root) != st.st_ino:
+                kept[rel_root] = sorted((*dirs, *files))
+                if rel_root != ".":
+                    paths.append(rel_root)
+                if before.get(rel_root) != st.st_ino and rel_root != ".":
+                    whole.append(rel_root)
+                    paths.extend(os.path.join(rel_root, n) for n in (*dirs, *files))
+                    continue
+        links = [d for d in dirs if os.path.islink(os.path.join(root, d))]
+        for name in (*files, *links):
+            rel = os.path.join(rel_root, name) if rel_root != "." else name
+            with contextlib.suppress(FileNotFoundError):
+                st = os.lstat(os.path.join(root, name))
+                if st.st_ctime >= limit or before.get(rel) != st.st_ino:
+                    paths.append(rel)
+    if not kept and not paths:
+        return None
+    return kept, paths
 
 
 def _image_export(address: str, namespace: str, image: str) -> Callable[[], Iterator[bytes]]:
@@ -356,16 +455,122 @@ def migrate(opts: MigrateOptions, progress: Progress | None = None) -> Report:
             shutil.rmtree(stage, ignore_errors=True)
 
 
+def _network_record(pid: int, stage: Path) -> bytes | None:
+    """The container's network as the shim's dump records it (the same functions:
+    :func:`shim.checkpoint.netrestore.record`), taken now, before the freeze, so that the
+    destination can create the task in advance; None when it cannot be taken (the
+    destination then creates the task after the dump)."""
+    from shim.checkpoint.network import dump_snapshot, loopback_snapshot
+
+    with contextlib.suppress(OSError):
+        if (loopback := loopback_snapshot(pid)) is not None:
+            return dump_snapshot(loopback)
+    out = stage / "network-early.json"
+    proc = subprocess.run([sys.executable, "-m", "shim.nethook", "snapshot", str(pid), str(out)],
+                          capture_output=True, timeout=60, check=False)
+    try:
+        return out.read_bytes() if proc.returncode == 0 else None
+    except OSError:
+        return None
+
+
+def _agent_host(opts: MigrateOptions) -> str:
+    """The address the destination's page server listens on: the agent's, as dialled."""
+    if is_unix(opts.to):
+        return "127.0.0.1"
+    return opts.to.rsplit(":", 1)[0].strip("[]")
+
+
+class _Clock:
+    """Phase timings: each :meth:`lap` ends a phase (name, microseconds since the last)."""
+
+    def __init__(self) -> None:
+        self.phases: list[tuple[str, int]] = []
+        self._last = time.monotonic()
+
+    def lap(self, name: str) -> float:
+        now = time.monotonic()
+        self.phases.append((name, _us(now - self._last)))
+        self._last = now
+        return now
+
+    def add(self, prefix: str, phases: Any) -> None:
+        """The agent's own phases (a map name -> us), as they came."""
+        self.phases.extend((f"{prefix}{name}", int(us)) for name, us in phases.items())
+
+
 def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: int,
           spec: dict[str, Any], parent: str, upper: str, has_parent: bool, stage: Path,
           prog: Progress, t0: float) -> Report:
+    """Phase 2-4 of :func:`migrate`. Before the freeze: the stream opens, the image (if
+    needed) and the rootfs diff go, the agent prepares (image, snapshot, rootfs, record; for
+    stop-and-copy a ``criu page-server``). Frozen: the dump (stop-and-copy: its pages go
+    straight to the destination's page server), the rootfs again if it changed after the
+    diff, the CRIU images, the restore."""
     cid = opts.container_id
     lazy = opts.method is Method.LAZY
     images, work = stage / "images", stage / "work"
+    clock = _Clock()
+    begin = agent_pb2.Begin(
+        namespace=opts.namespace, container_id=cid, image=record.image,
+        labels=dict(record.labels), runtime=record.runtime.name, spec=record.spec,
+        snapshotter=record.snapshotter, snapshot_key=record.snapshot_key,
+        parent_snapshot=parent,
+        method=agent_pb2.LAZY if lazy else agent_pb2.STOP_AND_COPY,
+        tcp_established=opts.tcp_established)
+    if record.runtime.HasField("options"):
+        begin.runtime_options.CopyFrom(record.runtime.options)
     page_server = ""
     if lazy:
         host = _page_server_host(opts)
-        page_server = f"{host}:{_free_port(host)}"
+        page_server = begin.page_server = f"{host}:{_free_port(host)}"
+    stream = _Stream(prog)
+    call = agent.Migrate(iter(stream))
+    stream.watch(call)
+
+    def failed(exc: BaseException) -> str:
+        if isinstance(exc, grpc.RpcError):
+            return f"{exc.code().name}: {exc.details()}"
+        if isinstance(exc, _CallEnded):
+            code = call.code()
+            return f"{code.name if code else 'ended'}: {call.details()}"
+        return str(exc)
+
+    # -- before the freeze: nothing here touches the container ---------------------------
+    prog.enter("prepare")
+    try:
+        stream.put(agent_pb2.MigrateRequest(begin=begin))
+        if not has_parent:
+            stream.send(agent_pb2.IMAGE,
+                        _image_export(cd.address, opts.namespace, record.image)())
+        diff_taken = time.time()
+        before = _inodes(upper)
+        stream.send(agent_pb2.ROOTFS_DIFF, tar_chunks(upper))
+        clock.lap("send-rootfs")
+        network = _network_record(pid, stage) if _own_netns(spec) else b""
+        if network is not None and network:
+            stream.send(agent_pb2.NETWORK, iter([network]))
+        clock.lap("network-record")
+        stream.put(agent_pb2.MigrateRequest(prepare=agent_pb2.Prepare(
+            page_server_host="" if lazy else _agent_host(opts),
+            create_task=network is not None)))
+        prepared = _reply(call, "prepared")
+    except (grpc.RpcError, _CallEnded, MigrateError) as exc:
+        call.cancel()
+        stream.close()
+        t = cd.task(cid)
+        raise TransferFailed(
+            f"migration of {cid} failed before the freeze: destination {opts.to}: "
+            f"{failed(exc)}; the source runs on ({t.status if t else 'no task!'}), untouched, "
+            "the destination was rolled back") from None
+    except BaseException:
+        call.cancel()
+        stream.close()
+        raise
+    clock.add("agent:", prepared.phases_us)
+    clock.lap("prepare-wait")
+    if not lazy:
+        page_server = prepared.page_server
     options = checkpoint_pb2.CheckpointOptions(
         exit=lazy, open_tcp=opts.tcp_established, image_path=str(images), work_path=str(work),
         empty_namespaces=[_NET_NS] if _own_netns(spec) else [], lazy_pages=lazy,
@@ -373,6 +578,8 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
 
     def back(reason: str) -> TransferFailed:
         """Undo the freeze; the source runs on."""
+        call.cancel()
+        stream.close()
         if lazy:
             _abort_lazy_dump(cid, pid)
         else:
@@ -383,70 +590,55 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
         return TransferFailed(f"migration of {cid} failed: {reason}; {where}, the destination "
                               "was rolled back")
 
+    # -- frozen: the downtime runs from here until the destination runs ------------------
     prog.enter("freeze+dump")
-    t_freeze = time.monotonic()
-    if not lazy:
-        cd.pause(cid)
-    try:
-        cd.checkpoint(cid, pack(options))
-    except ContainerdError as exc:
-        raise back(f"the dump failed: {exc}") from None
-    except BaseException:  # interrupted: put the source back first
-        back("interrupted")
-        raise
-    t_dumped = time.monotonic()
-    dump = _lazy_dump_stats(images, 0) if lazy else _dump_stats(work)
-    if dump is not None:
-        prog.pages = dump.pages_written
-
-    begin = agent_pb2.Begin(
-        namespace=opts.namespace, container_id=cid, image=record.image,
-        labels=dict(record.labels), runtime=record.runtime.name, spec=record.spec,
-        snapshotter=record.snapshotter, snapshot_key=record.snapshot_key,
-        parent_snapshot=parent,
-        method=agent_pb2.LAZY if lazy else agent_pb2.STOP_AND_COPY,
-        page_server=page_server, tcp_established=opts.tcp_established)
-    if record.runtime.HasField("options"):
-        begin.runtime_options.CopyFrom(record.runtime.options)
-    parts: list[tuple[Any, Callable[[], Iterator[bytes]]]] = []
-    if not has_parent:
-        parts.append((agent_pb2.IMAGE, _image_export(cd.address, opts.namespace, record.image)))
-    parts.append((agent_pb2.ROOTFS_DIFF, lambda: tar_chunks(upper)))
-    parts.append((agent_pb2.CRIU_IMAGES, lambda: tar_chunks(str(images))))
-    sender = _Sender(begin, parts, prog)
-    prog.enter("transfer")
-    call = agent.Migrate(iter(sender))
+    t_freeze = clock.lap("ready")
     restored = None
-    t_running = 0.0
     try:
-        for reply in call:
-            kind = reply.WhichOneof("kind")
-            if kind == "received":
-                continue
-            if kind == "restored":
-                t_running = time.monotonic()  # the task runs there: the downtime ends
-                restored = reply.restored
-                sender.decision.put(True)
-                prog.enter("commit")
-    except grpc.RpcError as exc:
-        sender.decision.put(False)
-        call.cancel()
+        if not lazy:
+            cd.pause(cid)
+            clock.lap("frozen:pause")
+        try:
+            cd.checkpoint(cid, pack(options))
+        except ContainerdError as exc:
+            raise back(f"the dump failed: {exc}") from None
+        t_dumped = clock.lap("frozen:dump")
+        dump = _lazy_dump_stats(images, 0) if lazy else _dump_stats(work)
+        if dump is not None:
+            prog.pages = dump.pages_written
+        prog.enter("transfer")
+        redo = _rootfs_changes(upper, before, diff_taken)
+        if redo is not None:
+            # written after the diff was taken: what changed goes again, frozen
+            kept, paths = redo
+            stream.send(agent_pb2.ROOTFS_KEEP, iter([json.dumps(kept).encode()]))
+            if paths:
+                stream.send(agent_pb2.ROOTFS_REDO, tar_chunks(upper, paths))
+            clock.lap("frozen:send-rootfs-changes")
+        stream.send(agent_pb2.CRIU_IMAGES, tar_chunks(str(images)))
+        stream.put(agent_pb2.MigrateRequest(end=agent_pb2.End()))
+        clock.lap("frozen:send-images")
+        restored = _reply(call, "restored")
+        t_running = time.monotonic()  # the task runs there: the downtime ends
+        clock.add("frozen:agent:", restored.phases_us)
+        clock.lap("after-restore")
+        prog.enter("commit")
+        stream.put(agent_pb2.MigrateRequest(commit=agent_pb2.Commit()))
+        stream.close()
+        for _ in call:  # the agent ends the stream once it has the commit
+            pass
+    except TransferFailed:
+        raise
+    except (grpc.RpcError, _CallEnded, MigrateError) as exc:
         if restored is None:
-            why = f"{exc.code().name}: {exc.details()}"
-            if sender.error is not None:
-                why = f"{sender.error} ({why})"
-            raise back(f"destination {opts.to}: {why}") from None
+            raise back(f"destination {opts.to}: {failed(exc)}") from None
         # restored but the commit was not confirmed: the agent rolls back without it
         raise back(f"destination {opts.to} ran the container but did not confirm the commit "
-                   f"({exc.code().name}: {exc.details()})") from None
+                   f"({failed(exc)})") from None
     except BaseException:  # interrupted: the agent rolls back without a commit
-        sender.decision.put(False)
-        call.cancel()
         back("interrupted")
         raise
-    if restored is None:
-        sender.decision.put(False)
-        raise back(f"destination {opts.to} ended the stream without restoring")
+    clock.lap("commit")
     downtime = _us(t_running - t_freeze)
     outcome = Outcome.KEPT_SOURCE if opts.keep_source else Outcome.MIGRATED
     message = ""
@@ -456,14 +648,16 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
         dump, outcome, message = _finish_postcopy(opts, cd, agent, work, dump, outcome, pid)
         postcopy_us = _us(time.monotonic() - t_running)
         dump = _lazy_dump_stats(images, _us(time.monotonic() - t_freeze))
+        clock.lap("post-copy")
         if outcome is Outcome.POSTCOPY_FAILED and _alive(pid):
             # the source resumed: it is the container; nothing else to clean here
             return Report(
                 container_id=cid, method=opts.method.value, outcome=outcome, dump=dump,
                 restore=_restore_stats(restored), checkpoint_us=_us(t_dumped - t_freeze),
                 restore_us=int(restored.restore_us), downtime_us=downtime,
-                transfer_bytes=sender.sent, postcopy_complete_us=postcopy_us,
-                total_us=_us(time.monotonic() - t0), message=message)
+                transfer_bytes=stream.sent, postcopy_complete_us=postcopy_us,
+                total_us=_us(time.monotonic() - t0), message=message,
+                phases=tuple(clock.phases))
     else:
         _cut_network(pid)
     prog.enter("cleanup")
@@ -473,14 +667,17 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
             cd.delete_container(cid)
         with contextlib.suppress(ContainerdError):
             cd.remove_snapshot(record.snapshotter, record.snapshot_key)
+    clock.lap("cleanup")
     prog.enter("done")
-    transfer = sender.sent + (dump.pages_lazy * PAGE if lazy and dump else 0)
+    # what went outside the stream: lazy pages, or the pages the dump wrote to the page server
+    pages = (dump.pages_lazy if lazy else dump.pages_written) if dump else 0
+    transfer = stream.sent + (pages * PAGE if lazy or page_server else 0)
     return Report(
         container_id=cid, method=opts.method.value, outcome=outcome, dump=dump,
-        restore=None if restored is None else _restore_stats(restored),
+        restore=_restore_stats(restored),
         checkpoint_us=_us(t_dumped - t_freeze), restore_us=int(restored.restore_us),
         downtime_us=downtime, transfer_bytes=transfer, postcopy_complete_us=postcopy_us,
-        total_us=_us(time.monotonic() - t0), message=message)
+        total_us=_us(time.monotonic() - t0), message=message, phases=tuple(clock.phases))
 
 
 def _lazy_dumps(cid: str) -> list[int]:

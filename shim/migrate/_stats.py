@@ -203,6 +203,9 @@ class Report:
     postcopy_complete_us: int = 0
     total_us: int = 0
     message: str = ""
+    # (name, microseconds) in the order they happened: where the time went; the names of
+    # the frozen window's phases start with "frozen:" and add up to downtime_us
+    phases: tuple[tuple[str, int], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """Podman's ``--print-stats`` layout plus ``migration``."""
@@ -244,5 +247,6 @@ class Report:
                 "total_us": self.total_us,
                 "outcome": self.outcome.value,
                 "message": self.message,
+                "phases": dict(self.phases),
             },
         }

@@ -11,7 +11,9 @@ snapshotter hands out (:func:`upper_dir`; other snapshotters are refused).
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
+import tempfile
 from collections.abc import Iterator, Sequence
 from typing import IO, Any, Final
 
@@ -48,15 +50,25 @@ def directory_size(path: str) -> int:
         return 0
 
 
-def tar_chunks(directory: str) -> Iterator[bytes]:
-    """The contents of ``directory`` as a tar stream, in chunks.
+def tar_chunks(directory: str, paths: Sequence[str] | None = None) -> Iterator[bytes]:
+    """The contents of ``directory`` as a tar stream, in chunks; with ``paths`` (relative to
+    ``directory``), only those entries (a directory without what is in it).
 
     Raises:
         MigrateError: tar failed (its message is kept).
     """
-    proc = subprocess.Popen(["tar", "-C", directory, *_TAR_FLAGS, "-cf", "-", "."],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    names = None
+    what: list[str] = ["."]
+    if paths is not None:
+        names = tempfile.TemporaryFile()  # noqa: SIM115 (closed below)
+        names.write(b"".join(os.fsencode(p) + b"\0" for p in paths))
+        names.seek(0)
+        what = ["--no-recursion", "--null", "-T", "-"]
+    proc = subprocess.Popen(["tar", "-C", directory, *_TAR_FLAGS, "-cf", "-", *what],
+                            stdin=names if names is not None else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if names is not None:
+        names.close()
     assert proc.stdout is not None and proc.stderr is not None
     try:
         while chunk := proc.stdout.read(CHUNK):

@@ -20,6 +20,9 @@ class Part(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     IMAGE: _ClassVar[Part]
     ROOTFS_DIFF: _ClassVar[Part]
     CRIU_IMAGES: _ClassVar[Part]
+    ROOTFS_REDO: _ClassVar[Part]
+    NETWORK: _ClassVar[Part]
+    ROOTFS_KEEP: _ClassVar[Part]
 METHOD_UNSPECIFIED: Method
 STOP_AND_COPY: Method
 LAZY: Method
@@ -27,6 +30,9 @@ PART_UNSPECIFIED: Part
 IMAGE: Part
 ROOTFS_DIFF: Part
 CRIU_IMAGES: Part
+ROOTFS_REDO: Part
+NETWORK: Part
+ROOTFS_KEEP: Part
 
 class ProbeRequest(_message.Message):
     __slots__ = ("cpuinfo", "snapshotter", "parent_snapshot", "namespace", "container_id", "bytes_needed")
@@ -121,6 +127,14 @@ class Chunk(_message.Message):
     data: bytes
     def __init__(self, part: _Optional[_Union[Part, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
+class Prepare(_message.Message):
+    __slots__ = ("page_server_host", "create_task")
+    PAGE_SERVER_HOST_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TASK_FIELD_NUMBER: _ClassVar[int]
+    page_server_host: str
+    create_task: bool
+    def __init__(self, page_server_host: _Optional[str] = ..., create_task: bool = ...) -> None: ...
+
 class End(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -130,16 +144,18 @@ class Commit(_message.Message):
     def __init__(self) -> None: ...
 
 class MigrateRequest(_message.Message):
-    __slots__ = ("begin", "chunk", "end", "commit")
+    __slots__ = ("begin", "chunk", "end", "commit", "prepare")
     BEGIN_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     COMMIT_FIELD_NUMBER: _ClassVar[int]
+    PREPARE_FIELD_NUMBER: _ClassVar[int]
     begin: Begin
     chunk: Chunk
     end: End
     commit: Commit
-    def __init__(self, begin: _Optional[_Union[Begin, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., end: _Optional[_Union[End, _Mapping]] = ..., commit: _Optional[_Union[Commit, _Mapping]] = ...) -> None: ...
+    prepare: Prepare
+    def __init__(self, begin: _Optional[_Union[Begin, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., end: _Optional[_Union[End, _Mapping]] = ..., commit: _Optional[_Union[Commit, _Mapping]] = ..., prepare: _Optional[_Union[Prepare, _Mapping]] = ...) -> None: ...
 
 class Received(_message.Message):
     __slots__ = ("bytes",)
@@ -148,7 +164,14 @@ class Received(_message.Message):
     def __init__(self, bytes: _Optional[int] = ...) -> None: ...
 
 class Restored(_message.Message):
-    __slots__ = ("pid", "forking_time", "restore_time", "pages_restored", "pages_compared", "pages_skipped_cow", "restore_us")
+    __slots__ = ("pid", "forking_time", "restore_time", "pages_restored", "pages_compared", "pages_skipped_cow", "restore_us", "phases_us")
+    class PhasesUsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     PID_FIELD_NUMBER: _ClassVar[int]
     FORKING_TIME_FIELD_NUMBER: _ClassVar[int]
     RESTORE_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +179,7 @@ class Restored(_message.Message):
     PAGES_COMPARED_FIELD_NUMBER: _ClassVar[int]
     PAGES_SKIPPED_COW_FIELD_NUMBER: _ClassVar[int]
     RESTORE_US_FIELD_NUMBER: _ClassVar[int]
+    PHASES_US_FIELD_NUMBER: _ClassVar[int]
     pid: int
     forking_time: int
     restore_time: int
@@ -163,15 +187,33 @@ class Restored(_message.Message):
     pages_compared: int
     pages_skipped_cow: int
     restore_us: int
-    def __init__(self, pid: _Optional[int] = ..., forking_time: _Optional[int] = ..., restore_time: _Optional[int] = ..., pages_restored: _Optional[int] = ..., pages_compared: _Optional[int] = ..., pages_skipped_cow: _Optional[int] = ..., restore_us: _Optional[int] = ...) -> None: ...
+    phases_us: _containers.ScalarMap[str, int]
+    def __init__(self, pid: _Optional[int] = ..., forking_time: _Optional[int] = ..., restore_time: _Optional[int] = ..., pages_restored: _Optional[int] = ..., pages_compared: _Optional[int] = ..., pages_skipped_cow: _Optional[int] = ..., restore_us: _Optional[int] = ..., phases_us: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class Prepared(_message.Message):
+    __slots__ = ("page_server", "phases_us")
+    class PhasesUsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    PAGE_SERVER_FIELD_NUMBER: _ClassVar[int]
+    PHASES_US_FIELD_NUMBER: _ClassVar[int]
+    page_server: str
+    phases_us: _containers.ScalarMap[str, int]
+    def __init__(self, page_server: _Optional[str] = ..., phases_us: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class MigrateReply(_message.Message):
-    __slots__ = ("received", "restored")
+    __slots__ = ("received", "restored", "prepared")
     RECEIVED_FIELD_NUMBER: _ClassVar[int]
     RESTORED_FIELD_NUMBER: _ClassVar[int]
+    PREPARED_FIELD_NUMBER: _ClassVar[int]
     received: Received
     restored: Restored
-    def __init__(self, received: _Optional[_Union[Received, _Mapping]] = ..., restored: _Optional[_Union[Restored, _Mapping]] = ...) -> None: ...
+    prepared: Prepared
+    def __init__(self, received: _Optional[_Union[Received, _Mapping]] = ..., restored: _Optional[_Union[Restored, _Mapping]] = ..., prepared: _Optional[_Union[Prepared, _Mapping]] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ("namespace", "container_id")
