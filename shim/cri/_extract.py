@@ -7,9 +7,12 @@ short), names that are absolute or hold ``..``, entries below a symlink, symlink
 is absolute or leads out of the archive, hard links to anything but an earlier regular file of
 the archive, device nodes, FIFOs and every other type but file, directory and symlink, a second
 entry with a name already used, and an archive without ``spec.dump``, ``config.dump`` or
-``checkpoint/inventory.img``. :func:`extract_archive` then writes the entries into a new
-private (0700) directory by hand, never following a link (``O_NOFOLLOW``/``O_EXCL``), modes
-without set-id bits; whatever fails, the directory is removed again. A leading ``./`` is
+``checkpoint/inventory.img``. :class:`Extraction` (or :func:`extract_archive`, all at once)
+then writes the entries into a new private (0700) directory by hand, never following a link
+(``O_NOFOLLOW``/``O_EXCL``), file modes without set-id bits, every directory 0700 (the shim
+restores only from a root-owned 0700 ``checkpoint`` directory); the small files a restore
+reads first are written at once, CRIU's images on a thread while the caller talks to
+containerd; whatever fails, the directory is removed again. A leading ``./`` is
 accepted (CRI-O and Podman write one) and dropped.
 """
 
@@ -25,14 +28,16 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
 
 from ._errors import InvalidArgument
 
-__all__ = ["REQUIRED_ENTRIES", "CheckedArchive", "check_archive", "extract_archive",
-           "remove_tree"]
+__all__ = ["REQUIRED_ENTRIES", "CheckedArchive", "Extraction", "check_archive",
+           "extract_archive", "remove_tree"]
 
 REQUIRED_ENTRIES: Final = ("spec.dump", "config.dump", "checkpoint/inventory.img")
 _CHUNK: Final = 1 << 20
@@ -179,6 +184,134 @@ def _copy_range(src: int, dst: int, offset: int, size: int) -> None:
         done += n
 
 
+def _write_member(dest: Path, name: str, info: tarfile.TarInfo, plain: int | None,
+                  tar: tarfile.TarFile) -> None:
+    target = dest / name
+    if info.isdir():
+        os.makedirs(target, mode=0o700, exist_ok=True)
+        return
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if info.issym():
+        os.symlink(info.linkname, target)
+    elif info.islnk():
+        link = info.linkname[2:] if info.linkname.startswith("./") else info.linkname
+        os.link(dest / link, target, follow_symlinks=False)
+    else:
+        mode = stat.S_IMODE(info.mode) & 0o777
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                     mode or 0o600)
+        try:
+            if plain is not None and not info.sparse:  # in-kernel copy
+                _copy_range(plain, fd, info.offset_data, info.size)
+            else:
+                src = tar.extractfile(info)
+                if src is None:
+                    raise InvalidArgument(f"entry {info.name!r} cannot be read")
+                _copy(src, fd, info.size)
+        finally:
+            os.close(fd)
+
+
+def _write_members(archive: CheckedArchive, dest: Path,
+                   members: Sequence[tuple[str, tarfile.TarInfo]],
+                   stop: threading.Event | None = None) -> None:
+    """Write ``members`` (in archive order) below ``dest``; every directory ends 0700.
+
+    Raises:
+        InvalidArgument: the archive changed or ends early; ``stop`` was set.
+        OSError: writing failed.
+    """
+    plain = None if archive.compressed else os.open(archive.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with tarfile.open(archive.path, mode="r:*") as tar:
+            for name, info in members:
+                if stop is not None and stop.is_set():
+                    raise InvalidArgument(f"{archive.path}: unpacking stopped")
+                _write_member(dest, name, info, plain, tar)
+    except (tarfile.TarError, EOFError) as exc:
+        raise InvalidArgument(f"{archive.path}: unpacking failed: {exc}") from exc
+    finally:
+        if plain is not None:
+            os.close(plain)
+    for name, info in members:  # whatever the archive says: private (made 0700 to write)
+        if info.isdir():
+            os.chmod(dest / name, 0o700)
+
+
+class Extraction:
+    """A checked archive being unpacked into a new private (0700) directory, :attr:`dest`.
+
+    :meth:`start` writes the small top-level files a restore reads first (``FIRST``: the
+    ``*.dump`` files and ``rootfs-diff.tar``) at once, then the rest (CRIU's images: the
+    bulk of the bytes) on a thread of its own, so the caller can work with containerd
+    meanwhile. :meth:`wait` returns once everything is written (or raises what failed);
+    :meth:`abort` stops the thread and removes the directory. A compressed archive is read
+    in one pass in :meth:`start` (seeking back in a compressed stream reads it again).
+    """
+
+    FIRST: Final = frozenset({"config.dump", "spec.dump", "status.dump", "rootfs-diff.tar"})
+
+    def __init__(self, archive: CheckedArchive, parent: Path, prefix: str) -> None:
+        self.archive = archive
+        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.dest = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def start(self) -> Extraction:
+        """Write the first files; start the rest. On failure the directory is gone again.
+
+        Raises:
+            InvalidArgument: the archive changed or ends early.
+            OSError: writing failed.
+        """
+        try:
+            if self.archive.compressed:
+                _write_members(self.archive, self.dest, self.archive.members)
+                return self
+            first = [(n, i) for n, i in self.archive.members if n in self.FIRST and i.isreg()]
+            rest = [(n, i) for n, i in self.archive.members
+                    if not (n in self.FIRST and i.isreg())]
+            _write_members(self.archive, self.dest, first)
+        except BaseException:
+            shutil.rmtree(self.dest, ignore_errors=True)
+            raise
+        self._thread = threading.Thread(target=self._run, args=(rest,),
+                                        name=f"unpack {self.dest.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self, rest: list[tuple[str, tarfile.TarInfo]]) -> None:
+        try:
+            _write_members(self.archive, self.dest, rest, self._stop)
+        except BaseException as exc:  # handed to wait()
+            self._error = exc
+
+    def wait(self) -> Path:
+        """Block until every entry is written; returns :attr:`dest` (0700).
+
+        Raises:
+            InvalidArgument, OSError: what the unpacking thread met (the directory is gone).
+        """
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            shutil.rmtree(self.dest, ignore_errors=True)
+            raise self._error
+        os.chmod(self.dest, 0o700)
+        return self.dest
+
+    def abort(self) -> None:
+        """Stop unpacking (at the next entry) and remove the directory."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        shutil.rmtree(self.dest, ignore_errors=True)
+
+
 def extract_archive(archive: CheckedArchive, parent: Path, prefix: str) -> Path:
     """Unpack a checked archive into a new 0700 directory under ``parent``; returns it.
 
@@ -186,53 +319,7 @@ def extract_archive(archive: CheckedArchive, parent: Path, prefix: str) -> Path:
         InvalidArgument: the archive changed or ends early while unpacking.
         OSError: writing failed (the directory is gone again either way).
     """
-    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    dest = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    plain: int | None = None
-    try:
-        if not archive.compressed:
-            plain = os.open(archive.path, os.O_RDONLY | os.O_CLOEXEC)
-        with tarfile.open(archive.path, mode="r:*") as tar:
-            for name, info in archive.members:
-                target = dest / name
-                if info.isdir():
-                    os.makedirs(target, mode=0o700, exist_ok=True)
-                    continue
-                target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                if info.issym():
-                    os.symlink(info.linkname, target)
-                elif info.islnk():
-                    link = info.linkname[2:] if info.linkname.startswith("./") \
-                        else info.linkname
-                    os.link(dest / link, target, follow_symlinks=False)
-                else:
-                    mode = stat.S_IMODE(info.mode) & 0o777
-                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL
-                                 | os.O_NOFOLLOW, mode or 0o600)
-                    try:
-                        if plain is not None and not info.sparse:  # in-kernel copy
-                            _copy_range(plain, fd, info.offset_data, info.size)
-                        else:
-                            src = tar.extractfile(info)
-                            if src is None:
-                                raise InvalidArgument(f"entry {info.name!r} cannot be read")
-                            _copy(src, fd, info.size)
-                    finally:
-                        os.close(fd)
-            for name, info in archive.members:  # directory modes last (0700 to write)
-                if info.isdir():
-                    os.chmod(dest / name, (stat.S_IMODE(info.mode) & 0o777) | 0o700)
-    except (tarfile.TarError, EOFError) as exc:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise InvalidArgument(f"{archive.path}: unpacking failed: {exc}") from exc
-    except BaseException:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise
-    finally:
-        if plain is not None:
-            os.close(plain)
-    os.chmod(dest, 0o700)
-    return dest
+    return Extraction(archive, parent, prefix).start().wait()
 
 
 def remove_tree(path: Path) -> None:

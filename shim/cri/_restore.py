@@ -7,8 +7,10 @@ same on containerd 1.6 to 2.x, and with the base image found locally first):
    whose index or manifest marks one (:mod:`shim.cri._ocimage`); anything else is not ours
    (the caller forwards the request unchanged).
 2. The archive (for an image: its one layer, copied out of the content store) is checked entry
-   by entry and unpacked into a private 0700 directory under ``<work dir>/restore``
-   (:mod:`shim.cri._extract`).
+   by entry (headers only, one pass) and unpacked into a private 0700 directory under
+   ``<work dir>/restore`` (:mod:`shim.cri._extract`): the dumps and ``rootfs-diff.tar`` at
+   once, CRIU's images (the bulk) on a thread while steps 3-5 talk to containerd; the
+   CreateContainer answer waits for them.
 3. The base image of ``config.dump`` (``rootfsImageName``, else ``rootfsImageRef``) is used if
    containerd has it, else pulled through containerd's CRI.
 4. containerd's CRI creates the container from the base image, with the process (args, env,
@@ -20,7 +22,8 @@ same on containerd 1.6 to 2.x, and with the base image found locally first):
    restores at Start instead of creating. Every mount the checkpoint had must be in the new
    request (CRI-O's rule; CRIU needs them all).
 5. ``rootfs-diff.tar`` goes into the content store and through containerd's Diff service onto
-   the new container's snapshot (whiteouts remove what they name), under a lease.
+   the new container's snapshot (whiteouts remove what they name), under a lease; an empty
+   one (no entry) is skipped.
 
 Whatever fails, the container (if made) is removed and the directory is gone. The directory
 lives as long as the container: :meth:`Restorer.removed` after RemoveContainer, and every
@@ -49,7 +52,7 @@ from shim.bundle import RESTORE_ANNOTATION
 from ._checkpoint import Clock
 from ._containerd import LAYER_GZIP, Containerd
 from ._errors import CriError, InvalidArgument, NotFound, Upstream
-from ._extract import check_archive, extract_archive, remove_tree
+from ._extract import Extraction, check_archive, remove_tree
 from ._ocimage import INDEX_TYPES, archive_layer, manifest_of_index, parse_json
 
 __all__ = ["RESTORED_MARKS", "CheckpointMeta", "Restorer", "restore_request"]
@@ -167,6 +170,14 @@ def _digest(path: Path) -> tuple[str, int]:
     return f"sha256:{h.hexdigest()}", size
 
 
+def _empty_tar(path: Path) -> bool:
+    """Whether the file is empty or an uncompressed tar without entries (its first block
+    is zeros: the end-of-archive marker)."""
+    with open(path, "rb") as f:
+        block = f.read(512)
+    return not any(block)
+
+
 def _layer_type(path: Path) -> str:
     with open(path, "rb") as f:
         return LAYER_GZIP if f.read(2) == b"\x1f\x8b" else "application/vnd.oci.image.layer.v1.tar"
@@ -271,8 +282,9 @@ class Restorer:
         steps = _Steps()
         self._sweep()
         steps.done("sweep")
-        unpacked = self._unpack(source, image, clock)
-        steps.done("unpack")
+        extraction = self._unpack(source, image, clock)
+        unpacked = extraction.dest
+        steps.done("check + first files")
         try:
             meta = read_meta(unpacked)
             base = self._base_image(meta, request.sandbox_config, clock)
@@ -285,39 +297,58 @@ class Restorer:
             try:
                 self._apply_diff(cid, unpacked / "rootfs-diff.tar", clock)
                 steps.done("rootfs diff")
+                extraction.wait()  # CRIU's images: unpacked meanwhile
+                steps.done("rest unpacked")
                 log.info("restore of %s into %s: %s", image, cid[:12], steps)
             except BaseException:
                 with contextlib.suppress(CriError):  # the first error is the one to report
                     self._ctd.remove_container(cid)
                 raise
         except BaseException:
-            remove_tree(unpacked)
+            extraction.abort()
             raise
         finally:
             with self._lock:
                 self._inflight.discard(unpacked)
         return api_pb2.CreateContainerResponse(container_id=cid)
 
-    def _unpack(self, source: _Source, image: str, clock: Clock) -> Path:
+    def _unpack(self, source: _Source, image: str, clock: Clock) -> Extraction:
+        """Check the archive and start unpacking it (:class:`~shim.cri._extract.Extraction`:
+        the dumps and the rootfs diff are there on return, CRIU's images follow)."""
         if source.archive is not None:
             checked = check_archive(source.archive, image)
-            unpacked = extract_archive(checked, self._root, "ckpt-")
-        else:
-            blob_dir = Path(tempfile.mkdtemp(prefix="blob-", dir=self._root))
-            with self._lock:
-                self._inflight.add(blob_dir)
-            try:
-                blob = blob_dir / "layer"
-                self._ctd.save_blob(source.layer_digest, blob, clock.left())
-                checked = check_archive(blob, f"{image} (layer {source.layer_digest})")
-                unpacked = extract_archive(checked, self._root, "ckpt-")
-            finally:
-                shutil.rmtree(blob_dir, ignore_errors=True)
-                with self._lock:
-                    self._inflight.discard(blob_dir)
+            return self._start(Extraction(checked, self._root, "ckpt-"))
+        blob_dir = Path(tempfile.mkdtemp(prefix="blob-", dir=self._root))
         with self._lock:
-            self._inflight.add(unpacked)
-        return unpacked
+            self._inflight.add(blob_dir)
+        try:
+            blob = blob_dir / "layer"
+            self._ctd.save_blob(source.layer_digest, blob, clock.left())
+            checked = check_archive(blob, f"{image} (layer {source.layer_digest})")
+            # the layer copy must outlive the thread that reads it: all at once here
+            extraction = Extraction(checked, self._root, "ckpt-")
+            self._start(extraction)
+            try:
+                extraction.wait()
+            except BaseException:
+                with self._lock:
+                    self._inflight.discard(extraction.dest)
+                raise
+            return extraction
+        finally:
+            shutil.rmtree(blob_dir, ignore_errors=True)
+            with self._lock:
+                self._inflight.discard(blob_dir)
+
+    def _start(self, extraction: Extraction) -> Extraction:
+        with self._lock:
+            self._inflight.add(extraction.dest)
+        try:
+            return extraction.start()
+        except BaseException:
+            with self._lock:
+                self._inflight.discard(extraction.dest)
+            raise
 
     def _base_image(self, meta: CheckpointMeta, sandbox_config: Any, clock: Clock) -> str:
         for name in (meta.rootfs_image_name, meta.rootfs_image_ref):
@@ -328,7 +359,10 @@ class Restorer:
         return wanted
 
     def _apply_diff(self, cid: str, diff: Path, clock: Clock) -> None:
-        if not diff.is_file() or diff.stat().st_size == 0:
+        """``rootfs-diff.tar`` onto the new container's snapshot; nothing to do for an empty
+        one (no entry: zeros up to the end-of-archive blocks, as a container that changed no
+        file has it)."""
+        if not diff.is_file() or _empty_tar(diff):
             return
         digest, size = _digest(diff)
         with self._ctd.lease():

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from shim.cri._errors import InvalidArgument
-from shim.cri._extract import check_archive, extract_archive
+from shim.cri._extract import Extraction, check_archive, extract_archive
 
 GOOD = [("spec.dump", b'{"process":{}}'), ("config.dump", b"{}"),
         ("checkpoint/inventory.img", b"inv"), ("checkpoint/pages-1.img", b"p" * 5000),
@@ -137,4 +137,43 @@ def test_failed_unpack_leaves_nothing(tmp_path: Path) -> None:
     work = tmp_path / "work"
     with pytest.raises((InvalidArgument, OSError)):
         extract_archive(checked, work, "ck-")
+    assert os.listdir(work) == []
+
+
+def test_extraction_writes_the_dumps_first_then_the_images(tmp_path: Path) -> None:
+    """The dumps and rootfs-diff.tar are there when start() returns; CRIU's images once
+    wait() returns; every directory ends 0700 whatever the archive says (0755 here)."""
+    archive = write_tar(tmp_path / "a.tar")
+    extraction = Extraction(check_archive(archive), tmp_path / "work", "ck-").start()
+    assert (extraction.dest / "spec.dump").read_bytes() == b'{"process":{}}'
+    assert (extraction.dest / "config.dump").read_bytes() == b"{}"
+    assert (extraction.dest / "rootfs-diff.tar").exists()
+    out = extraction.wait()
+    assert out == extraction.dest
+    assert (out / "checkpoint/pages-1.img").read_bytes() == b"p" * 5000
+    assert stat.S_IMODE((out / "checkpoint").stat().st_mode) == 0o700
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+
+
+def test_extraction_abort_removes_everything(tmp_path: Path) -> None:
+    archive = write_tar(tmp_path / "a.tar")
+    work = tmp_path / "work"
+    extraction = Extraction(check_archive(archive), work, "ck-").start()
+    extraction.abort()
+    assert os.listdir(work) == []
+
+
+def test_extraction_failure_on_the_thread_is_raised_by_wait(tmp_path: Path) -> None:
+    """The archive cut after the check, inside CRIU's images: start() writes the dumps, the
+    thread fails, wait() raises it and the directory is gone."""
+    archive = write_tar(tmp_path / "a.tar")
+    checked = check_archive(archive)
+    pages = next(info for name, info in checked.members if name == "checkpoint/pages-1.img")
+    with open(archive, "r+b") as f:
+        f.truncate(pages.offset_data + 100)
+    work = tmp_path / "work"
+    extraction = Extraction(checked, work, "ck-").start()  # the dumps lie before the cut
+    assert (extraction.dest / "spec.dump").exists()
+    with pytest.raises(InvalidArgument, match="ends inside an entry"):
+        extraction.wait()
     assert os.listdir(work) == []
