@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -273,9 +274,43 @@ def _restore_source(
         return None
     from shim.checkpoint.plan import restore_source  # the checkpoint machinery: restores only
 
-    return restore_source(
+    source = restore_source(
         checkpoint, req.options, annotations, work_dir=options.criu_work_path
     )
+    if source is not None and annotations.get(RESTORE_ANNOTATION):
+        _check_annotated_checkpoint(source.images_dir)
+    return source
+
+
+def _check_annotated_checkpoint(path: str) -> None:
+    """The annotation :data:`~shim.bundle.RESTORE_ANNOTATION` may be set by whoever may set
+    a container's allow-listed annotations, so the directory it names is used only if it is
+    what the CRI endpoint makes (:mod:`shim.cri._extract`): a real directory, not a symlink
+    nor below one, owned by root (this shim's user), mode 0700. Anything else could hand
+    CRIU images someone else wrote.
+
+    Raises:
+        InvalidArgument: it is not, naming the path and why.
+    """
+    what = f"annotation {RESTORE_ANNOTATION}: checkpoint directory {path}"
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise InvalidArgument(f"{what}: {exc.strerror}") from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise InvalidArgument(f"{what} is a symlink; refused")
+    if not stat.S_ISDIR(st.st_mode):
+        raise InvalidArgument(f"{what} is not a directory")
+    if os.path.realpath(path) != os.path.normpath(path):
+        raise InvalidArgument(f"{what} lies below a symlink ({os.path.realpath(path)}); refused")
+    if st.st_uid != os.geteuid():
+        raise InvalidArgument(
+            f"{what} is owned by uid {st.st_uid}, not {os.geteuid()}; only a directory of"
+            " the shim's own user is trusted")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        raise InvalidArgument(
+            f"{what} has mode {stat.S_IMODE(st.st_mode):04o}, not 0700; only a private"
+            " directory is trusted")
 
 
 def _codec(

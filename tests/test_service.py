@@ -898,8 +898,10 @@ def _annotated_bundle(tmp_path: Path, value: str) -> str:
 
 
 def test_restore_source_from_the_spec_annotation(tmp_path: Path) -> None:
-    req = api.CreateTaskRequest(id="c1", bundle=_annotated_bundle(tmp_path, "/var/ck/checkpoint"))
-    assert _restore_source(req) == RestoreSource("/var/ck/checkpoint")
+    images = tmp_path / "ck" / "checkpoint"  # private: see tests/test_restore_annotation.py
+    images.mkdir(parents=True, mode=0o700)
+    req = api.CreateTaskRequest(id="c1", bundle=_annotated_bundle(tmp_path, str(images)))
+    assert _restore_source(req) == RestoreSource(str(images))
 
 
 @pytest.mark.parametrize(
