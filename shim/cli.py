@@ -20,7 +20,7 @@ from shim.flags import Flags, UsageError, parse_flags
 # path. (A local constant: importing typing for TYPE_CHECKING would cost more than it saves.)
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import socket
+    import _socket
 
 __all__ = ["main", "socket_address"]
 
@@ -33,10 +33,10 @@ _SERVER_WAIT = 3.0  # seconds a start waits for a fork server it started to list
 def socket_address(containerd_address: str, namespace: str, group: str) -> str:
     """The shim's socket address: ``unix://`` + a hash of the containerd address, namespace and
     group, exactly as the runc shim derives it (so one group maps to one socket)."""
-    import hashlib
+    from shim.warm import sha256_hex
 
-    digest = hashlib.sha256(os.path.join(containerd_address, namespace, group).encode())
-    return f"unix://{SOCKET_DIR}/{digest.hexdigest()}"
+    key = os.path.join(containerd_address, namespace, group).encode()
+    return f"unix://{SOCKET_DIR}/{sha256_hex(key)}"
 
 
 def _group(bundle: str, cid: str) -> str:
@@ -76,7 +76,7 @@ def start(flags: Flags) -> int:
     containerd's environment, or when containerd runs in other namespaces than the host's,
     the fork server is not used at all.
     """
-    from shim.warm import Unavailable, bind_unique, in_host_namespaces  # json, socket: start only
+    from shim.warm import Unavailable, bind_unique, in_host_namespaces  # start only
 
     bundle = os.getcwd()
     address = socket_address(flags.address, flags.namespace, _group(bundle, flags.id))
@@ -107,7 +107,7 @@ def start(flags: Flags) -> int:
     return 0
 
 
-def _daemon_from_new_server(listener: socket.socket, argv: list[str]) -> int:
+def _daemon_from_new_server(listener: _socket.socket, argv: list[str]) -> int:
     """Start a fork server (there was none here, or a stale one) and ask it for the daemon
     once it listens; 0 if that fails. A daemon forked by ``start`` itself imports everything
     on its own and keeps ~16 MiB private for its whole life, against ~6 MiB for one from the
@@ -146,7 +146,7 @@ def _daemon_argv(flags: Flags) -> list[str]:
     return [*argv, "-debug"] if flags.debug else argv
 
 
-def _fork_daemon(listener: socket.socket, argv: list[str]) -> int:
+def _fork_daemon(listener: _socket.socket, argv: list[str]) -> int:
     """Fork the daemon from this process: stdio to /dev/null, the socket as fd 3, its own
     process group; it shows ``argv`` as its command line."""
     pid = os.fork()

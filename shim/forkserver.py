@@ -29,13 +29,13 @@ dataclasses at module level.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 
-from shim.warm import RUN_DIR, Request, request, serve, where_am_i
+from shim.warm import RUN_DIR, Request, encode_json, request, serve, sha256_hex, where_am_i
 
 TYPE_CHECKING = False  # (importing typing would cost start-up time; see shim.cli)
 if TYPE_CHECKING:
+    import _socket
     from collections.abc import Callable
 
 __all__ = ["IDLE", "request_daemon", "serve_forever", "socket_path", "spawn_server"]
@@ -47,7 +47,7 @@ IDLE = 1800.0
 _CMDLINE_ROOM = "-" * 1024
 
 
-def request_daemon(listener: socket.socket, argv: list[str]) -> int:
+def request_daemon(listener: _socket.socket, argv: list[str]) -> int:
     """Ask the fork server for a daemon serving ``listener`` that runs as ``argv`` (the
     daemon's flags; see :func:`shim.flags.parse_flags`) in this directory and environment.
 
@@ -69,11 +69,8 @@ def socket_path(place: dict[str, str] | None = None) -> str:
     cgroups (a daemon must live where containerd put ``start``), named by a hash of them, so
     a containerd in another cgroup (a test's, a second daemon's) gets a warm server of its
     own instead of "elsewhere" answers from whichever server took a shared path first."""
-    import hashlib
-    import json
-
-    here = json.dumps(where_am_i() if place is None else place, sort_keys=True).encode()
-    return f"{RUN_DIR}/forkserver-{hashlib.sha256(here).hexdigest()[:16]}.sock"
+    here = encode_json(where_am_i() if place is None else place).encode()
+    return f"{RUN_DIR}/forkserver-{sha256_hex(here)[:16]}.sock"
 
 
 def spawn_server() -> None:

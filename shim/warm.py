@@ -18,20 +18,24 @@ Rules:
   (:func:`where_am_i`) is answered ``elsewhere`` and does the work itself.
 * A warm process only ever makes something faster: every failure is :class:`Unavailable`, and
   the caller falls back to doing the work itself.
-No asyncio, protobuf or dataclasses here: ``start`` imports this module.
+No asyncio, protobuf or dataclasses here: ``start`` imports this module, and its client side
+(:func:`bind_unique`, :func:`request`, :func:`sha256_hex`) uses only modules built into the
+interpreter (``_socket``, ``_json``, ``_sha256``): ``socket``, ``json`` (which imports ``re``)
+and ``hashlib`` (which loads OpenSSL) cost ``start`` ~15 ms of CPU together. The server side
+imports them.
 """
 
 from __future__ import annotations
 
+import _socket
 import gc
-import json
 import os
-import socket
 import sys
 import time
 
 TYPE_CHECKING = False  # (importing typing would cost start-up time; see shim.cli)
 if TYPE_CHECKING:
+    import socket
     from collections.abc import Callable, Sequence
 
 __all__ = [
@@ -40,11 +44,15 @@ __all__ = [
     "RUN_DIR",
     "Request",
     "Unavailable",
+    "answer",
     "bind_unique",
     "code_stamp",
+    "encode_json",
     "in_host_namespaces",
+    "parse_answer",
     "request",
     "serve",
+    "sha256_hex",
     "unlink_if_ours",
     "where_am_i",
 ]
@@ -73,20 +81,51 @@ class Unavailable(Exception):
 # -- identity --------------------------------------------------------------------------
 
 
+def sha256_hex(data: bytes) -> str:
+    """SHA-256 of ``data`` in hex, from the interpreter's built-in module where it has one
+    (``hashlib`` would load OpenSSL's library first: ~2.5 ms of every ``start``)."""
+    try:
+        from _sha256 import sha256  # type: ignore[import-not-found]
+    except ImportError:  # an interpreter that builds it elsewhere
+        from hashlib import sha256
+    return str(sha256(data).hexdigest())
+
+
+def encode_json(value: object) -> str:
+    """``value`` (dicts with str keys, lists, tuples, str, int, bool, None) as
+    ``json.dumps(value, sort_keys=True)`` writes it, without importing ``json``.
+
+    Raises:
+        TypeError: a value of another type.
+    """
+    from _json import encode_basestring_ascii as quote
+
+    if isinstance(value, str):
+        return str(quote(value))
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, dict):
+        items = sorted(value.items())
+        return "{" + ", ".join(f"{quote(k)}: {encode_json(v)}" for k, v in items) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(encode_json(v) for v in value) + "]"
+    raise TypeError(f"not encodable: {type(value).__name__}")
+
+
 def code_stamp(root: str = PACKAGE_DIR) -> str:
     """What identifies the code this process runs: the interpreter and the files of the
     package (path, mtime and size of every ``.py`` under ``root``)."""
-    import hashlib
-
-    digest = hashlib.sha256(f"{sys.executable}\0{root}".encode())
+    parts = [f"{sys.executable}\0{root}"]
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
         for name in sorted(filenames):
             if name.endswith(".py"):
                 path = os.path.join(dirpath, name)
                 st = os.stat(path)
-                digest.update(f"\0{path}:{st.st_mtime_ns}:{st.st_size}".encode())
-    return digest.hexdigest()
+                parts.append(f"{path}:{st.st_mtime_ns}:{st.st_size}")
+    return sha256_hex("\0".join(parts).encode())
 
 
 def _namespaces(pid: int | str, proc: str = "/proc") -> dict[str, str]:
@@ -141,10 +180,12 @@ def in_host_namespaces(proc: str = "/proc") -> bool:
 
 def bind_unique(
     path: str, backlog: int = 64, *, lock: bool = False
-) -> tuple[socket.socket, int] | None:
+) -> tuple[_socket.socket, int] | None:
     """Listen on ``path`` (mode 0600, in a 0700 directory), replacing a dead server's socket
     file; return the socket and the inode of its file, or None if a live server already
-    serves there. The file appears (by rename) only once the socket listens.
+    serves there. The file appears (by rename) only once the socket listens. The socket is
+    a bare ``_socket.socket`` (see the module's docstring); ``socket.socket(fileno=
+    s.detach())`` makes a full one.
 
     With ``lock``, the check and the replacement hold ``<path>.lock`` (flock): two servers
     starting together would otherwise both find no server, and the second would replace the
@@ -164,9 +205,9 @@ def bind_unique(
         os.close(fd)  # releases the lock
 
 
-def _bind_unique(path: str, backlog: int) -> tuple[socket.socket, int] | None:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def _bind_unique(path: str, backlog: int) -> tuple[_socket.socket, int] | None:
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         probe.connect(path)
         sock.close()
@@ -209,7 +250,7 @@ def unlink_if_ours(path: str, inode: int) -> None:
         pass
 
 
-def _read_all(conn: socket.socket, data: bytes = b"") -> bytes:
+def _read_all(conn: _socket.socket, data: bytes = b"") -> bytes:
     while chunk := conn.recv(65536):
         data += chunk
     return data
@@ -243,27 +284,50 @@ def request(
     """
     if place is None:
         place = where_am_i()
-    message = json.dumps({"stamp": code_stamp(), "place": place, **fields}).encode()
+    message = encode_json({"stamp": code_stamp(), "place": place, **fields}).encode()
+    conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(_TIMEOUT)
-            try:
-                conn.connect(path)
-            except (FileNotFoundError, ConnectionRefusedError) as exc:
-                raise Unavailable(f"no {what}: {exc}", restart=True) from exc
-            if fds:
-                socket.send_fds(conn, [message], list(fds))
-            else:
-                conn.sendall(message)
-            conn.shutdown(socket.SHUT_WR)
-            answer = json.loads(_read_all(conn) or b"{}")
+        conn.settimeout(_TIMEOUT)
+        try:
+            conn.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise Unavailable(f"no {what}: {exc}", restart=True) from exc
+        if fds:
+            rights = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in fds)
+            sent = conn.sendmsg([message], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
+            conn.sendall(message[sent:])
+        else:
+            conn.sendall(message)
+        conn.shutdown(_socket.SHUT_WR)
+        pid, error = parse_answer(_read_all(conn))
     except (OSError, ValueError) as exc:
         raise Unavailable(f"{what} failed: {exc}", restart=False) from exc
-    pid = answer.get("pid") if isinstance(answer, dict) else None
-    if isinstance(pid, int) and pid > 0:
+    finally:
+        conn.close()
+    if pid > 0:
         return pid
-    error = answer.get("error") if isinstance(answer, dict) else answer
     raise Unavailable(f"{what} answered {error!r}", restart=error == "stale")
+
+
+def answer(pid: int = 0, error: str = "") -> bytes:
+    """The server's answer: ``{"pid": N}``, or ``{"error": "..."}`` without a pid."""
+    return (encode_json({"pid": pid}) if pid > 0 else encode_json({"error": error})).encode()
+
+
+def parse_answer(data: bytes) -> tuple[int, str]:
+    """``(pid, "")`` or ``(0, error)`` from an :func:`answer` (parsed by its two exact
+    shapes: the client imports no ``json``).
+
+    Raises:
+        ValueError: anything else.
+    """
+    text = data.decode()
+    if text.startswith('{"pid": ') and text.endswith("}") and text[8:-1].isdigit():
+        return int(text[8:-1]), ""
+    head, tail = '{"error": "', '"}'
+    if text.startswith(head) and text.endswith(tail) and '"' not in text[len(head):-2]:
+        return 0, text[len(head):-2]
+    raise ValueError(f"not an answer: {text[:200]!r}")
 
 
 class Request:
@@ -361,10 +425,13 @@ def serve(
             request (e.g. to show the server's title: a server that finds another one
             serving exits without ever looking like one).
     """
+    import json
+    import socket
+
     bound = bind_unique(path, lock=True)
     if bound is None:
         return
-    listener, inode = bound
+    listener, inode = socket.socket(fileno=bound[0].detach()), bound[1]
     stamp, place = code_stamp(), where_am_i()  # requests meanwhile wait in the backlog
     _freeze_heap()
     if ready is not None:
@@ -394,15 +461,15 @@ def serve(
                 try:
                     uid = int.from_bytes(creds[4:8], sys.byteorder)
                     if uid != my_uid or len(got) != fds or not isinstance(fields, dict):
-                        conn.sendall(b'{"error": "refused"}')
+                        conn.sendall(answer(error="refused"))
                     elif fields.get("stamp") != stamp:
-                        conn.sendall(b'{"error": "stale"}')
+                        conn.sendall(answer(error="stale"))
                         return
                     elif fields.get("place") != place:
-                        conn.sendall(b'{"error": "elsewhere"}')  # other namespaces or cgroups
+                        conn.sendall(answer(error="elsewhere"))  # other namespaces or cgroups
                     else:
                         pid = handle(Request(fields, got, (listener, conn)))
-                        conn.sendall(json.dumps({"pid": pid}).encode())
+                        conn.sendall(answer(pid, "no worker"))
                 except (OSError, KeyError, ValueError):
                     continue
                 finally:

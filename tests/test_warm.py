@@ -277,3 +277,46 @@ def test_plug_holes_fills_the_small_object_allocators_free_blocks() -> None:
     assert free(before) > 100_000
     assert free(after) < free(before) / 4
     assert plugs > 1000
+
+
+@pytest.mark.parametrize("value", [
+    {"stamp": "ab", "place": {"net": "net:[4026531840]", "cgroups": "4:memory:/x\n0::/\n"},
+     "argv": ["containerd-shim-pyrunc-v2", "-id", "c1"], "env": {"A": "é\"\\\t"}},
+    {"pid": 4242}, {"error": "stale"}, [1, "two", None, True, False, ("t",)], {},
+])
+def test_encode_json_writes_what_json_dumps_sorted_writes(value: object) -> None:
+    assert warm.encode_json(value) == json.dumps(value, sort_keys=True)
+    assert json.loads(warm.encode_json(value)) == json.loads(json.dumps(value))
+
+
+def test_encode_json_refuses_other_types() -> None:
+    with pytest.raises(TypeError, match="float"):
+        warm.encode_json({"x": 1.5})
+
+
+def test_answers_round_trip_and_anything_else_is_refused() -> None:
+    assert warm.parse_answer(warm.answer(4242)) == (4242, "")
+    assert warm.parse_answer(warm.answer(error="elsewhere")) == (0, "elsewhere")
+    assert warm.parse_answer(json.dumps({"pid": 7}).encode()) == (7, "")
+    for bad in (b"", b"{}", b'{"pid": -1}', b'{"pid": "7"}', b'{"error": "a"b"}', b"[1]",
+                b'{"pid": 7, "x": 1}'):
+        with pytest.raises(ValueError):
+            warm.parse_answer(bad)
+
+
+def test_the_start_path_imports_no_json_re_socket_or_hashlib() -> None:
+    """``start``'s client side uses built-in modules only (each of these cost every
+    ``start`` milliseconds of CPU): the socket address, the code stamp, the place and the
+    fork server's socket name."""
+    code = (
+        "import sys\n"
+        "from shim import cli, forkserver, warm\n"
+        "cli.socket_address('/run/containerd/containerd.sock', 'default', 'c1')\n"
+        "warm.code_stamp(); forkserver.socket_path(); warm.in_host_namespaces()\n"
+        "warm.encode_json({'a': [1]}); warm.parse_answer(b'{\"pid\": 1}')\n"
+        "print(sorted({'json', 're', 'socket', 'hashlib', '_hashlib', 'typing', 'asyncio'}"
+        " & set(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    assert out.strip() == "[]"
