@@ -39,6 +39,7 @@ __all__ = [
     "hook_argv",
     "lo_up",
     "lo_up_argv",
+    "loopback_up",
     "main",
     "serve",
     "snapshot",
@@ -159,20 +160,24 @@ def serve(socket_path: str, snapshot_path: str) -> None:
             conn.sendall(f"rebuilding the network failed: {exc}".encode())
 
 
-def lo_up() -> int:
-    """The hook for a namespace that had nothing but ``lo``: bring it up, with the standard
-    library only (no service, no pyroute2): setns into the restored init's namespace and
-    SIOCSIFFLAGS, the same ioctl ``ip link set lo up`` makes."""
+def loopback_up(netns: str) -> None:
+    """Bring ``lo`` up in the network namespace at ``netns`` (a ``/proc/<pid>/ns/net``
+    path), with the standard library only: setns into it and SIOCSIFFLAGS, the same ioctl
+    ``ip link set lo up`` makes. The calling thread stays in that namespace: the hook's
+    process exits after it, the shim calls it on a thread of its own that ends after it.
+
+    Raises:
+        OSError: the namespace cannot be entered or the ioctl failed.
+    """
     import ctypes
     import fcntl
     import struct
 
-    state = json.loads(sys.stdin.buffer.read())
     libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/proc/{int(state['pid'])}/ns/net", os.O_RDONLY)
+    fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
     try:
         if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
-            raise OSError(ctypes.get_errno(), "setns")
+            raise OSError(ctypes.get_errno(), f"setns {netns}")
     finally:
         os.close(fd)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -180,6 +185,13 @@ def lo_up() -> int:
         req = struct.pack("16sH14x", b"lo", 0)
         flags = struct.unpack("16sH14x", fcntl.ioctl(s, siocgifflags, req))[1]
         fcntl.ioctl(s, siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
+
+
+def lo_up() -> int:
+    """The hook for a namespace that had nothing but ``lo``: bring it up in the restored
+    init's namespace (:func:`loopback_up`; no service, no pyroute2)."""
+    state = json.loads(sys.stdin.buffer.read())
+    loopback_up(f"/proc/{int(state['pid'])}/ns/net")
     return 0
 
 

@@ -27,6 +27,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 from pathlib import Path
 from types import TracebackType
 
@@ -41,7 +42,7 @@ from shim.checkpoint.network import (
     loopback_snapshot,
 )
 from shim.errors import FailedPrecondition
-from shim.nethook import hook_argv, lo_up_argv, template_argv
+from shim.nethook import hook_argv, lo_up_argv, loopback_up, template_argv
 from shim.reaper import Reaper
 from shim.spawn import Child, run, spawn
 from shim.warm import RUN_DIR, Unavailable, in_host_namespaces, request
@@ -168,14 +169,36 @@ class NetworkRestore:
 
     async def restored(self, pid: int) -> None:
         """After a successful restore of init ``pid``: bring ``lo`` up if that is left to
-        the shim (``ip link set lo up`` in its namespace; a failure is only logged)."""
+        the shim (a failure is only logged). No process is started for it: a thread of its
+        own enters the namespace (:func:`shim.nethook.loopback_up`) and ends there."""
         if not self._loopback_after:
             return
-        argv = ["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "link", "set", "lo", "up"]
-        result = await run(self._reaper, argv, timeout=_TIMEOUT)
-        if result.status != 0:
-            err = result.stderr.decode(errors="replace").strip()
-            log.warning("could not bring lo up in the restored container (pid %d): %s", pid, err)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def report(exc: BaseException | None) -> None:
+            if done.done():
+                return
+            if exc is None:
+                done.set_result(None)
+            else:
+                done.set_exception(exc)
+
+        def bring_up() -> None:
+            try:
+                loopback_up(f"/proc/{pid}/ns/net")
+            except BaseException as exc:  # reported to the loop, the thread just ends
+                loop.call_soon_threadsafe(report, exc)
+            else:
+                loop.call_soon_threadsafe(report, None)
+
+        # never a pool thread: this one is left in the container's namespace
+        threading.Thread(target=bring_up, name=f"lo-up-{pid}", daemon=True).start()
+        try:
+            async with asyncio.timeout(_TIMEOUT):
+                await done
+        except (OSError, TimeoutError) as exc:
+            log.warning("could not bring lo up in the restored container (pid %d): %s", pid, exc)
 
     def close(self) -> None:
         """End the rebuild service if no hook came (runc failed before it) and remove its
