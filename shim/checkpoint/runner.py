@@ -200,6 +200,22 @@ def _store_plan(plan: CheckpointPlan) -> None:
     os.rename(tmp, os.path.join(plan.images_dir, STORED_PLAN))
 
 
+class _Steps:
+    """Milliseconds per step of a restore or checkpoint, for the log."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self._steps: list[str] = []
+
+    def done(self, name: str) -> None:
+        now = time.monotonic()
+        self._steps.append(f"{name} {1000 * (now - self._last):.1f} ms")
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(self._steps)
+
+
 @dataclass(slots=True)
 class LazyDump:
     """A lazy-pages dump whose images are ready while runc still serves the memory."""
@@ -236,6 +252,7 @@ async def checkpoint(
             what it wrote, so it must not share the directory with anything).
         ShimError: runc or CRIU failed; the message names the kept CRIU log.
     """
+    steps = _Steps()
     await _ensure_capable(
         runtime,
         reaper,
@@ -245,6 +262,7 @@ async def checkpoint(
             lazy_pages=plan.lazy_pages,
         ),
     )
+    steps.done("criu probe")
     check_path("image path", plan.images_dir)
     _check_work_path(plan.work_dir, bundle)
     if os.path.exists(os.path.join(plan.images_dir, STORED_PLAN)):
@@ -260,13 +278,17 @@ async def checkpoint(
     marker = _mark_unfinished(bundle, plan.images_dir, created)
     try:
         _write_criu_config(bundle, annotations, criu_config(plan, restore=False))
+        steps.done("config")
         await netrestore.record(reaper, pid, plan.images_dir, bundle)
+        steps.done("network record")
         if plan.lazy_pages:
             child = await _start_lazy_dump(runtime, cid, plan)
         else:
             await runtime.checkpoint(cid, checkpoint_args(plan))
+        steps.done("runc checkpoint")
         await asyncio.to_thread(make_private, plan.images_dir)
         await asyncio.to_thread(make_private, plan.work_dir)
+        steps.done("private")
     except BaseException as exc:  # a failure, a timeout, a cancelled request
         note = await asyncio.to_thread(_keep_log, plan.work_dir, DUMP_LOG, bundle)
         await asyncio.to_thread(_discard_images, plan.images_dir, created=created)
@@ -276,6 +298,8 @@ async def checkpoint(
         raise with_context(exc, f"checkpoint failed: {exc} ({note})") from exc
     _store_plan(plan)
     marker.unlink(missing_ok=True)
+    steps.done("plan stored")
+    log.debug("checkpoint of %s: %s", cid, steps)
     return LazyDump(child, plan) if plan.lazy_pages else None
 
 
@@ -445,6 +469,7 @@ async def restore(
         FailedPrecondition: CRIU or the host cannot do it (nothing started).
         ShimError: runc or CRIU failed; the message names the kept CRIU log.
     """
+    steps = _Steps()
     check_path("image path", source.images_dir)
     try:
         with open(os.path.join(source.images_dir, STORED_PLAN), "rb") as f:
@@ -455,11 +480,13 @@ async def restore(
         source, stored, annotations, default_work_dir=str(bundle / CRIU_WORK_DIR)
     )
     _check_work_path(plan.work_dir, bundle)
+    steps.done("plan")
     await _ensure_capable(
         runtime,
         reaper,
         Requirements(min_version=plan.required_criu_version, lazy_pages=plan.lazy_pages),
     )
+    steps.done("criu probe")
     _mkdir_private(plan.work_dir)
     pid_file = bundle / "init.pid"
     daemon: Child | None = None
@@ -474,7 +501,9 @@ async def restore(
             console_socket=console_socket,
             no_pivot=no_pivot,
         )
+        steps.done("config")
         await runtime.restore(cid, opts, stdio)
+        steps.done("runc restore")
     except BaseException as exc:
         if daemon is not None and not daemon.exited.done():
             with contextlib.suppress(ProcessLookupError):
@@ -485,4 +514,6 @@ async def restore(
             raise
         raise with_context(exc, f"restore failed: {exc} ({note})") from exc
     await asyncio.to_thread(make_private, plan.work_dir)
+    steps.done("private")
+    log.debug("restore of %s: %s", cid, steps)
     return Restored(int(pid_file.read_text()), daemon)
