@@ -212,7 +212,8 @@ def trace_durations(
     ``window`` (monotonic ns), how long it ran (exec to exit, ms): count, p50, max, sum. CRIU
     counts when its parent is a runc of this bench. ``forkserver request``: pyrunc's fork
     server's intermediate children (fork to exit), one per daemon it made; a fork server
-    exec'd during the trace counts as well as ``forkserver``."""
+    exec'd during the trace in this containerd's place (``ours``) counts as well as
+    ``forkserver`` (other places' fork servers, e.g. tests running meanwhile, do not)."""
     started: dict[int, tuple[str, int]] = {}
     runcs: set[int] = set()
     forkservers = {forkserver}
@@ -223,7 +224,7 @@ def trace_durations(
             continue
         kind, stamp, pid = rec["e"], rec["t"], rec["pid"]
         if kind == "exec":
-            if is_forkserver_exec(rec.get("argv", [])):
+            if rec.get("ours") and is_forkserver_exec(rec.get("argv", [])):
                 forkservers.add(pid)
             what = classify(rec.get("argv", []), address, namespace)
             if what == "criu" and rec.get("ppid") not in runcs:
@@ -245,10 +246,12 @@ def trace_durations(
 # -- the proc-event tracer (a child process: its work stays out of the bench's) -----------
 
 
-def run_tracer(forkserver: int) -> int:
+def run_tracer(forkserver: int, containerd: int) -> int:
     """Subscribe to the proc connector and print one JSON line per exec (with argv and parent)
-    and exit of every process, and per fork by ``forkserver``; ``ready`` first. Ends on
-    SIGTERM."""
+    and exit of every process, and per fork by ``forkserver`` or by a fork server exec'd in
+    ``containerd``'s cgroups (its place; such an exec is marked ``ours``); ``ready`` first.
+    Ends on SIGTERM."""
+    place = Path(f"/proc/{containerd}/cgroup").read_text()
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)  # SO_RCVBUFFORCE: bursts of events
@@ -279,7 +282,10 @@ def run_tracer(forkserver: int) -> int:
                         continue
                     rec["argv"] = raw.decode(errors="replace").split("\0")[:-1]
                     if is_forkserver_exec(rec["argv"]):
-                        watched.add(pid)
+                        with contextlib.suppress(OSError):
+                            if Path(f"/proc/{pid}/cgroup").read_text() == place:
+                                watched.add(pid)
+                                rec["ours"] = True
                 elif kind == "fork":
                     if parent not in watched:
                         continue
@@ -648,7 +654,8 @@ def flat(out: dict[str, Any]) -> dict[str, float]:
 def traced_round(bench: Bench, rt: str) -> dict[str, Any]:
     """One round of ``rt`` with the proc-event tracer running; per phase, the durations."""
     tracer = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--tracer", str(bench.forkserver)],
+        [sys.executable, str(Path(__file__).resolve()), "--tracer", str(bench.forkserver),
+         str(bench.containerd.pid)],
         stdout=subprocess.PIPE, text=True)
     records: list[dict[str, Any]] = []
     try:
@@ -797,10 +804,11 @@ def main() -> int:
     parser.add_argument("--trace", action="store_true",
                         help="one more round per runtime with process times")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--tracer", type=int, help=argparse.SUPPRESS)  # the tracer child
+    parser.add_argument("--tracer", type=int, nargs=2, metavar=("FORKSERVER", "CONTAINERD"),
+                        help=argparse.SUPPRESS)  # the tracer child
     args = parser.parse_args()
     if args.tracer is not None:
-        return run_tracer(args.tracer)
+        return run_tracer(*args.tracer)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up on SIGTERM as on ^C
     results = bench_load(args.n, args.rounds, args.settle, args.trace)
     print(json.dumps(results, indent=1) if args.json else table(results))

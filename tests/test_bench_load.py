@@ -156,11 +156,16 @@ def test_trace_durations(bl: ModuleType) -> None:
         {"e": "fork", "t": 110 * ms, "pid": 20, "ppid": 7},  # by the fork server
         {"e": "fork", "t": 111 * ms, "pid": 21, "ppid": 8},  # by someone else
         {"e": "exit", "t": 113 * ms, "pid": 20},
-        # a new fork server (the first went stale) and one request to it
+        # a new fork server of this place (the first went stale) and one request to it
         {"e": "exec", "t": 114 * ms, "pid": 9, "ppid": 1,
-         "argv": [PY, "-m", "shim.forkserver", "----"]},
+         "argv": [PY, "-m", "shim.forkserver", "----"], "ours": True},
         {"e": "fork", "t": 120 * ms, "pid": 22, "ppid": 9},
         {"e": "exit", "t": 125 * ms, "pid": 22},
+        # another place's fork server (a test's containerd) and a request to it
+        {"e": "exec", "t": 115 * ms, "pid": 6, "ppid": 1,
+         "argv": [PY, "-m", "shim.forkserver", "----"]},
+        {"e": "fork", "t": 121 * ms, "pid": 23, "ppid": 6},
+        {"e": "exit", "t": 130 * ms, "pid": 23},
         {"e": "exit", "t": 140 * ms, "pid": 10},
         {"e": "exit", "t": 161 * ms, "pid": 11},
         {"e": "exec", "t": 150 * ms, "pid": 30, "ppid": 12, "argv": RUNC_CREATE},
