@@ -42,6 +42,11 @@ M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD = 128 * 1024
 _TRIM_DELAY = 0.5  # after connections close, before free heap memory goes back to the OS
 _SHUTDOWN_DRAIN = 5.0
+# The C library, loaded once at import: in the fork server, so every daemon shares it instead
+# of making its own (dlopen and a function object per call: CPU and private pages at start).
+_LIBC = ctypes.CDLL(None, use_errno=True)
+for _name in ("mallopt", "malloc_trim", "prctl"):
+    getattr(_LIBC, _name)  # resolved here, once (ctypes keeps each on first use)
 
 
 class LogrusFormatter(logging.Formatter):
@@ -90,7 +95,7 @@ def _fix_mmap_threshold() -> None:
     buffer (a 4 MiB ttrpc frame) raises it, and later large buffers then come from the heap,
     which keeps its high-water mark: RSS rose ~4 MiB after the first big frames."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+        _LIBC.mallopt(M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
 
 
 class _HeapTrimmer:
@@ -104,7 +109,7 @@ class _HeapTrimmer:
         self._pending: asyncio.TimerHandle | None = None
         self._trim: Callable[[int], int] | None
         try:
-            self._trim = ctypes.CDLL(None).malloc_trim
+            self._trim = _LIBC.malloc_trim
         except (OSError, AttributeError):
             self._trim = None
 
@@ -119,8 +124,7 @@ class _HeapTrimmer:
 
 
 def _become_subreaper() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+    if _LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
