@@ -320,12 +320,12 @@ def _reply(call: Any, kind: str) -> Any:
 
     Raises:
         grpc.RpcError: the call failed.
-        TransferFailed: the stream ended without one.
+        MigrateError: the stream ended without one (the caller puts the source back).
     """
     for reply in call:
         if reply.WhichOneof("kind") == kind:
             return getattr(reply, kind)
-    raise TransferFailed(f"the agent ended the stream without {kind}")
+    raise MigrateError(f"the agent ended the stream without {kind}")
 
 
 def _inodes(directory: str) -> dict[str, int]:
