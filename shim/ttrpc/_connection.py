@@ -89,11 +89,11 @@ class _Connection:
         """OPEN, CLOSED (peer sent EOF at a frame boundary) or ERROR."""
         return self._machine.state
 
-    def receive_data(self, data: bytes) -> None:
-        """Feed bytes received from the peer.
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed bytes received from the peer (copied: the caller may reuse its buffer).
 
         Args:
-            data: the bytes, in order; ``b""`` means the peer closed its end (EOF).
+            data: the bytes, in order; empty means the peer closed its end (EOF).
 
         Raises:
             RemoteProtocolError: the connection is in ERROR.

@@ -1,9 +1,18 @@
 # Strategy: the asyncio ttrpc server -- I/O around ServerConnection, nothing protocol-wise.
 #
-# * One asyncio.Protocol per accepted connection (not streams: no reader task, no per-frame
-#   await). data_received() feeds the sans-IO ServerConnection and drains its events:
-#   RequestReceived starts one task per request (Wait blocks while State/Kill go on, as Go
-#   ttrpc runs a goroutine per request); StreamRejected is answered at once.
+# * One asyncio.BufferedProtocol per accepted connection (not streams: no reader task, no
+#   per-frame await). Every connection reads into one buffer the server shares (the loop
+#   hands the bytes on before its next read, so nothing is allocated per read), at most
+#   READ_SIZE bytes per read, and feeds them to its sans-IO ServerConnection, whose events
+#   it then handles: RequestReceived starts one task per request (Wait blocks while
+#   State/Kill go on, as Go ttrpc runs a goroutine per request); StreamRejected is answered
+#   at once.
+# * Fair between connections: a connection handles at most EVENTS_PER_TURN events per loop
+#   turn. If more may be buffered it stops reading and carries on in a later turn
+#   (loop.call_soon), after every other ready connection and task had theirs; it reads
+#   again once its buffer holds no whole frame. A client flooding one connection with
+#   frames thus delays another connection's request by a few events' work, not by its
+#   whole backlog, and what it has sent stays in the kernel's socket buffer, not ours.
 # * One writer: every frame goes out in a single transport.write() from the loop thread,
 #   so frames never interleave. When the transport asks us to pause writing we also stop
 #   reading, and handler tasks wait before writing, so neither side buffers without bound.
@@ -41,7 +50,9 @@ from ._messages import Request, Response, Status
 from ._status import Code
 
 __all__ = [
+    "EVENTS_PER_TURN",
     "NAMESPACE_KEY",
+    "READ_SIZE",
     "ErrorMapper",
     "Handler",
     "RequestContext",
@@ -57,6 +68,11 @@ NAMESPACE_KEY: Final = "containerd-namespace-ttrpc"
 _EMPTY_METADATA: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({})
 _OK: Final = Status()
 _PEERCRED: Final = struct.Struct("3i")
+
+#: Most bytes one read takes from a connection.
+READ_SIZE: Final = 64 * 1024
+#: Most events (requests and refusals) one connection handles per event-loop turn.
+EVENTS_PER_TURN: Final = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +154,8 @@ class Server:
         self._closing = False
         self._stop = asyncio.Event()
         self._changed = asyncio.Event()
+        # Every connection reads into this; its bytes are copied out before the next read.
+        self._read_buffer = memoryview(bytearray(READ_SIZE))
 
     # ------------------------------------------------------------------ public API
 
@@ -275,8 +293,13 @@ class Server:
         return Response(_OK, bytes(payload))
 
 
-class _ServerProtocol(asyncio.Protocol):
+class _ServerProtocol(asyncio.BufferedProtocol):
     """One accepted connection."""
+
+    __slots__ = (
+        "_backlog", "_conn", "_drained", "_ignored", "_in_flight", "_paused", "_reading",
+        "_scheduled", "_server", "_transport",
+    )
 
     def __init__(self, server: Server) -> None:
         self._server = server
@@ -284,7 +307,10 @@ class _ServerProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._in_flight = 0
         self._ignored = 0
-        self._paused = False
+        self._paused = False  # the transport asked us to stop writing
+        self._backlog = False  # events may be buffered: a later loop turn handles them
+        self._reading = True
+        self._scheduled = False  # a _carry_on() is queued on the loop
         self._drained: asyncio.Future[None] | None = None
 
     # -------------------------------------------------------------- asyncio callbacks
@@ -299,24 +325,33 @@ class _ServerProtocol(asyncio.Protocol):
         if self._server._closing:
             transport.close()  # accepted while the listener was closing
 
-    def data_received(self, data: bytes) -> None:
-        conn = self._conn
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._server._read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
         try:
-            conn.receive_data(data)
-            self._drain_events()
+            self._conn.receive_data(self._server._read_buffer[:nbytes])
         except RemoteProtocolError as exc:
             log.warning("ttrpc: closing connection: %s", exc)
             self.abort()
+            return
+        if not self._backlog:
+            self._handle_events()
 
     def eof_received(self) -> bool:
+        # Reading stops while events are buffered, so no whole frame is left here: this
+        # reports ConnectionClosed, or the broken frame the peer left behind.
         try:
             self._conn.receive_data(b"")
-            self._drain_events()
+            while self._next_event():
+                pass
         except RemoteProtocolError as exc:
             log.debug("ttrpc: connection ended: %s", exc)
         return False  # close the transport; pending responses are dropped
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            _break_transport_cycle(self._transport)
         self._transport = None
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
@@ -324,38 +359,75 @@ class _ServerProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._paused = True
-        if self._transport is not None:
-            self._transport.pause_reading()
+        self._update_reading()
 
     def resume_writing(self) -> None:
         self._paused = False
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         self._drained = None
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.resume_reading()
+        if self._backlog:
+            self._handle_events()
+        else:
+            self._update_reading()
 
     # -------------------------------------------------------------- internals
 
-    def _drain_events(self) -> None:
+    def _handle_events(self) -> None:
+        """Handle up to EVENTS_PER_TURN events; if the budget runs out, stop reading and
+        carry on in a later loop turn."""
+        if self._transport is None or self._paused:
+            return  # gone, or resume_writing() carries on
+        try:
+            for _ in range(EVENTS_PER_TURN):
+                if not self._next_event():
+                    self._backlog = False
+                    self._update_reading()
+                    return
+        except RemoteProtocolError as exc:
+            log.warning("ttrpc: closing connection: %s", exc)
+            self.abort()
+            return
+        self._backlog = True
+        self._update_reading()
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._carry_on)
+
+    def _carry_on(self) -> None:
+        self._scheduled = False
+        self._handle_events()
+
+    def _next_event(self) -> bool:
+        """Handle one event; False when none is buffered (NEED_DATA or ConnectionClosed)."""
         conn = self._conn
-        while True:
-            event = conn.next_event()
-            if type(event) is RequestReceived:
-                self._in_flight += 1
-                self._server._tasks.add(
-                    asyncio.get_running_loop().create_task(
-                        self._run(event.stream_id, event.request)
-                    )
-                )
-            elif type(event) is StreamRejected:
-                log.debug("ttrpc: rejected stream %d: %s", event.stream_id, event.message)
-                self._write(event.stream_id, Response(Status(event.code, event.message)))
-            else:  # NEED_DATA or ConnectionClosed
-                if conn.frames_ignored != self._ignored:
-                    log.debug("ttrpc: skipped %d frame(s)", conn.frames_ignored - self._ignored)
-                    self._ignored = conn.frames_ignored
-                return
+        event = conn.next_event()
+        if type(event) is RequestReceived:
+            self._in_flight += 1
+            self._server._tasks.add(
+                asyncio.get_running_loop().create_task(self._run(event.stream_id, event.request))
+            )
+            return True
+        if type(event) is StreamRejected:
+            log.debug("ttrpc: rejected stream %d: %s", event.stream_id, event.message)
+            self._write(event.stream_id, Response(Status(event.code, event.message)))
+            return True
+        if conn.frames_ignored != self._ignored:
+            log.debug("ttrpc: skipped %d frame(s)", conn.frames_ignored - self._ignored)
+            self._ignored = conn.frames_ignored
+        return False
+
+    def _update_reading(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        want = not (self._paused or self._backlog)
+        if want != self._reading:
+            self._reading = want
+            if want:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
 
     async def _run(self, stream_id: int, request: Request) -> None:
         try:
@@ -393,6 +465,21 @@ class _ServerProtocol(asyncio.Protocol):
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
+
+
+def _break_transport_cycle(transport: asyncio.Transport) -> None:
+    """Let a closed transport be freed by reference counting.
+
+    CPython 3.11's selector transport keeps its read callback, a bound method of itself, in
+    an attribute for its whole life: a reference cycle, so every closed connection's
+    transport, socket and buffers wait for the cyclic garbage collector. A flood of short
+    connections piles thousands of them up (and leaves the allocator's arenas fragmented
+    after they go). Python 3.12 clears the attribute when the transport closes; this does
+    the same for 3.11, from connection_lost(), after which the transport never reads.
+    """
+    attrs = getattr(transport, "__dict__", None)
+    if attrs is not None and "_read_ready_cb" in attrs:
+        attrs["_read_ready_cb"] = None
 
 
 def _same_user(transport: asyncio.Transport) -> bool:

@@ -20,7 +20,7 @@ from shim.ttrpc import (
     TtrpcError,
     default_error_mapper,
 )
-from shim.ttrpc._server import _metadata
+from shim.ttrpc._server import EVENTS_PER_TURN, _metadata
 from shim.ttrpc._wire import decode_response, encode_request
 
 from .helpers import frame, raw_connect, read_frame, run, serving
@@ -140,35 +140,79 @@ def test_unknown_service_and_method() -> None:
 
 
 def test_concurrent_calls_complete_out_of_order() -> None:
+    # Deterministic under any load: each Gated call waits for its own gate, and the gates
+    # open in the reverse order of sending (no sleeps deciding the order).
+    n = 50
     release = asyncio.Event()
+    gates = [asyncio.Event() for _ in range(n)]
+    arrived: set[int] = set()
+    all_arrived = asyncio.Event()
 
     async def wait(ctx: RequestContext, payload: bytes) -> bytes:
         await release.wait()
         return b"exited"
 
-    async def delayed(ctx: RequestContext, payload: bytes) -> bytes:
-        await asyncio.sleep(payload[0] / 1000)
+    async def gated(ctx: RequestContext, payload: bytes) -> bytes:
+        arrived.add(payload[0])
+        if len(arrived) == n:
+            all_arrived.set()
+        await gates[payload[0]].wait()
         return payload
 
     async def main() -> None:
-        async with serving(make_server(Wait=wait, Delayed=delayed)) as path:
+        async with serving(make_server(Wait=wait, Gated=gated)) as path:
             client = await Client.connect(path)
             waiting = asyncio.create_task(client.call(SVC, "Wait", b""))
-            # While Wait blocks, many other calls on the same connection finish, each in
-            # the reverse order of sending.
-            calls = [client.call(SVC, "Delayed", bytes([50 - i])) for i in range(50)]
-            finished: list[bytes] = []
-
-            async def record(call: asyncio.Future[bytes] | object) -> None:
-                finished.append(await call)  # type: ignore[misc]
-
-            await asyncio.gather(*(record(c) for c in calls))
-            assert sorted(finished) == sorted(bytes([50 - i]) for i in range(50))
-            assert finished[0] == bytes([1])
+            calls = [
+                asyncio.create_task(client.call(SVC, "Gated", bytes([i]))) for i in range(n)
+            ]
+            # Every handler is running at once on the one connection (a server handling
+            # one request at a time would never get here) ...
+            await asyncio.wait_for(all_arrived.wait(), 10)
+            # ... and each answer comes back as soon as its own handler returns, while the
+            # calls sent before it still wait: the replies complete out of order.
+            for i in reversed(range(n)):
+                gates[i].set()
+                assert await asyncio.wait_for(calls[i], 10) == bytes([i])
+                assert not any(call.done() for call in calls[:i]), i
             assert not waiting.done()
             release.set()
             assert await waiting == b"exited"
             await client.close()
+
+    run(main())
+
+
+def test_a_flooding_connection_does_not_hold_up_another() -> None:
+    # One connection's backlog of requests is handled EVENTS_PER_TURN per loop turn, so a
+    # request on another connection is handled within a turn or two, not after the flood.
+    order: list[bytes] = []
+
+    async def mark(ctx: RequestContext, payload: bytes) -> bytes:
+        order.append(payload)
+        return payload
+
+    async def main() -> None:
+        async with serving(make_server(Mark=mark)) as path:
+            flood_r, flood_w = await raw_connect(path)
+            probe_r, probe_w = await raw_connect(path)
+            for reader, writer in ((flood_r, flood_w), (probe_r, probe_w)):
+                writer.write(frame(1, REQ, encode_request(Request(SVC, "Echo", b""))))
+                await read_frame(reader)  # accepted and being read
+            n = 20 * EVENTS_PER_TURN
+            flood_w.write(b"".join(
+                frame(3 + 2 * i, REQ, encode_request(Request(SVC, "Mark", b"f")))
+                for i in range(n)
+            ))
+            # written after the whole flood, before the server runs again
+            probe_w.write(frame(3, REQ, encode_request(Request(SVC, "Mark", b"p"))))
+            assert (await read_frame(probe_r))[:2] == (3, RESP)
+            for _ in range(n):
+                await read_frame(flood_r)
+            assert order.count(b"f") == n
+            assert order.index(b"p") <= 2 * EVENTS_PER_TURN, order.index(b"p")
+            for writer in (flood_w, probe_w):
+                writer.close()
 
     run(main())
 
