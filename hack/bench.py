@@ -166,9 +166,54 @@ def bench_lifecycle(ctr: Ctr, runs: int) -> dict[str, dict[str, float]]:
     }
 
 
-def bench_memory(ctr: Ctr, group_size: int) -> dict[str, dict[str, int]]:
-    """One shim with one container; one shim serving ``group_size`` grouped containers."""
-    out: dict[str, dict[str, int]] = {}
+def ksm_running() -> bool:
+    """Whether the kernel's same-page merging runs (the fork server offers its pages to it;
+    with it, what every pyrunc daemon copied alike is merged back: see hack/shim_pages.py)."""
+    try:
+        return Path("/sys/kernel/mm/ksm/run").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+def bench_shims(ctr: Ctr, n: int, settle: float) -> dict[str, dict[str, float]]:
+    """``n`` containers per runtime, each with a shim of its own (started interleaved), left
+    ``settle`` seconds: the sums of the shims' PSS and RSS, and per pyrunc shim the mean
+    private dirty memory by kind of mapping (hack/shim_pages.py)."""
+    from shim_pages import breakdown  # hack/ is this script's directory
+
+    ids: dict[str, list[str]] = {rt: [] for rt in RUNTIMES}
+    out: dict[str, dict[str, float]] = {}
+    try:
+        for i in range(n):
+            for rt in RUNTIMES if i % 2 == 0 else RUNTIMES[::-1]:
+                cid = new_id("shims")
+                ids[rt].append(cid)
+                ctr("run", "-d", "--runtime", rt, IMAGE, cid, "sleep", "1000")
+        time.sleep(settle)
+        for rt, cids in ids.items():
+            pids = {shim_pid(ctr.task_pid(cid)) for cid in cids}
+            if len(pids) != n:
+                raise RuntimeError(f"{rt}: {n} containers are served by {len(pids)} shims")
+            each = [breakdown(pid) for pid in pids]
+            out[rt] = {
+                "pss_kib": sum(b["total"]["pss"] for b in each),
+                "rss_kib": sum(b["total"]["rss"] for b in each),
+                **{f"private_{kind}_kib": sum(b.get(kind, {}).get("private_dirty", 0)
+                                              for b in each) / n
+                   for kind in ("anon", "heap", "exe", "lib", "stack", "total")},
+            }
+    finally:
+        for cids in ids.values():
+            for cid in cids:
+                ctr.remove(cid)
+    return out
+
+
+def bench_memory(ctr: Ctr, group_size: int, shims: int = 10,
+                 settle: float = 3.0) -> dict[str, dict[str, float]]:
+    """One shim with one container; one shim serving ``group_size`` grouped containers;
+    ``shims`` shims of one container each (:func:`bench_shims`)."""
+    out: dict[str, dict[str, float]] = {}
     for rt in RUNTIMES:
         cid = new_id("mem")
         ctr("run", "-d", "--runtime", rt, IMAGE, cid, "sleep", "1000")
@@ -197,6 +242,10 @@ def bench_memory(ctr: Ctr, group_size: int) -> dict[str, dict[str, int]]:
             "group_rss_kib": grouped["rss_kib"],
             "group_pss_kib": grouped["pss_kib"],
         }
+    if shims:
+        for rt, sums in bench_shims(ctr, shims, settle).items():
+            out[rt].update({f"shims_{key}": value for key, value in sums.items()})
+        out[PYRUNC]["ksm_running"] = float(ksm_running())
     return out
 
 
@@ -596,6 +645,15 @@ def table(results: dict[str, object]) -> str:
     n = results["group_size"]
     row(f"shim RSS, {n} containers in one group", mem[PYRUNC]["group_rss_kib"],
         mem[RUNC]["group_rss_kib"], mib)
+    if "shims_pss_kib" in mem[PYRUNC]:
+        shims = results.get("shims", 10)
+        ksm = "KSM on" if mem[PYRUNC].get("ksm_running") else "KSM off"
+        row(f"{shims} shims, sum of PSS ({ksm})", mem[PYRUNC]["shims_pss_kib"],
+            mem[RUNC]["shims_pss_kib"], mib)
+        row(f"{shims} shims, sum of RSS", mem[PYRUNC]["shims_rss_kib"],
+            mem[RUNC]["shims_rss_kib"], mib)
+        row("private dirty per shim (mean)", mem[PYRUNC]["shims_private_total_kib"],
+            mem[RUNC]["shims_private_total_kib"], mib)
     if mem[PYRUNC].get("forkserver_rss_kib"):
         rows.append(
             f"| pyrunc fork server RSS (one per host) | "
@@ -658,6 +716,10 @@ def main() -> int:
     parser.add_argument("--address", default="/run/containerd/containerd.sock")
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--group-size", type=int, default=10)
+    parser.add_argument("--shims", type=int, default=10,
+                        help="memory section: this many one-container shims per runtime")
+    parser.add_argument("--shims-settle", type=float, default=3.0,
+                        help="memory section: seconds the shims are left before measuring")
     parser.add_argument("--out", default=str(ROOT / "build" / "bench-results.json"))
     parser.add_argument("--readme", action="store_true", help="update README.md's table")
     parser.add_argument("--skip-ttrpc", action="store_true")
@@ -700,11 +762,12 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "runs": args.runs,
         "group_size": args.group_size,
+        "shims": args.shims,
     }
     if "lifecycle" in sections:
         results["lifecycle"] = bench_lifecycle(ctr, args.runs)
     if "memory" in sections:
-        results["memory"] = bench_memory(ctr, args.group_size)
+        results["memory"] = bench_memory(ctr, args.group_size, args.shims, args.shims_settle)
     if "ttrpc" in sections:
         results["ttrpc"] = bench_ttrpc()
     if "checkpoint" in sections:
