@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -86,12 +87,14 @@ class Containerd:
         self._images = images_pb2_grpc.ImagesStub(channel)
         self.runtime = api_pb2_grpc.RuntimeServiceStub(channel)
         self.images = api_pb2_grpc.ImageServiceStub(channel)
-        self._lease = ""
+        # the lease of the calling thread: the endpoint serves calls on many threads
+        self._local = threading.local()
         self._major: int | None = None
 
     def _md(self) -> tuple[tuple[str, str], ...]:
-        if self._lease:
-            return ((NAMESPACE_HEADER, self.namespace), (LEASE_HEADER, self._lease))
+        lease: str = getattr(self._local, "lease", "")
+        if lease:
+            return ((NAMESPACE_HEADER, self.namespace), (LEASE_HEADER, lease))
         return ((NAMESPACE_HEADER, self.namespace),)
 
     def _call(self, what: str, method: Callable[..., T], request: object,
@@ -176,19 +179,19 @@ class Containerd:
 
     @contextlib.contextmanager
     def lease(self) -> Iterator[str]:
-        """A lease for what is made inside the block, deleted (and collected) at its end; it
-        expires by itself after an hour should this process die first."""
+        """A lease for what this thread makes inside the block, deleted (and collected) at
+        its end; it expires by itself after an hour should this process die first."""
         expire = datetime.datetime.now(datetime.UTC) + _LEASE_EXPIRY
         req = leases_pb2.CreateRequest(
             id=f"pyrunc-cri-{uuid.uuid4().hex}",
             labels={"containerd.io/gc.expire": expire.strftime("%Y-%m-%dT%H:%M:%SZ")},
         )
-        lease = self._call("creating a lease", self._leases.Create, req).lease.id
-        self._lease = str(lease)
+        lease = str(self._call("creating a lease", self._leases.Create, req).lease.id)
+        self._local.lease = lease
         try:
-            yield self._lease
+            yield lease
         finally:
-            self._lease = ""
+            self._local.lease = ""
             with contextlib.suppress(Upstream):
                 self._call("deleting a lease", self._leases.Delete,
                            leases_pb2.DeleteRequest(id=lease, sync=False))

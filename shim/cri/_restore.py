@@ -21,9 +21,9 @@ same on containerd 1.6 to 2.x, and with the base image found locally first):
    (containerd copies it into the OCI spec: the runtime's ``container_annotations``) and
    restores at Start instead of creating. Every mount the checkpoint had must be in the new
    request (CRI-O's rule; CRIU needs them all).
-5. ``rootfs-diff.tar`` goes into the content store and through containerd's Diff service onto
-   the new container's snapshot (whiteouts remove what they name), under a lease; an empty
-   one (no entry) is skipped.
+5. ``rootfs-diff.tar`` goes into the content store (on a thread, while step 4 runs) and
+   through containerd's Diff service onto the new container's snapshot (whiteouts remove
+   what they name), under a lease; an empty one (no entry) is skipped.
 
 Whatever fails, the container (if made) is removed and the directory is gone. The directory
 lives as long as the container: :meth:`Restorer.removed` after RemoveContainer, and every
@@ -51,7 +51,7 @@ from shim.bundle import RESTORE_ANNOTATION
 
 from ._checkpoint import Clock
 from ._containerd import LAYER_GZIP, Containerd
-from ._errors import CriError, InvalidArgument, NotFound, Upstream
+from ._errors import CriError, DeadlineExceeded, InvalidArgument, NotFound, Upstream
 from ._extract import Extraction, check_archive, remove_tree
 from ._ocimage import INDEX_TYPES, archive_layer, manifest_of_index, parse_json
 
@@ -207,6 +207,58 @@ class _Source:
     layer_digest: str = ""
 
 
+class _DiffApply:
+    """``rootfs-diff.tar`` onto the new container's snapshot, on a thread of its own: the
+    blob goes into the content store (under a lease) while CreateContainer runs, then,
+    once :meth:`container` names the container, Diff/Apply puts it onto its snapshot
+    (whiteouts remove what they name). An empty diff (no entry: the end-of-archive zeros
+    only, as a container that changed no file has it) needs nothing."""
+
+    def __init__(self, ctd: Containerd, diff: Path, clock: Clock) -> None:
+        self._ctd = ctd
+        self._diff = diff
+        self._clock = clock
+        self._cid: str | None = None
+        self._named = threading.Event()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if diff.is_file() and not _empty_tar(diff):
+            self._thread = threading.Thread(target=self._run, name="rootfs diff", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            digest, size = _digest(self._diff)
+            with self._ctd.lease():
+                self._ctd.write_blob(self._diff, digest, size, self._clock.left())
+                if not self._named.wait(self._clock.left()):
+                    raise DeadlineExceeded("deadline reached before the rootfs diff was applied")
+                if self._cid is None:
+                    return  # no container (CreateContainer failed): the lease goes
+                record = self._ctd.container(self._cid)
+                self._ctd.apply_diff(record, digest, size, _layer_type(self._diff),
+                                     self._clock.left())
+        except BaseException as exc:  # handed to wait()
+            self._error = exc
+
+    def container(self, cid: str | None) -> None:
+        """The container to apply the diff to (None: there is none, just end)."""
+        self._cid = cid
+        self._named.set()
+
+    def wait(self) -> None:
+        """Block until the diff is applied.
+
+        Raises:
+            CriError: what writing or applying it met.
+        """
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise self._error
+
+
 class Restorer:
     """Serves CreateContainer from checkpoints against one containerd."""
 
@@ -285,17 +337,23 @@ class Restorer:
         extraction = self._unpack(source, image, clock)
         unpacked = extraction.dest
         steps.done("check + first files")
+        diff: _DiffApply | None = None
         try:
             meta = read_meta(unpacked)
+            diff = _DiffApply(self._ctd, unpacked / "rootfs-diff.tar", clock)
             base = self._base_image(meta, request.sandbox_config, clock)
             steps.done("base image")
             new = restore_request(request, meta, base_image=base,
                                   images_dir=str(unpacked / "checkpoint"),
                                   checkpoint_image=image)
-            cid = self._ctd.create_container(new, clock.left())
-            steps.done("CreateContainer")
+            cid = ""
             try:
-                self._apply_diff(cid, unpacked / "rootfs-diff.tar", clock)
+                cid = self._ctd.create_container(new, clock.left())
+                steps.done("CreateContainer")
+            finally:
+                diff.container(cid or None)
+            try:
+                diff.wait()  # its blob was written meanwhile
                 steps.done("rootfs diff")
                 extraction.wait()  # CRIU's images: unpacked meanwhile
                 steps.done("rest unpacked")
@@ -305,6 +363,10 @@ class Restorer:
                     self._ctd.remove_container(cid)
                 raise
         except BaseException:
+            if diff is not None:
+                diff.container(None)
+                with contextlib.suppress(BaseException):
+                    diff.wait()
             extraction.abort()
             raise
         finally:
@@ -357,18 +419,6 @@ class Restorer:
         wanted = meta.rootfs_image_name or meta.rootfs_image_ref
         self._ctd.pull_image(wanted, sandbox_config, clock.left())
         return wanted
-
-    def _apply_diff(self, cid: str, diff: Path, clock: Clock) -> None:
-        """``rootfs-diff.tar`` onto the new container's snapshot; nothing to do for an empty
-        one (no entry: zeros up to the end-of-archive blocks, as a container that changed no
-        file has it)."""
-        if not diff.is_file() or _empty_tar(diff):
-            return
-        digest, size = _digest(diff)
-        with self._ctd.lease():
-            self._ctd.write_blob(diff, digest, size, clock.left())
-            record = self._ctd.container(cid)
-            self._ctd.apply_diff(record, digest, size, _layer_type(diff), clock.left())
 
     # The unpacked checkpoints' lifetime ------------------------------------------------------
 

@@ -180,7 +180,7 @@ class FakeContainerd:
         self._maybe("apply_diff")
 
 
-def _archive(path: Path) -> Path:
+def _archive(path: Path, diff: bytes = b"\x1f\x8b" + b"\0" * 30) -> Path:
     import io
     import tarfile
 
@@ -188,7 +188,7 @@ def _archive(path: Path) -> Path:
         for name, data in [("config.dump", b'{"rootfsImageName": "localhost/base:1"}'),
                            ("spec.dump", json.dumps(SPEC).encode()),
                            ("checkpoint/inventory.img", b"i"),
-                           ("rootfs-diff.tar", b"\x1f\x8b" + b"\0" * 30)]:
+                           ("rootfs-diff.tar", diff)]:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -224,6 +224,20 @@ def test_a_restore_keeps_its_images_and_names_them(tmp_path: Path) -> None:
     assert ctd.removed == [] and ctd.leases == 0
     restorer.removed(unpacked)
     assert not unpacked.exists()
+
+
+def test_an_empty_rootfs_diff_is_not_sent_to_containerd(tmp_path: Path) -> None:
+    """A container that changed no file has a rootfs-diff.tar without entries (the
+    end-of-archive zeros): no blob is written and nothing applied (either would fail here)."""
+    from shim.cri._restore import Restorer
+
+    for fail in ("write_blob", "apply_diff"):
+        ctd = FakeContainerd(fail)
+        restorer = Restorer(ctd, tmp_path / f"work-{fail}")  # type: ignore[arg-type]
+        req = request()
+        req.config.image.image = str(_archive(tmp_path / "ck.tar", b"\0" * 10240))
+        assert restorer.create(req, 30.0).container_id == "cid-1"
+        assert ctd.removed == [] and ctd.leases == 0
 
 
 def test_an_image_that_is_no_checkpoint_is_not_ours(tmp_path: Path) -> None:
