@@ -3,7 +3,7 @@
 64 MiB container: our endpoint on containerd 1.6 vs containerd 2.1.9's own CRI with runc.
 
 Usage (root; hack/install.sh and hack/install-k8s.sh done):
-    hack/bench_cri.py [--runs N] [--size MiB] [--json]
+    hack/bench_cri.py [--runs N] [--size MiB] [--json] [--keep-logs DIR]
 
 Two private CRI-enabled containerd instances are started (the integration tests' starter,
 integration/_cri_containerd.py): the system's containerd 1.6.20 behind ``pyrunc cri serve`` with
@@ -15,18 +15,21 @@ gRPC call (the archive complete at ``location``); each archive is deleted after 
 Prints medians and the ratio ours/reference (target <= 1.0); ``--json`` prints the numbers.
 
 Restore: each setup's last archive is restored ``--runs`` times (plus a warm-up) into a new
-hostNetwork pod: the time is CreateContainer (image = the archive's path) + StartContainer, the
-wall clock of the two gRPC calls (the process restored and running); the pod is removed
-between runs, untimed. containerd 2.1.9's own restore always pulls the base image from a
-registry, so there the memfill pod runs an image pulled from a local registry
-(integration/_cri_registry.py, Debian's docker-registry on 127.0.0.1). JSON: ``restore`` holds
-the same fields as the checkpoint numbers. Everything is removed afterwards.
+hostNetwork pod, the setups' order alternating: the time is CreateContainer (image = the
+archive's path) + StartContainer, the wall clock of the two gRPC calls (the process restored
+and running), also given per call (medians ``median_create``, ``median_start``: the endpoint
+unpacks the archive and applies its rootfs diff in CreateContainer, CRIU restores in
+StartContainer); the pod is removed between runs, untimed. containerd 2.1.9's own restore
+always pulls the base image from a registry, so there the memfill pod runs an image pulled
+from a local registry (integration/_cri_registry.py, Debian's docker-registry on 127.0.0.1).
+JSON: ``restore`` holds the same fields as the checkpoint numbers. Everything is removed afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -51,9 +54,9 @@ def _filled(kubelet: Kubelet, cid: str, size: int) -> bool:
     return path.exists() and f"filled {size} MiB" in path.read_text(errors="replace")
 
 
-def _restore_once(k: Kubelet, handler: str, archive: Path, run: int) -> float:
-    """A new hostNetwork pod; CreateContainer(image = archive) + StartContainer, timed; then
-    the pod goes (untimed)."""
+def _restore_once(k: Kubelet, handler: str, archive: Path, run: int) -> tuple[float, float]:
+    """A new hostNetwork pod; CreateContainer(image = archive) and StartContainer, each
+    timed; then the pod goes (untimed)."""
     pod = k.run_pod(f"restore-{run}", host_network=True, runtime_handler=handler)
     config = api_pb2.ContainerConfig(
         metadata=api_pb2.ContainerMetadata(name="memfill", attempt=0),
@@ -72,9 +75,10 @@ def _restore_once(k: Kubelet, handler: str, archive: Path, run: int) -> float:
         api_pb2.CreateContainerRequest(pod_sandbox_id=pod.id, config=config,
                                        sandbox_config=pod.config),
         timeout=RUNTIME_REQUEST_TIMEOUT).container_id
+    created = time.perf_counter()
     k.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid),
                              timeout=RUNTIME_REQUEST_TIMEOUT)
-    elapsed = time.perf_counter() - start
+    started = time.perf_counter()
     state = k.container_status(cid).state
     if state != api_pb2.ContainerState.CONTAINER_RUNNING:
         raise RuntimeError(f"restored container {cid} is {state}, not running")
@@ -83,7 +87,7 @@ def _restore_once(k: Kubelet, handler: str, archive: Path, run: int) -> float:
     k.runtime.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid),
                               timeout=RUNTIME_REQUEST_TIMEOUT)
     k.remove_pod(pod.id)
-    return elapsed
+    return created - start, started - created
 
 
 def main() -> int:
@@ -91,6 +95,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--size", type=int, default=64, help="memfill size in MiB")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--keep-logs", metavar="DIR",
+                        help="copy the endpoint's and both containerds' logs into DIR")
     args = parser.parse_args()
 
     ours_ctrd = CriContainerd.start(Version.V1_6)
@@ -143,12 +149,17 @@ def main() -> int:
             for k in kubelets.values():  # pod A goes; its archive is restored
                 k.remove_everything()
             restore_times: dict[str, list[float]] = {name: [] for name in setups}
+            parts: dict[str, dict[str, list[float]]] = {
+                name: {"create": [], "start": []} for name in setups}
             for run in range(args.runs + 1):
-                for name, (_, handler) in setups.items():
+                order = list(setups.items())
+                for name, (_, handler) in order if run % 2 else order[::-1]:
                     k = kubelets[name]
-                    elapsed = _restore_once(k, handler, archives[name], run)
+                    create, start = _restore_once(k, handler, archives[name], run)
                     if run:
-                        restore_times[name].append(elapsed)
+                        restore_times[name].append(create + start)
+                        parts[name]["create"].append(create)
+                        parts[name]["start"].append(start)
             for k in kubelets.values():
                 k.remove_everything()
                 k.channel.close()
@@ -159,7 +170,11 @@ def main() -> int:
         result = {"size_mib": args.size, "runs": args.runs, "seconds": times,
                   "median": medians, "ratio": ours / ref,
                   "restore": {"seconds": restore_times, "median": restore_medians,
-                              "ratio": r_ours / r_ref}}
+                              "ratio": r_ours / r_ref,
+                              "median_create": {n: statistics.median(v["create"])
+                                                for n, v in parts.items()},
+                              "median_start": {n: statistics.median(v["start"])
+                                               for n, v in parts.items()}}}
         if args.json:
             print(json.dumps(result, indent=2))
         else:
@@ -170,9 +185,19 @@ def main() -> int:
             print(f"Restore (CreateContainer + StartContainer from the archive), {args.size} MiB "
                   f"memfill, median of {args.runs}:")
             for name, value in restore_medians.items():
-                print(f"  {name:45s} {value * 1000:8.0f} ms")
+                create = result["restore"]["median_create"][name]  # type: ignore[index]
+                start = result["restore"]["median_start"][name]  # type: ignore[index]
+                print(f"  {name:45s} {value * 1000:8.0f} ms  (CreateContainer "
+                      f"{create * 1000:.0f} ms, StartContainer {start * 1000:.0f} ms)")
             print(f"  ratio ours/reference: {r_ours / r_ref:.2f} (target <= 1.0)")
     finally:
+        if args.keep_logs:
+            keep = Path(args.keep_logs)
+            keep.mkdir(parents=True, exist_ok=True)
+            for name, d in (("endpoint", endpoint), ("ours-containerd", ours_ctrd),
+                            ("reference-containerd", ref_ctrd)):
+                if d is not None and d.log_path.exists():
+                    shutil.copy(d.log_path, keep / f"{name}.log")
         if endpoint is not None:
             endpoint.stop()
         if ref_ctrd is not None and registry is not None:
