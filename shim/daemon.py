@@ -158,9 +158,11 @@ async def _serve(flags: Flags) -> None:
     )
     server.register(SERVICE, service.handlers())
     serving = loop.create_task(server.serve(listener))
-    log.info("shim %s serving (namespace %s)", flags.id, flags.namespace)
+    # debug, not info: a line written to containerd's log FIFO wakes containerd, and on a
+    # busy host this one delayed the first accept (the runc shim logs neither)
+    log.debug("shim %s serving (namespace %s)", flags.id, flags.namespace)
     await stop.wait()
-    log.info("shim shutting down")
+    log.debug("shim shutting down")
     # No pause for the Shutdown reply: close() ends each connection once its requests are
     # answered (the transport flushes the reply first). containerd waits for the connection
     # to close before it goes on (every `ctr run --rm`, every last delete of a group), so a
