@@ -16,6 +16,12 @@ Usage (root, containerd running, test image imported by hack/install.sh):
 BENCH-CHECKPOINT markers in README.md from the results; a section that did not run leaves its
 table as it was.
 
+Section ``memory``: one shim with one container, one with ``--group-size`` grouped containers,
+and ``--shims`` one-container shims per runtime (sums of their PSS and RSS, mean private dirty
+memory per shim; hack/shim_pages.py breaks a shim's memory down further). ``--ksm on|off``
+runs it with the kernel's same-page merging on or off (the fork server offers its pages to
+KSM; the host's setting is given back afterwards).
+
 Section ``checkpoint``: a container runs ``memfill N`` (0 MiB: ``sleep``), then
 ``ctr c checkpoint --task`` and, once the original is removed, ``ctr c restore --live`` into
 a new container are timed (wall clock of ctr, which includes containerd writing and reading
@@ -247,6 +253,21 @@ def bench_memory(ctr: Ctr, group_size: int, shims: int = 10,
             out[rt].update({f"shims_{key}": value for key, value in sums.items()})
         out[PYRUNC]["ksm_running"] = float(ksm_running())
     return out
+
+
+def with_ksm(wanted: str, run: Callable[[], dict[str, dict[str, float]]]
+             ) -> dict[str, dict[str, float]]:
+    """Run ``run`` with KSM as ``wanted`` ("on", "off"; "host": as the host has it), and
+    give the host its setting back afterwards."""
+    knob = Path("/sys/kernel/mm/ksm/run")
+    if wanted == "host" or not knob.exists():
+        return run()
+    before = knob.read_text().strip()
+    knob.write_text("1" if wanted == "on" else "0")
+    try:
+        return run()
+    finally:
+        knob.write_text(before)
 
 
 def bench_ttrpc() -> dict[str, object] | None:
@@ -719,7 +740,11 @@ def main() -> int:
     parser.add_argument("--shims", type=int, default=10,
                         help="memory section: this many one-container shims per runtime")
     parser.add_argument("--shims-settle", type=float, default=3.0,
-                        help="memory section: seconds the shims are left before measuring")
+                        help="memory section: seconds the shims are left before measuring "
+                             "(with --ksm on: at least 60, KSM's scans take that long)")
+    parser.add_argument("--ksm", choices=("host", "on", "off"), default="host",
+                        help="memory section: run it with the kernel's same-page merging on "
+                             "or off (the host's setting is restored afterwards)")
     parser.add_argument("--out", default=str(ROOT / "build" / "bench-results.json"))
     parser.add_argument("--readme", action="store_true", help="update README.md's table")
     parser.add_argument("--skip-ttrpc", action="store_true")
@@ -767,7 +792,9 @@ def main() -> int:
     if "lifecycle" in sections:
         results["lifecycle"] = bench_lifecycle(ctr, args.runs)
     if "memory" in sections:
-        results["memory"] = bench_memory(ctr, args.group_size, args.shims, args.shims_settle)
+        settle = max(args.shims_settle, 60.0) if args.ksm == "on" else args.shims_settle
+        results["memory"] = with_ksm(
+            args.ksm, lambda: bench_memory(ctr, args.group_size, args.shims, settle))
     if "ttrpc" in sections:
         results["ttrpc"] = bench_ttrpc()
     if "checkpoint" in sections:
