@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -180,8 +181,10 @@ def classify(argv: list[str], address: str, namespace: str) -> str | None:
     <runtime>`` (a shim's short-lived action process), ``daemon <runtime>``, ``runc <sub>``
     (runc of this bench's ``namespace``: its state root is named after it), ``criu`` (any:
     the caller checks its parent), or None. ``argv[0]`` may be the interpreter of a script
-    (the pyrunc shim), so the first two words are looked at."""
-    names = [os.path.basename(a) for a in argv[:2]]
+    (the pyrunc shim), with its options (``python -S script ...``), so the first words up to
+    the first flag of the shim's own are looked at."""
+    head = list(itertools.takewhile(lambda a: a not in ("-namespace", "-id", "-address"), argv))
+    names = [os.path.basename(a) for a in head[:4]]
     for binary, runtime in SHIM_BINARIES.items():
         if binary in names:
             if _flag(argv, "-address") != address:

@@ -128,6 +128,8 @@ RUNC_CREATE = ["runc", "--root", f"/run/containerd/runc/{NS}", "--log",
 @pytest.mark.parametrize(("argv", "what"), [
     (PYRUNC_START, "start io.containerd.pyrunc.v2"),
     (RUNC_START, "start io.containerd.runc.v2"),
+    ([PY, "-S", *PYRUNC_START[1:]], "start io.containerd.pyrunc.v2"),  # a launcher with options
+    ([PY, "-I", "-S", *PYRUNC_START[1:]], "start io.containerd.pyrunc.v2"),
     ([*RUNC_START[:-1], "delete"], "delete io.containerd.runc.v2"),
     (RUNC_START[:-1], "daemon io.containerd.runc.v2"),
     (["containerd-shim-pyrunc-v2", "-namespace", "n", "-id", "c", "-address", ADDRESS, "", ""],
