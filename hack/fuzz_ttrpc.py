@@ -21,7 +21,8 @@ address/namespace/id>``) and, bounded by ``--frames`` and ``--seconds``, sends:
 The live container is never named: every request names a ghost id much shorter than the
 live one, so no mutation of at most a few bytes can turn it into a Kill or Delete of the
 container being measured. Mutated requests are not waited for; answers are read and dropped
-so the shim is never blocked on writing. A separate connection asks State for the live
+so the shim is never blocked on writing. A separate connection, from a process of its own
+(the campaign's busy event loop adds nothing to its timings), asks State for the live
 container every 10 ms.
 
 Bounded in count and time, loopback only (a unix socket), and it removes its container.
@@ -29,7 +30,7 @@ Bounded in count and time, loopback only (a unix socket), and it removes its con
 Usage:
     hack/fuzz_ttrpc.py [--frames N] [--seconds S] [--runtime R ...] [--json OUT]
                        [--address SOCK] [--namespace NS] [--image REF] [--seed N]
-                       [--warmup N] [--rounds N]
+                       [--warmup N] [--rounds N] [--idle N]
 
 RSS and fds are measured against a baseline taken after a warm-up of ``--warmup`` frames (every
 code path once: what a first call loads, such as protobuf classes, is not growth); the RSS at
@@ -43,6 +44,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import multiprocessing
 import os
 import random
 import socket
@@ -52,6 +54,8 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event as EventLike
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -269,11 +273,11 @@ class Probe:
 
 
 async def _probe(
-    path: str, client: Client, cid: str, pid: int, stop: asyncio.Event, probe: Probe
+    path: str, client: Client, cid: str, pid: int, stopped: Callable[[], bool], probe: Probe
 ) -> None:
     payload = api.StateRequest(id=cid).SerializeToString()
     try:
-        while not stop.is_set():
+        while not stopped():
             t0 = time.perf_counter()
             try:
                 reply = await client.call(SERVICE, "State", payload, timeout=PROBE_TIMEOUT)
@@ -290,6 +294,29 @@ async def _probe(
             await asyncio.sleep(PROBE_INTERVAL)
     finally:
         await client.close()
+
+
+def _probe_process(
+    path: str, cid: str, pid: int, connected: EventLike, stop: EventLike, out: Connection
+) -> None:
+    """The State probe in a process of its own, so that its timings are the shim's: in the
+    campaign's process a worker writing frames holds the event loop for many milliseconds
+    at a time, and an answer that has arrived would wait for it. Sends its Probe to ``out``."""
+    probe = Probe()
+
+    async def run() -> None:
+        client = await Client.connect(path)
+        connected.set()
+        await _probe(path, client, cid, pid, stop.is_set, probe)
+
+    try:
+        asyncio.run(run())
+    except Exception as exc:  # reported, not raised: the campaign decides
+        probe.failures.append(f"probe: {exc!r}")
+    finally:
+        connected.set()
+        out.send(probe)
+        out.close()
 
 
 # ---------------------------------------------------------------------------- the target
@@ -338,6 +365,7 @@ class Report:
     rss_before_kib: int
     rss_after_kib: int
     rss_growth_kib: int
+    rss_growth_from_start_kib: int
     rss_after_each_round_kib: list[int]
     fds_before: int
     fds_after: int
@@ -355,13 +383,18 @@ async def _round(
     connections and the State probe around it; returns how many connections it opened."""
     limit = sent.frames + args.frames
     deadline = time.monotonic() + args.seconds
-    stop_probe = asyncio.Event()
+    spawn = multiprocessing.get_context("spawn")
+    connected, stop_probe = spawn.Event(), spawn.Event()
+    results, sender = spawn.Pipe(duplex=False)
+    prober = spawn.Process(
+        target=_probe_process, args=(path, cid, pid, connected, stop_probe, sender), daemon=True)
+    prober.start()
+    sender.close()
     # The probe connects first: a connect while the 256 idle ones fill the listen backlog
     # gets EAGAIN, which asyncio takes for "in progress", and the socket never connects.
-    prober = asyncio.create_task(
-        _probe(path, await Client.connect(path), cid, pid, stop_probe, probe))
+    await asyncio.to_thread(connected.wait, 60)
     idle = []
-    for _ in range(IDLE_CONNECTIONS):
+    for _ in range(args.idle):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         with contextlib.suppress(OSError):
             s.connect(path)
@@ -379,9 +412,17 @@ async def _round(
         s.close()
     await asyncio.sleep(SETTLE)
     stop_probe.set()
-    await prober
+    try:
+        got: Probe = await asyncio.to_thread(results.recv)
+    except EOFError:
+        got = Probe(failures=["the probe process died"])
+    await asyncio.to_thread(prober.join, 30)
+    results.close()
+    probe.latencies_ms += got.latencies_ms
+    probe.failures += got.failures
+    probe.pid_changes += got.pid_changes
     await asyncio.sleep(SETTLE)  # the shim closes its end of the probe's connection
-    return connections + IDLE_CONNECTIONS + SLOWLORIS
+    return connections + len(idle) + SLOWLORIS
 
 
 async def _campaign(args: argparse.Namespace, runtime: str, seed: int) -> Report:
@@ -439,6 +480,7 @@ async def _campaign(args: argparse.Namespace, runtime: str, seed: int) -> Report
             rss_before_kib=rss0,
             rss_after_kib=rss1,
             rss_growth_kib=rss1 - rss0,
+            rss_growth_from_start_kib=rss1 - rss_start if alive else 0,
             rss_after_each_round_kib=rounds_rss,
             fds_before=fds0,
             fds_after=fds1,
@@ -469,6 +511,7 @@ def _table(reports: list[Report]) -> str:
         ("State max ms", "state_max_ms"), ("RSS at start KiB", "rss_at_start_kib"),
         ("RSS before KiB (after warm-up)", "rss_before_kib"),
         ("RSS after KiB", "rss_after_kib"), ("RSS growth KiB", "rss_growth_kib"),
+        ("RSS growth from start KiB", "rss_growth_from_start_kib"),
         ("RSS after each round KiB", "rss_after_each_round_kib"),
         ("fds before", "fds_before"), ("fds after", "fds_after"),
         ("container running", "container_running"), ("same pid", "same_pid"),
@@ -512,6 +555,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--warmup", type=int, default=5000,
                    help="frames sent before the RSS and fd baseline is taken (0: none)")
+    p.add_argument("--idle", type=int, default=IDLE_CONNECTIONS,
+                   help="idle connections held open through each round")
     p.add_argument("--json", type=Path, help="write the reports here")
     args = p.parse_args()
     if os.geteuid() != 0:
