@@ -6,7 +6,8 @@
 #     while (event := conn.next_event()) is not NEED_DATA: ...
 #     transport.write(conn.send(...))
 # Incoming bytes go into one bytearray; whole frames are cut off its front (CPython makes
-# front deletion cheap). Each frame's data is copied out once, as bytes.
+# front deletion cheap). Each frame's data is copied out once, as bytes (small frames by
+# slicing, which copies twice but costs less than making a memoryview).
 #
 # Faults come in two levels (Go ttrpc v1.1.1 channel.go/server.go behaviour):
 #   stream level -- answered on that stream, the connection goes on:
@@ -62,6 +63,8 @@ _REQUEST = MessageType.REQUEST.value
 _RESPONSE = MessageType.RESPONSE.value
 _DATA = MessageType.DATA.value
 _CLOSED = ConnectionClosed()
+#: Frames from this size on are copied out of the receive buffer through a memoryview.
+_COPY_ONCE = 64 * 1024
 
 
 class _Connection:
@@ -152,7 +155,11 @@ class _Connection:
                     if self._eof:
                         self._fail(f"EOF inside a frame ({end - size} bytes missing)")
                     return NEED_DATA
-                data = bytes(buf[HEADER_SIZE:end])
+                if length < _COPY_ONCE:
+                    data = bytes(buf[HEADER_SIZE:end])
+                else:  # one copy, not two (a bytearray's slice is a copy already)
+                    with memoryview(buf) as view:
+                        data = view[HEADER_SIZE:end].tobytes()
                 del buf[:end]
                 event = self._frame(stream_id, mtype, flags, data)
             if event is not None:
