@@ -75,6 +75,7 @@ COMMANDS = {
 }
 RUNC_COMMANDS = frozenset({"create", "start", "delete", "kill", "state", "checkpoint", "restore",
                            "exec", "pause", "resume", "ps", "update", "events", "features"})
+MAIN_RUNC = frozenset({"runc create", "runc checkpoint", "runc restore"})
 CPUACCT = Path("/sys/fs/cgroup/cpuacct")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -216,20 +217,36 @@ def trace_durations(
     counts when its parent is a runc of this bench. ``forkserver request``: pyrunc's fork
     server's intermediate children (fork to exit), one per daemon it made; a fork server
     exec'd during the trace in this containerd's place (``ours``) counts as well as
-    ``forkserver`` (other places' fork servers, e.g. tests running meanwhile, do not)."""
+    ``forkserver`` (other places' fork servers, e.g. tests running meanwhile, do not).
+
+    The critical path of each container, from the ``ctr`` command that names it to the main
+    runc command for it (``create``, ``checkpoint``, ``restore``; its last argument is the
+    id): ``path: 1 ctr to runc`` (containerd and the shim before runc runs: for start and
+    restore the shim's ``start`` process and the daemon's work), ``path: 2 runc`` and
+    ``path: 3 runc to ctr's exit`` (the shim answering, containerd's own work after it)."""
     started: dict[int, tuple[str, int]] = {}
     runcs: set[int] = set()
     forkservers = {forkserver}
     out: dict[str, list[float]] = {}
+    ctr_argv: dict[int, list[str]] = {}
+    ctrs: dict[str, tuple[int, int]] = {}  # container id -> its ctr's exec and exit
+    mains: dict[str, tuple[int, int]] = {}  # container id -> its main runc's exec and exit
     lo, hi = window
     for rec in records:
         if "t" not in rec:
             continue
         kind, stamp, pid = rec["e"], rec["t"], rec["pid"]
         if kind == "exec":
-            if rec.get("ours") and is_forkserver_exec(rec.get("argv", [])):
+            argv = rec.get("argv", [])
+            if argv[:1] == ["ctr"] and address in argv and lo <= stamp <= hi:
+                ctr_argv[pid] = argv
+                started[pid] = ("ctr", stamp)
+                continue
+            if rec.get("ours") and is_forkserver_exec(argv):
                 forkservers.add(pid)
-            what = classify(rec.get("argv", []), address, namespace)
+            what = classify(argv, address, namespace)
+            if what in MAIN_RUNC and lo <= stamp <= hi:
+                ctr_argv[pid] = argv
             if what == "criu" and rec.get("ppid") not in runcs:
                 what = None
             if what is not None and what.startswith("runc "):
@@ -243,6 +260,18 @@ def trace_durations(
         elif kind == "exit" and pid in started:
             what, begun = started.pop(pid)
             out.setdefault(what, []).append((stamp - begun) / 1e6)
+            argv = ctr_argv.pop(pid, [])
+            if what == "ctr":
+                ctrs.update({a: (begun, stamp) for a in argv[5:]})
+            elif what in MAIN_RUNC and argv:
+                mains.setdefault(argv[-1], (begun, stamp))
+    for cid, (run_begun, run_end) in mains.items():
+        if cid in ctrs:
+            ctr_begun, ctr_end = ctrs[cid]
+            for what, ns in (("path: 1 ctr to runc", run_begun - ctr_begun),
+                             ("path: 2 runc", run_end - run_begun),
+                             ("path: 3 runc to ctr's exit", ctr_end - run_end)):
+                out.setdefault(what, []).append(ns / 1e6)
     return {what: summary(values) for what, values in sorted(out.items())}
 
 

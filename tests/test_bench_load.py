@@ -190,6 +190,32 @@ def test_trace_durations(bl: ModuleType) -> None:
     }
 
 
+def test_trace_critical_path(bl: ModuleType) -> None:
+    ms = 1_000_000
+    ctr = ["ctr", "--address", ADDRESS, "-n", NS, "c", "restore", "--live", "c1-r", "ref"]
+    restore = ["runc", "--root", f"/run/containerd/runc/{NS}", "restore", "--bundle", "/b",
+               "c1-r"]
+    records: list[dict[str, Any]] = [
+        {"e": "exec", "t": 10 * ms, "pid": 5, "ppid": 1, "argv": ctr},
+        {"e": "exec", "t": 12 * ms, "pid": 6, "ppid": 1, "argv": PYRUNC_START},
+        {"e": "exit", "t": 40 * ms, "pid": 6},
+        {"e": "exec", "t": 70 * ms, "pid": 7, "ppid": 3, "argv": restore},
+        {"e": "exit", "t": 270 * ms, "pid": 7},
+        {"e": "exit", "t": 280 * ms, "pid": 5},
+        # another containerd's ctr and a runc of another namespace: not on the path
+        {"e": "exec", "t": 11 * ms, "pid": 8, "ppid": 1,
+         "argv": ["ctr", "--address", "/other.sock", "-n", NS, "c", "restore", "x", "c2"]},
+        {"e": "exit", "t": 15 * ms, "pid": 8},
+    ]
+    got = bl.trace_durations(records, ADDRESS, NS, 0, (0, 500 * ms))
+    assert got["path: 1 ctr to runc"]["p50"] == 60.0
+    assert got["path: 2 runc"]["p50"] == 200.0
+    assert got["path: 3 runc to ctr's exit"]["p50"] == 10.0
+    assert got["ctr"]["count"] == 1
+    assert got["runc restore"]["p50"] == 200.0
+    assert got["start io.containerd.pyrunc.v2"]["p50"] == 28.0
+
+
 def test_cpu_delta_splits_the_cgroup(bl: ModuleType) -> None:
     before = {"cgroup": 10.0, "containerd": (1, 2.0, 1.0), "forkservers": {7: (1, 0.5, 0.0)},
               "shims": {50: (1, 0.2, 0.1)}}
