@@ -33,8 +33,10 @@ can be negative.
 
 ``--trace``: one more round per runtime, not part of the medians, with the kernel's process
 events (the proc connector) recorded: how long each ``shim start`` process, each ``runc``
-subcommand and each ``criu`` ran, and how long pyrunc's fork server took per request (fork of
-its intermediate child to that child's exit) during each phase.
+subcommand and each ``criu`` ran, how long pyrunc's fork server took per request (fork of
+its intermediate child to that child's exit) during each phase, and each container's
+critical path: from its ``ctr`` command to its main runc command (containerd and the shim
+before runc runs), runc itself, and from runc's exit to ctr's.
 
 Everything is removed at the end, also on failure or Ctrl-C: containers, tasks, checkpoint
 images, the private containerd (its root, state and mounts), stray shims, the fork server of
