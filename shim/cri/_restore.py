@@ -27,7 +27,7 @@ same on containerd 1.6 to 2.x, and with the base image found locally first):
 
 Whatever fails, the container (if made) is removed and the directory is gone. The directory
 lives as long as the container: :meth:`Restorer.removed` after RemoveContainer, and every
-restore sweeps directories no container names any more.
+restore sweeps directories no container names any more (on a thread, while it works).
 """
 
 from __future__ import annotations
@@ -332,8 +332,8 @@ class Restorer:
             raise NotFound("pod_sandbox_id: empty")
         self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
         steps = _Steps()
-        self._sweep()
-        steps.done("sweep")
+        # leftovers of earlier restores go meanwhile (this one's directory is in flight)
+        threading.Thread(target=self._sweep_quietly, name="sweep", daemon=True).start()
         extraction = self._unpack(source, image, clock)
         unpacked = extraction.dest
         steps.done("check + first files")
@@ -440,6 +440,12 @@ class Restorer:
         """After RemoveContainer: the container's unpacked checkpoint goes."""
         if unpacked is not None:
             remove_tree(unpacked)
+
+    def _sweep_quietly(self) -> None:
+        try:
+            self._sweep()
+        except OSError as exc:  # only leftovers stay: the next restore sweeps again
+            log.warning("sweeping %s: %s", self._root, exc)
 
     def _sweep(self) -> None:
         """Remove unpacked checkpoints that no container names (their container was removed
