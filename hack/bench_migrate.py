@@ -2,7 +2,8 @@
 """Migration benchmark: downtime and total time of post-copy (lazy) vs stop-and-copy.
 
 Usage (root; hack/install.sh has run): hack/bench_migrate.py [--sizes 256,512,1024,2048]
-[--runs 5] [--json]; also run by ``hack/bench.py --sections migration``.
+[--runs 5] [--methods lazy,stop-and-copy] [--json]; also run by ``hack/bench.py --sections
+migration``.
 
 Strategy: the integration tests' world (``integration/_migrate_lab.py``): two containerd hosts,
 each in its own network namespace with a ``pyrunc agent`` on TCP with mutual TLS, one L2
@@ -76,7 +77,8 @@ class Poller:
         self._thread.join(timeout=150)
 
 
-def one_size(world: World, mib: int, runs: int, index: int) -> dict[str, Any]:
+def one_size(world: World, mib: int, runs: int, index: int,
+             methods: tuple[str, ...] = METHODS) -> dict[str, Any]:
     script = f"/usr/bin/memfill {mib} 7 & exec /usr/bin/net-seq {PORT}"
     ip = f"{world.subnet}.{10 + index}"  # a new address and veth per size
     cid, box = start_in(world, world.a, f"bench-{mib}", "sh", "-c", script, wired=True,
@@ -102,7 +104,7 @@ def one_size(world: World, mib: int, runs: int, index: int) -> dict[str, Any]:
     poller = Poller(client)
     out: dict[str, Any] = {}
     try:
-        for method in METHODS:
+        for method in methods:
             rows = []
             for _ in range(runs):
                 dst = world.other(holder)
@@ -112,7 +114,8 @@ def one_size(world: World, mib: int, runs: int, index: int) -> dict[str, Any]:
                                      timeout=900)
                 end = time.monotonic()
                 if proc.returncode != 0:
-                    raise SystemExit(f"{method} {mib} MiB failed: {proc.stderr}")
+                    raise SystemExit(f"{method} {mib} MiB failed (exit {proc.returncode}): "
+                                     f"{proc.stderr}{proc.stdout}")
                 report = json.loads(proc.stdout)
                 m = report["migration"]
                 criu = report["container_statistics"][0]["criu_statistics"]
@@ -143,13 +146,14 @@ def one_size(world: World, mib: int, runs: int, index: int) -> dict[str, Any]:
         os.kill(memfill_pid(), signal.SIGUSR1)
         wait_until(lambda: log().count("verify ok") > before or "FAILED" in log(), 300,
                    interval=0.5, message="memfill to verify")
+        out["memory_verified"] = "FAILED" not in log()
     finally:
         poller.stop()
         client.close()
-    out["memory_verified"] = "FAILED" not in log()
-    holder.ctr("tasks", "kill", "-s", "SIGKILL", cid, check=False)
-    holder.ctr("tasks", "rm", "-f", cid, check=False)
-    holder.ctr("containers", "rm", cid, check=False)
+        for host in (world.a, world.b):  # wherever it is, also after a failed move
+            host.ctr("tasks", "kill", "-s", "SIGKILL", cid, check=False)
+            host.ctr("tasks", "rm", "-f", cid, check=False)
+            host.ctr("containers", "rm", cid, check=False)
     return out
 
 
@@ -169,7 +173,12 @@ def table(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for mib, r in results["sizes"].items():
+        if "error" in r:
+            rows.append(f"| {mib} MiB | FAILED: {r['error'].splitlines()[0][:200]} | | | | |")
+            continue
         for method in METHODS:
+            if method not in r:
+                continue
             m = r[method]
             rows.append(f"| {mib} MiB | {method} | {m['downtime_s_p50']:.3f} s | "
                         f"{m['total_s_p50']:.3f} s | {m['client_gap_s_p50']:.3f} s | "
@@ -178,10 +187,13 @@ def table(results: dict[str, Any]) -> str:
              "`agent:` = the destination's agent):", ""]
     for mib, r in results["sizes"].items():
         for method in METHODS:
+            if method not in r:
+                continue
             phases = frozen_phases(r[method]["runs"])
             rows.append(f"- {mib} MiB {method}: " + ", ".join(
                 f"{name.removeprefix('frozen:')} {ms:.0f}" for name, ms in phases.items()))
-    verified = all(r.get("memory_verified") for r in results["sizes"].values())
+    verified = all(r.get("memory_verified") for r in results["sizes"].values()
+                   if "error" not in r)
     rows += ["", "memfill verified its memory after the moves: "
              + ("yes, every size" if verified else "NO (see the JSON)")]
     return "\n".join(rows)
@@ -191,13 +203,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="256,512,1024,2048")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help="comma-separated, of: " + ", ".join(METHODS))
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": args.runs,
                                "sizes": {}}
     with tempfile.TemporaryDirectory(prefix="bench-migrate-") as tmp, two_hosts(Path(tmp)) as w:
         for index, mib in enumerate(int(s) for s in args.sizes.split(",")):
-            results["sizes"][str(mib)] = one_size(w, mib, args.runs, index)
+            try:
+                results["sizes"][str(mib)] = one_size(w, mib, args.runs, index,
+                                                      tuple(args.methods.split(",")))
+            except SystemExit as exc:  # a failed move: reported, the other sizes still run
+                print(exc, file=sys.stderr, flush=True)
+                results["sizes"][str(mib)] = {"error": str(exc)[:2000]}
     print(json.dumps(results, indent=1) if args.json else table(results))
     return 0
 
