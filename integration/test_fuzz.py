@@ -7,7 +7,10 @@ every State it is asked throughout, leaves its container untouched (same pid, ru
 mounted), and its open fds return to their baseline while its RSS grows by at most 2 MiB.
 The baseline is taken after a warm-up as long as the campaign (``--warmup``): the shim's RSS
 reaches its plateau within the first ~100,000 frames (first-call imports, the allocator's
-pools after hundreds of connections at once) and stays there round after round.
+pools after hundreds of connections at once) and stays there round after round; growth from
+the shim's start is reported (``rss_growth_from_start_kib``) but not held to 2 MiB here.
+State latency is not asserted beyond "every probe answered" (the probe's own 5 s timeout):
+its p99 follows the machine's load far more than the shim (a timing assertion would flake).
 The campaign removes its container itself; the harness checks nothing else is left.
 """
 
