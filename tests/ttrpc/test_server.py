@@ -560,6 +560,35 @@ def test_large_responses_with_flow_control() -> None:
     run(main())
 
 
+def test_a_backlog_waits_while_writing_is_paused_and_is_answered_after() -> None:
+    # Many pipelined requests whose answers the client does not read at first: the server
+    # stops writing (and reading) with requests still buffered, and answers them all once
+    # the client reads.
+    chunk = b"\xcd" * (256 << 10)
+    n = 8 * EVENTS_PER_TURN
+
+    async def large(ctx: RequestContext, payload: bytes) -> bytes:
+        return chunk
+
+    async def main() -> None:
+        async with serving(make_server(Large=large)) as path:
+            reader, writer = await raw_connect(path)
+            writer.write(b"".join(
+                frame(1 + 2 * i, REQ, encode_request(Request(SVC, "Large", b"")))
+                for i in range(n)
+            ))
+            await asyncio.sleep(0.2)  # the server fills the socket and pauses
+            answered = set()
+            for _ in range(n):
+                stream_id, mtype, _flags, data = await read_frame(reader)
+                assert mtype == RESP and decode_response(data).payload == chunk
+                answered.add(stream_id)
+            assert answered == {1 + 2 * i for i in range(n)}
+            writer.close()
+
+    run(main())
+
+
 def test_repeated_metadata_keys_group_in_order_in_linear_time() -> None:
     """Grouping appends (it once copied the tuple per value: 40k repeats took 1.5 s)."""
     pairs = (*(("K", str(i)) for i in range(4000)), ("other", "x"))
