@@ -25,6 +25,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -114,8 +115,17 @@ def one_size(world: World, mib: int, runs: int, index: int,
                                      timeout=900)
                 end = time.monotonic()
                 if proc.returncode != 0:
-                    raise SystemExit(f"{method} {mib} MiB failed (exit {proc.returncode}): "
-                                     f"{proc.stderr}{proc.stdout}")
+                    time.sleep(2)  # the agent keeps CRIU's logs once post-copy has ended
+                    kept = tempfile.mkdtemp(prefix=f"bench-migrate-failed-{mib}-")
+                    for host in (world.a, world.b):
+                        (Path(kept) / host.name).mkdir()
+                        if (host.work_dir / "logs").is_dir():
+                            shutil.copytree(host.work_dir / "logs", Path(kept) / host.name,
+                                            dirs_exist_ok=True)
+                        if host.agent_log.is_file():
+                            shutil.copy(host.agent_log, Path(kept) / host.name)
+                    raise SystemExit(f"{method} {mib} MiB failed (exit {proc.returncode}; "
+                                     f"logs kept in {kept}): {proc.stderr}{proc.stdout}")
                 report = json.loads(proc.stdout)
                 m = report["migration"]
                 criu = report["container_statistics"][0]["criu_statistics"]

@@ -460,6 +460,21 @@ class _Receive:
         tmp.write_text(json.dumps(doc))
         tmp.rename(self.stage / OWNED)
 
+    def _keep_lazy_log(self) -> None:
+        """Post-copy ended: if the task no longer runs, keep CRIU's lazy-pages log (it tells
+        why the pages stopped coming) beside the task's log, out of the staging directory."""
+        try:
+            with connect(self.cfg.containerd, self.begin.namespace) as cd:
+                t = cd.task(self.cid)
+            if t is not None and t.status == "RUNNING":
+                return
+            target = self.cfg.work_dir / "logs" / f"{self.cid}-lazy-pages.log"
+            shutil.copyfile(self.work / "lazy-pages.log", target)
+            log.warning("%s is %s after post-copy; CRIU's lazy-pages log kept at %s", self.cid,
+                        t.status if t else "gone", target)
+        except (OSError, ContainerdError) as exc:
+            log.error("keeping the lazy-pages log of %s: %s", self.cid, exc)
+
     def release(self) -> None:
         """Committed: the container is this host's now; drop the staging directory once
         post-copy (if any) has ended."""
@@ -467,8 +482,11 @@ class _Receive:
 
         def later() -> None:
             deadline = time.monotonic() + 24 * 3600
+            lazy = bool(lazy_daemons(str(self.images)))
             while lazy_daemons(str(self.images)) and time.monotonic() < deadline:
                 time.sleep(0.2)
+            if lazy:
+                self._keep_lazy_log()
             shutil.rmtree(self.stage, ignore_errors=True)
 
         threading.Thread(target=later, name=f"release-{self.cid}", daemon=True).start()
