@@ -50,6 +50,7 @@ __all__ = [
     "loopback_snapshot",
     "probe_from_host",
     "rebuild",
+    "sockstat_has_sockets",
     "take_snapshot",
 ]
 
@@ -236,12 +237,44 @@ def interfaces(pid: int) -> list[str]:
     return [line.split(":", 1)[0].strip() for line in lines if ":" in line]
 
 
+# Per-namespace socket counts (``/proc/<pid>/net/sockstat`` and ``sockstat6``): a socket of
+# these protocols is counted while it is in the protocol's tables, i.e. exactly while
+# ``/proc/<pid>/net/{tcp,udp,raw}[6]`` would list it; ``tw`` counts TIME_WAIT entries, which
+# those tables list too. FRAG's ``inuse`` is reassembly queues, not sockets.
+_SOCKSTAT_PROTOCOLS = frozenset(
+    {"TCP", "UDP", "UDPLITE", "RAW", "TCP6", "UDP6", "UDPLITE6", "RAW6"}
+)
+_SOCKSTAT_COUNTS = frozenset({"inuse", "tw"})
+
+
+def sockstat_has_sockets(text: str) -> bool:
+    """True if a ``sockstat``/``sockstat6`` text counts any TCP, UDP, UDP-Lite or raw IP
+    socket (or TIME_WAIT entry). A line it cannot read counts as sockets (the safe way)."""
+    for line in text.splitlines():
+        proto, _, rest = line.partition(":")
+        if proto not in _SOCKSTAT_PROTOCOLS:
+            continue
+        fields = rest.split()
+        for name, value in zip(fields[::2], fields[1::2], strict=False):
+            if name in _SOCKSTAT_COUNTS:
+                try:
+                    if int(value) != 0:
+                        return True
+                except ValueError:
+                    return True
+    return False
+
+
 def has_inet_sockets(pid: int) -> bool:
-    """True if ``pid``'s network namespace has any TCP, UDP or raw IP socket."""
-    for table in ("tcp", "tcp6", "udp", "udp6", "raw", "raw6"):
+    """True if ``pid``'s network namespace has any TCP, UDP or raw IP socket.
+
+    Read from the namespace's counters, not from ``/proc/<pid>/net/tcp`` and the like: those
+    walk the kernel's whole (host-wide) socket hash tables: 9-22 ms measured for an empty
+    namespace on a Linux 6.18 VM; the counters take ~0.1 ms."""
+    for table in ("sockstat", "sockstat6"):
         try:
             with open(f"/proc/{pid}/net/{table}") as f:
-                if len(f.read().splitlines()) > 1:
+                if sockstat_has_sockets(f.read()):
                     return True
         except FileNotFoundError:
             continue  # e.g. no IPv6 in this kernel

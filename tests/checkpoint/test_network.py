@@ -629,3 +629,78 @@ def test_restore_ignores_a_record_when_the_spec_joins_by_path(tmp_path: Path) ->
 
     assert hooks_after_entering(_spec({"type": "network", "path": "/run/netns/c"}), "pod") == []
     assert len(hooks_after_entering(_spec({"type": "network"}), "own")) == 1
+
+
+# -- whether a namespace has inet sockets: its sockstat counters --------------------------------
+
+_SOCKSTAT_EMPTY = (
+    "sockets: used 3\n"
+    "TCP: inuse 0 orphan 0 tw 0 alloc 5 mem 211\n"
+    "UDP: inuse 0 mem 0\n"
+    "UDPLITE: inuse 0\n"
+    "RAW: inuse 0\n"
+    "FRAG: inuse 2 memory 4096\n"
+)
+_SOCKSTAT6_EMPTY = (
+    "TCP6: inuse 0\nUDP6: inuse 0\nUDPLITE6: inuse 0\nRAW6: inuse 0\nFRAG6: inuse 1 memory 8\n"
+)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (_SOCKSTAT_EMPTY, False),  # unix sockets ("sockets: used") and FRAG queues are no sockets
+    (_SOCKSTAT6_EMPTY, False),
+    ("", False),
+    (_SOCKSTAT_EMPTY.replace("TCP: inuse 0", "TCP: inuse 1"), True),
+    (_SOCKSTAT_EMPTY.replace("tw 0", "tw 3"), True),  # TIME_WAIT: /proc/net/tcp lists it too
+    (_SOCKSTAT_EMPTY.replace("UDP: inuse 0", "UDP: inuse 2"), True),
+    (_SOCKSTAT_EMPTY.replace("UDPLITE: inuse 0", "UDPLITE: inuse 1"), True),
+    (_SOCKSTAT_EMPTY.replace("RAW: inuse 0", "RAW: inuse 1"), True),
+    (_SOCKSTAT6_EMPTY.replace("TCP6: inuse 0", "TCP6: inuse 4"), True),
+    (_SOCKSTAT6_EMPTY.replace("UDP6: inuse 0", "UDP6: inuse 1"), True),
+    (_SOCKSTAT6_EMPTY.replace("RAW6: inuse 0", "RAW6: inuse 1"), True),
+    ("TCP: inuse x orphan 0\n", True),  # unreadable: assume sockets (the hook, the safe way)
+])
+def test_sockstat_counts_inet_sockets(text: str, expected: bool) -> None:
+    assert network.sockstat_has_sockets(text) is expected
+
+
+_IN_NEW_NETNS = r"""
+import os, socket, sys
+from shim.checkpoint.network import has_inet_sockets
+me = os.getpid()
+seen = [has_inet_sockets(me)]
+kinds = [(socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1"),
+         (socket.AF_INET6, socket.SOCK_STREAM, "::1"),
+         (socket.AF_INET, socket.SOCK_DGRAM, "127.0.0.1"),
+         (socket.AF_INET6, socket.SOCK_DGRAM, "::1")]
+os.system("ip link set lo up")
+for family, kind, host in kinds:
+    s = socket.socket(family, kind)
+    s.bind((host, 0))
+    if kind == socket.SOCK_STREAM:
+        s.listen()
+    seen.append(has_inet_sockets(me))
+    s.close()
+    seen.append(has_inet_sockets(me))
+unix = socket.socket(socket.AF_UNIX)
+unix.bind("\0pyrunc-test-" + str(me))
+seen.append(has_inet_sockets(me))
+print(" ".join(str(int(v)) for v in seen))
+"""
+
+
+def test_has_inet_sockets_in_a_new_network_namespace() -> None:
+    """In a namespace of its own (a user namespace makes it unprivileged): none at first, each
+    bound TCP/UDP socket of IPv4 and IPv6 counts while it exists, a unix socket does not."""
+    import shutil
+    import subprocess
+
+    unshare = shutil.which("unshare")
+    assert unshare is not None, "util-linux's unshare is needed"
+    proc = subprocess.run(
+        [unshare, "--user", "--map-root-user", "--net", sys.executable, "-c", _IN_NEW_NETNS],
+        capture_output=True, text=True, timeout=60, check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["0", "1", "0", "1", "0", "1", "0", "1", "0", "0"]
