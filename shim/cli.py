@@ -117,10 +117,14 @@ def _daemon_from_new_server(listener: _socket.socket, argv: list[str]) -> int:
     from shim import forkserver
     from shim.warm import Unavailable
 
-    forkserver.spawn_server()
     path = forkserver.socket_path()
+    try:
+        dead = os.stat(path).st_ino  # a dead server's file: wait for the new one's
+    except FileNotFoundError:
+        dead = 0
+    forkserver.spawn_server()
     deadline = time.monotonic() + _SERVER_WAIT
-    while not os.path.exists(path):
+    while not _new_file(path, dead):
         if time.monotonic() > deadline:
             return 0
         time.sleep(0.005)
@@ -128,6 +132,13 @@ def _daemon_from_new_server(listener: _socket.socket, argv: list[str]) -> int:
         return forkserver.request_daemon(listener, argv)
     except Unavailable:
         return 0
+
+
+def _new_file(path: str, dead: int) -> bool:
+    try:
+        return os.stat(path).st_ino != dead
+    except FileNotFoundError:
+        return False
 
 
 def _daemon_argv(flags: Flags) -> list[str]:

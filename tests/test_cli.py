@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
+from pathlib import Path
 
 import pytest
 
+from shim import cli
 from shim.cli import socket_address
 from shim.flags import Flags, UsageError, parse_flags
 
@@ -81,3 +84,54 @@ def test_runtime_options_round_trip(tmp_path: object) -> None:
     write_runtime_options(str(tmp_path), opts)
     assert read_runtime_options(str(tmp_path)) == opts
     assert read_runtime_options(str(tmp_path / "missing")) == {}
+
+
+def _fake_forkserver(monkeypatch: pytest.MonkeyPatch, path: Path,
+                     replace_after: float | None) -> list[float]:
+    """forkserver's socket_path/spawn_server/request_daemon for start's wait for a new fork
+    server: the "server" renames a new socket file over ``path`` after ``replace_after``
+    seconds (None: never); returns when requests came, relative to the spawn."""
+    import threading
+    import time
+
+    from shim import forkserver
+
+    requested: list[float] = []
+    spawned: list[float] = []
+
+    def spawn() -> None:
+        spawned.append(time.monotonic())
+        if replace_after is not None:
+            def bind() -> None:
+                time.sleep(replace_after)
+                (path.parent / "new").write_text("")
+                os.rename(path.parent / "new", path)
+            threading.Thread(target=bind, daemon=True).start()
+
+    def request(listener: object, argv: list[str]) -> int:
+        requested.append(time.monotonic() - spawned[0])
+        return 4242
+
+    monkeypatch.setattr(forkserver, "socket_path", lambda place=None: str(path))
+    monkeypatch.setattr(forkserver, "spawn_server", spawn)
+    monkeypatch.setattr(forkserver, "request_daemon", request)
+    return requested
+
+
+def test_start_waits_for_the_new_fork_server_not_for_a_dead_ones_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "forkserver.sock"
+    path.write_text("")  # left by a server that died
+    requested = _fake_forkserver(monkeypatch, path, replace_after=0.2)
+    assert cli._daemon_from_new_server(None, ["argv"]) == 4242  # type: ignore[arg-type]
+    assert len(requested) == 1 and requested[0] >= 0.2
+
+
+def test_start_gives_up_on_a_fork_server_that_never_listens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    requested = _fake_forkserver(monkeypatch, tmp_path / "forkserver.sock", replace_after=None)
+    monkeypatch.setattr(cli, "_SERVER_WAIT", 0.1)
+    assert cli._daemon_from_new_server(None, ["argv"]) == 0  # type: ignore[arg-type]
+    assert requested == []
