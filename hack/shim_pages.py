@@ -17,15 +17,21 @@ mappings: its .data), ``lib`` (other files) and ``other``. Sums over all shims o
 PSS and RSS (what a node pays).
 
 For a pyrunc shim forked by the fork server (a process titled ``containerd-shim-pyrunc-v2
-forkserver`` in the same cgroups), ``/proc/<pid>/pagemap`` of both processes tells, per
-writable private mapping, the shim's present pages that are still the fork server's (same
-frame: ``shared``), those it copied (another frame at an address the fork server has
-present: ``copied``) and those it made (``new``). With ``--words``, every copied page is
-compared with the fork server's word by word: a differing word followed by a pointer to a
-type object is taken for an object's reference count, and the types so touched are
-counted (``refcount writes by type``); the other differing words are counted as ``other``.
+forkserver`` in the same cgroups, running the same interpreter), ``/proc/<pid>/pagemap`` of
+both processes tells, per writable private mapping, the shim's present pages that are still
+the fork server's (same frame: ``shared``), those it copied (another frame at an address the
+fork server has present: ``copied``; pages KSM merged count here too) and those it made
+(``new``). With ``--words``, every copied page is compared with the fork server's word by
+word, and each differing word is put down to the object it falls in, as the fork server has
+it (an object is a word followed by a pointer to a type object, its size from the type):
+``refcount <type>`` (the object's first word), ``body <type>``, or ``unattributed``.
+A page copied for a reference count that went up and back down again differs in no word.
 The fork server may itself have written to some pages since the fork (its serve loop), which
 then count as copied for the shim: a small error, the same for every shim.
+
+What it found (issue 14): a served daemon's private memory is the fork server's pages it
+touched, and mostly the same pages with the same contents in every daemon; see
+shim/forkserver.py.
 """
 
 from __future__ import annotations
