@@ -4,6 +4,7 @@ fork pytest)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -78,3 +79,28 @@ def test_offer_to_ksm_marks_the_writable_private_mappings() -> None:
     for perms, _path, merged in mappings:
         writable_private = "w" in perms and "p" in perms
         assert merged == str(writable_private), (perms, _path, merged)
+
+
+def test_set_environ_changes_only_what_differs() -> None:
+    out = _run("""
+        import json, os
+        from shim import forkserver
+
+        os.environ.clear()
+        os.environ.update({"KEEP": "1", "CHANGE": "old", "DROP": "x"})
+        current = dict(os.environ)
+        changed = []
+        real = type(os.environ)
+        class Watch(real):
+            def __setitem__(self, k, v):
+                changed.append(("set", k)); super().__setitem__(k, v)
+            def __delitem__(self, k):
+                changed.append(("del", k)); super().__delitem__(k)
+        os.environ.__class__ = Watch
+        forkserver.set_environ({"KEEP": "1", "CHANGE": "new", "ADD": "2"}, current)
+        print(json.dumps([dict(os.environ), os.getenv("CHANGE"), sorted(changed)]))
+    """)
+    environ, seen_by_getenv, changed = json.loads(out)
+    assert environ == {"KEEP": "1", "CHANGE": "new", "ADD": "2"}
+    assert seen_by_getenv == "new"
+    assert changed == [["del", "DROP"], ["set", "ADD"], ["set", "CHANGE"]]
