@@ -8,7 +8,8 @@
 #                when a test that passes with runc.v2 fails with pyrunc, or a pyrunc shim
 #                outlives the suite
 # Usage: hack/test.sh [static|unit|integration|conformance ...] [-- PYTEST_ARGS...]
-#   no step names = all steps; PYTEST_ARGS go to every pytest run (e.g. -- -k checkpoint -x).
+#   no step names = all steps; PYTEST_ARGS go to every pytest run (e.g. -- -k checkpoint -x);
+#   test paths among them narrow each step to its own (-- integration/test_ctl.py runs only that).
 # First runs hack/install.sh (idempotent, seconds when nothing changed) when root, unless
 # PYRUNC_SKIP_INSTALL=1. Every selected step runs even if an earlier one failed; the exit
 # status is non-zero if any failed, and a summary is printed at the end.
@@ -58,10 +59,29 @@ run() {
 }
 
 # run_pytest NAME DIR NO_TESTS_IS_FAILURE
+# PYTEST_ARGS naming test paths (integration/test_x.py, tests/foo::test_bar) narrow each step to
+# the paths under its own DIR; a step none of them names is skipped. Other args go to every step.
 run_pytest() {
-    local name=$1 dir=$2 strict=$3 rc
+    local name=$1 dir=$2 strict=$3 rc arg path
+    local args=() targets=() any_target=0 prev=""
+    for arg in "${pytest_args[@]}"; do
+        path=${arg%%::*}
+        if [[ $arg != -* && -e $path && ! $prev =~ ^(-k|-m|-p|-o|-c|--deselect|--ignore|--rootdir|--basetemp)$ ]]; then
+            any_target=1
+            [[ $(realpath -m "$path")/ == "$repo/$dir/"* ]] && targets+=("$arg")
+        else
+            args+=("$arg")
+        fi
+        prev=$arg
+    done
     banner "$name"
-    "$py" -m pytest "$dir" "${pytest_args[@]}"
+    if ((any_target)) && ((${#targets[@]} == 0)); then
+        echo "no test path under $dir/ was named: NOT run"
+        record SKIP "$name" "no path under $dir/ named"
+        return 0
+    fi
+    ((${#targets[@]})) || targets=("$dir")
+    "$py" -m pytest "${targets[@]}" "${args[@]}"
     rc=$?
     case $rc in
         0) record PASS "$name" ;;
