@@ -53,6 +53,7 @@ __all__ = [
     "request",
     "serve",
     "sha256_hex",
+    "sweep",
     "unlink_if_ours",
     "where_am_i",
 ]
@@ -195,14 +196,77 @@ def bind_unique(
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     if not lock:
         return _bind_unique(path, backlog)
-    import fcntl
-
-    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = _lock(path)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         return _bind_unique(path, backlog)
     finally:
         os.close(fd)  # releases the lock
+
+
+def _lock(path: str) -> int:
+    """Hold ``<path>.lock`` (flock) and return its descriptor; closing it releases the lock.
+    The lock file may be removed by whoever holds it (a server that ends, :func:`sweep`), so
+    a lock taken on a file that is no longer at the path is taken again on the new one."""
+    import fcntl
+
+    while True:
+        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(f"{path}.lock").st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _unlink_lock_held(path: str) -> None:
+    """Remove ``<path>.lock`` while holding it (see :func:`_lock`)."""
+    try:
+        os.unlink(f"{path}.lock")
+    except FileNotFoundError:
+        return
+
+
+def sweep(directory: str = RUN_DIR, *, keep: str = "") -> list[str]:
+    """Remove the socket files of warm processes that died without removing them (a server
+    killed by a signal, e.g. with the cgroup it lived in), and their lock files; ``keep`` is
+    the caller's own socket. A socket is dead when a connect to it is refused; each is
+    checked and removed under its lock, so a server binding it meanwhile is never touched.
+    Returns the socket paths removed."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    paths = {f"{directory}/{n.removesuffix('.lock')}" for n in names
+             if n.endswith((".sock", ".sock.lock"))}
+    removed = []
+    for path in sorted(paths - {keep}):
+        fd = _lock(path)
+        try:
+            if os.path.exists(path):
+                if not _refused(path):
+                    continue
+                os.unlink(path)
+                removed.append(path)
+            _unlink_lock_held(path)
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _refused(path: str) -> bool:
+    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    probe.settimeout(1.0)  # a live server with a full backlog makes a connect wait
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False  # busy, or not a socket we can judge: leave it
+    finally:
+        probe.close()
+    return False
 
 
 def _bind_unique(path: str, backlog: int) -> tuple[_socket.socket, int] | None:
@@ -439,11 +503,15 @@ def serve(
     listener.settimeout(_ORPHAN_CHECK if idle is None else min(idle, _ORPHAN_CHECK))
     my_uid = os.geteuid()
     last = time.monotonic()
+    swept = False
     try:
         while True:
             try:
                 conn, _ = listener.accept()
             except TimeoutError:
+                if not swept:  # once, in the first quiet moment: dead servers' files
+                    swept = True
+                    sweep(os.path.dirname(path), keep=path)
                 if idle is not None and time.monotonic() - last >= idle:
                     return
                 if not _still_at(path, inode):
@@ -477,4 +545,10 @@ def serve(
                         os.close(fd)
     finally:
         listener.close()
-        unlink_if_ours(path, inode)
+        fd = _lock(path)
+        try:
+            if _still_at(path, inode):
+                os.unlink(path)
+                _unlink_lock_held(path)  # a newer server's lock file stays with its socket
+        finally:
+            os.close(fd)

@@ -80,6 +80,44 @@ def test_bind_unique_serves_once_and_replaces_a_dead_socket(tmp_path: Path) -> N
     again[0].close()
 
 
+def test_sweep_removes_dead_servers_files_and_keeps_live_ones(tmp_path: Path) -> None:
+    d = str(tmp_path)
+    live = bind_unique(f"{d}/live.sock", lock=True)
+    dead = bind_unique(f"{d}/dead.sock", lock=True)
+    mine = bind_unique(f"{d}/mine.sock", lock=True)
+    assert live is not None and dead is not None and mine is not None
+    dead[0].close()  # killed: its socket and lock files stay behind
+    mine[0].close()  # the caller's own path is never judged
+    Path(f"{d}/gone.sock.lock").write_text("")  # a lock whose socket went
+    Path(f"{d}/other.txt").write_text("")
+    try:
+        assert warm.sweep(d, keep=f"{d}/mine.sock") == [f"{d}/dead.sock"]
+        assert sorted(os.listdir(d)) == [
+            "live.sock", "live.sock.lock", "mine.sock", "mine.sock.lock", "other.txt"]
+        assert bind_unique(f"{d}/live.sock", lock=True) is None  # still served
+    finally:
+        live[0].close()
+
+
+def test_a_lock_taken_on_a_removed_lock_file_is_taken_again(tmp_path: Path) -> None:
+    """A server ending removes its lock file while holding it; whoever waited on the old
+    file must not go on holding a lock nobody else sees."""
+    path = str(tmp_path / "s.sock")
+    held = warm._lock(path)
+    got: list[int] = []
+    waiter = threading.Thread(target=lambda: got.append(warm._lock(path)))
+    waiter.start()
+    time.sleep(0.1)  # the waiter opened the file and waits for the lock
+    warm._unlink_lock_held(path)
+    os.close(held)
+    waiter.join(5)
+    assert got, "the waiter never got the lock"
+    try:
+        assert os.fstat(got[0]).st_ino == os.stat(f"{path}.lock").st_ino
+    finally:
+        os.close(got[0])
+
+
 # -- the protocol: one serve loop, one client ------------------------------------------
 
 
