@@ -11,6 +11,7 @@ record, no task, no staging directory).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -356,3 +357,71 @@ def test_destination_restore_fails_and_the_source_runs_on(world: World, method: 
     wait_until(lambda: numbers(path.read_text())[-1] > before + 3, 20, interval=0.1,
                message="the source's counter to go on")
     assert_only_on(world, cid, world.a)
+
+
+_PROBE_CONNECT = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]))
+except TimeoutError:
+    print("timeout")
+except ConnectionRefusedError:
+    print("refused")
+else:
+    print("connected")
+"""
+
+_REBUILD = """
+import sys
+from shim.checkpoint.network import load_snapshot, rebuild
+rebuild(load_snapshot(sys.stdin.buffer.read()), int(sys.argv[1]))
+"""
+
+
+def test_rebuilt_namespace_drops_tcp_until_the_restore_is_over(world: World) -> None:
+    """The cause of the lazy + ``--tcp-established`` moves that lost the container under
+    load, shown without timing: the destination's network rebuild (at CRIU's setup-namespaces
+    step, before CRIU restores any socket) announces the container's MAC, so the peer's next
+    retransmission reaches the new namespace; there, without a lock, the segment finds no
+    socket and is answered with a reset, the peer drops the connection, and the restored
+    socket gets ECONNRESET at once (net-seq exited 4; post-copy then "completed" because the
+    tasks were gone). Here a namespace is rebuilt from a record with inet sockets, as the
+    hook does, and a segment is sent to a port with no socket: it is dropped (the connect
+    times out instead of being refused) until the shim's unlock after the restore; then the
+    same connect is refused, so the address was reachable all along."""
+    from shim.checkpoint.network import (
+        Address,
+        Link,
+        NetworkSnapshot,
+        VethPeer,
+        dump_snapshot,
+        tcp_unlock_argv,
+    )
+
+    holder = subprocess.Popen(["unshare", "--net", "sleep", "300"])
+    try:
+        address = f"{world.subnet}.40"
+        snap = NetworkSnapshot(
+            links=(Link("lo", "loopback", 65536, "00:00:00:00:00:00", True),
+                   Link("eth0", "veth", 1500, "02:42:0a:d6:01:28", True,
+                        VethPeer(world.lab.name("vk"), world.lab.name("br"), 1500))),
+            addresses=(Address("eth0", 2, address, 24),), routes=(), sockets=True)
+        wait_until(lambda: os.readlink(f"/proc/{holder.pid}/ns/net") !=
+                   os.readlink("/proc/self/ns/net"), 10, interval=0.05,
+                   message="the holder's own namespace")
+        subprocess.run([*in_netns(world.a.netns), sys.executable, "-c", _REBUILD,
+                        str(holder.pid)], input=dump_snapshot(snap), check=True, cwd=REPO,
+                       env=pyrunc_env(), timeout=60)
+
+        def connect() -> str:
+            return subprocess.run(
+                [*in_netns(world.client_ns), sys.executable, "-c", _PROBE_CONNECT, address,
+                 "7999", "1.5"], capture_output=True, text=True, check=True,
+                timeout=60).stdout.strip()
+
+        assert connect() == "timeout"  # locked: dropped, no reset
+        subprocess.run(tcp_unlock_argv(holder.pid), check=True, timeout=60)
+        assert connect() == "refused"  # unlocked: the stack answers for itself again
+    finally:
+        holder.kill()
+        holder.wait()

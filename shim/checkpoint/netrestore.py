@@ -40,6 +40,7 @@ from shim.checkpoint.network import (
     joins_netns,
     load_snapshot,
     loopback_snapshot,
+    tcp_unlock_argv,
 )
 from shim.errors import FailedPrecondition
 from shim.nethook import hook_argv, lo_up_argv, loopback_up, template_argv
@@ -104,6 +105,7 @@ class NetworkRestore:
         self._service: Child | None = None
         self._socket = ""
         self._loopback_after = False
+        self._tcp_locked = False  # the rebuild locks TCP (network.TCP_LOCK_TABLE)
 
     async def __aenter__(self) -> NetworkRestore:
         if not self._started:
@@ -124,6 +126,7 @@ class NetworkRestore:
         ``lo`` needs to come up, start the rebuild service it talks to; without a recorded
         network, make sure no hook of ours is left in the spec."""
         self._loopback_after = False
+        self._tcp_locked = False
         if joins_netns(self._spec):  # not the container's: a record (older archives) is ignored
             self._set_hook(None)
             return
@@ -138,6 +141,7 @@ class NetworkRestore:
             self._set_hook(lo_up_argv() if up and snap.sockets else None)
             self._loopback_after = up and not snap.sockets
             return
+        self._tcp_locked = snap.sockets
         os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
         sock = os.path.join(RUN_DIR, f"net-{os.urandom(6).hex()}.sock")
         self._set_hook(hook_argv(sock))
@@ -168,9 +172,20 @@ class NetworkRestore:
         )
 
     async def restored(self, pid: int) -> None:
-        """After a successful restore of init ``pid``: bring ``lo`` up if that is left to
-        the shim (a failure is only logged). No process is started for it: a thread of its
-        own enters the namespace (:func:`shim.nethook.loopback_up`) and ends there."""
+        """After a successful restore of init ``pid``: unlock TCP if the rebuild locked it
+        (CRIU has restored the sockets by now); bring ``lo`` up if that is left to the shim
+        (a failure is only logged). No process is started for ``lo``: a thread of its own
+        enters the namespace (:func:`shim.nethook.loopback_up`) and ends there."""
+        if self._tcp_locked:
+            self._tcp_locked = False
+            try:
+                result = await run(self._reaper, tcp_unlock_argv(pid), timeout=_TIMEOUT)
+                problem = result.stderr.decode(errors="replace").strip() if result.status else ""
+            except (OSError, TimeoutError) as exc:
+                problem = str(exc) or type(exc).__name__
+            if problem:
+                log.error("could not unlock TCP in the restored container (pid %d): %s", pid,
+                          problem)
         if not self._loopback_after:
             return
         loop = asyncio.get_running_loop()
