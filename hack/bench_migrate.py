@@ -119,9 +119,11 @@ def one_size(world: World, mib: int, runs: int, index: int,
                     kept = tempfile.mkdtemp(prefix=f"bench-migrate-failed-{mib}-")
                     for host in (world.a, world.b):
                         (Path(kept) / host.name).mkdir()
-                        if (host.work_dir / "logs").is_dir():
-                            shutil.copytree(host.work_dir / "logs", Path(kept) / host.name,
-                                            dirs_exist_ok=True)
+                        # the agent's logs, and those pyrunc migrate kept there as a source
+                        for logs in (host.work_dir / "logs", host.work_dir / "out" / "logs"):
+                            if logs.is_dir():
+                                shutil.copytree(logs, Path(kept) / host.name,
+                                                dirs_exist_ok=True)
                         if host.agent_log.is_file():
                             shutil.copy(host.agent_log, Path(kept) / host.name)
                     raise SystemExit(f"{method} {mib} MiB failed (exit {proc.returncode}; "

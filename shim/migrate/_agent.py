@@ -33,6 +33,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, Final
 
@@ -52,13 +53,15 @@ from ._stats import RestoreStats, StatsError, parse_stats
 from ._tls import TlsFiles, is_unix, server_credentials
 from ._transfer import TarSink, upper_dir
 
-__all__ = ["STAGE_PREFIX", "AgentConfig", "lazy_daemons", "serve", "status_of"]
+__all__ = ["PROVISIONAL", "STAGE_PREFIX", "AgentConfig", "lazy_daemons", "serve", "stages_of",
+           "status_of"]
 
 log = logging.getLogger("pyrunc.agent")
 
 STAGE_PREFIX: Final = "stage-"
 RESTORE_STATS: Final = "stats-restore"
 OWNED: Final = "owned.json"  # what a migration not yet committed made in containerd
+PROVISIONAL: Final = "PROVISIONAL"  # Status of a container whose migration is not committed
 NETWORK_RECORD: Final = "pyrunc-network.json"  # shim.checkpoint.network.SNAPSHOT
 PAGE_SERVER_LOG: Final = "page-server.log"
 _RECEIVED_EVERY: Final = 8 << 20
@@ -518,12 +521,16 @@ class _Servicer(agent_pb2_grpc.AgentServicer):  # type: ignore[misc]
             context.abort(*status_of(exc))
 
     def Status(self, request: Any, context: Any) -> Any:
+        """The container's task here; :data:`PROVISIONAL` while a migration of it is not
+        committed (its :data:`OWNED` record exists: under way, rolling back, or left by an
+        agent that ended and rolls it back when it starts)."""
         try:
+            stages = stages_of(self.cfg.work_dir, request.container_id)
+            if any((p / OWNED).exists() for p in stages):
+                return agent_pb2.StatusReply(status=PROVISIONAL)
             with connect(self.cfg.containerd, request.namespace) as cd:
                 t = cd.task(request.container_id)
-            running = any(
-                request.container_id in p.name and lazy_daemons(str(p / "images"))
-                for p in self.cfg.work_dir.glob(f"{STAGE_PREFIX}*"))
+            running = any(lazy_daemons(str(p / "images")) for p in stages)
             if t is None:
                 return agent_pb2.StatusReply(lazy_pages_running=running)
             return agent_pb2.StatusReply(status=t.status, exit_status=t.exit_status,
@@ -591,6 +598,13 @@ class _Servicer(agent_pb2_grpc.AgentServicer):  # type: ignore[misc]
             log.error("migration of %s ended without commit", recv.cid)
             recv.rollback()
             context.abort(grpc.StatusCode.ABORTED, "the source ended the migration")
+
+
+def stages_of(work_dir: Path, cid: str) -> list[Path]:
+    """The staging directories of migrations of ``cid`` (``stage-<cid>-<8 hex>``)."""
+    head = f"{STAGE_PREFIX}{cid}-"
+    return [p for p in work_dir.glob(f"{glob_escape(head)}*")
+            if re.fullmatch(r"[0-9a-f]{8}", p.name[len(head):])]
 
 
 def page_servers(images_dir: str) -> list[int]:

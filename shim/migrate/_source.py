@@ -53,6 +53,7 @@ from shim.api.pyrunc.migrate.v1 import agent_pb2, agent_pb2_grpc
 from shim.api.pyrunc.v1 import checkpoint_pb2
 from shim.typeurl import pack
 
+from ._agent import PROVISIONAL
 from ._checks import HostFacts, Method, cpuinfo_dump, host_facts, refusals
 from ._containerd import Containerd, connect, ctr
 from ._errors import ContainerdError, MigrateError, Refused, TransferFailed
@@ -594,6 +595,7 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
     prog.enter("freeze+dump")
     t_freeze = clock.lap("ready")
     restored = None
+    commit_sent = False
     try:
         if not lazy:
             cd.pause(cid)
@@ -623,6 +625,7 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
         clock.add("frozen:agent:", restored.phases_us)
         clock.lap("after-restore")
         prog.enter("commit")
+        commit_sent = True
         stream.put(agent_pb2.MigrateRequest(commit=agent_pb2.Commit()))
         stream.close()
         for _ in call:  # the agent ends the stream once it has the commit
@@ -632,9 +635,13 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
     except (grpc.RpcError, _CallEnded, MigrateError) as exc:
         if restored is None:
             raise back(f"destination {opts.to}: {failed(exc)}") from None
-        # restored but the commit was not confirmed: the agent rolls back without it
-        raise back(f"destination {opts.to} ran the container but did not confirm the commit "
-                   f"({failed(exc)})") from None
+        # restored but the commit was not confirmed: did it arrive? (the agent rolls back
+        # without it; with it the destination's copy is the container, and putting the
+        # source back would run two)
+        there = _committed(agent, opts) if commit_sent else "not committed"
+        if there != "committed":
+            raise back(f"destination {opts.to} ran the container but did not confirm the "
+                       f"commit ({failed(exc)}; there: {there})") from None
     except BaseException:  # interrupted: the agent rolls back without a commit
         back("interrupted")
         raise
@@ -680,6 +687,34 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
         total_us=_us(time.monotonic() - t0), message=message, phases=tuple(clock.phases))
 
 
+def _committed(agent: Any, opts: MigrateOptions, wait: float = 60.0) -> str:
+    """After a Commit whose confirmation was lost: ask the agent what became of the
+    container there: ``"committed"`` (it runs there, no migration of it pending), ``"rolled
+    back"`` (nothing there), that it is there but not running, or why it cannot be told
+    within ``wait`` seconds (the agent unreachable, or the migration still pending: the
+    agent rolls it back when the stream's end reaches it, or when it starts again)."""
+    request = agent_pb2.StatusRequest(namespace=opts.namespace, container_id=opts.container_id)
+    deadline = time.monotonic() + wait
+    why = "no answer"
+    while True:
+        try:
+            status = agent.Status(request, timeout=max(1.0, deadline - time.monotonic())).status
+        except grpc.RpcError as exc:
+            why = f"unknown: {exc.code().name} asking the agent"
+        else:
+            if status == PROVISIONAL:
+                why = "unknown: still pending there"
+            elif status == "RUNNING":
+                return "committed"
+            elif status:  # committed, but not running: the source is the copy to keep
+                return f"committed, but its task is {status}"
+            else:
+                return "rolled back"
+        if time.monotonic() >= deadline:
+            return why
+        time.sleep(0.2)
+
+
 def _lazy_dumps(cid: str) -> list[int]:
     """Pids of the runc ``checkpoint --lazy-pages`` of ``cid`` (it ends with the transfer)."""
     found = []
@@ -719,6 +754,7 @@ def _finish_postcopy(opts: MigrateOptions, cd: Containerd, agent: Any, work: Pat
     lazy_pages = dump.pages_lazy if dump else 0
     dest = agent.Status(agent_pb2.StatusRequest(namespace=opts.namespace, container_id=cid),
                         timeout=60)
+    verdict = _lazy_verdict(work)
     if _alive(pid):
         with contextlib.suppress(grpc.RpcError):
             agent.Discard(agent_pb2.StatusRequest(namespace=opts.namespace, container_id=cid),
@@ -729,11 +765,50 @@ def _finish_postcopy(opts: MigrateOptions, cd: Containerd, agent: Any, work: Pat
             f"destination's incomplete copy ({dest.status or 'no task'}) was discarded; what "
             "it did while it ran there is lost")
     if dest.status != "RUNNING":
+        kept = _keep_dump_log(opts, work)
         return dump, Outcome.POSTCOPY_FAILED, (
             f"the destination's task is {dest.status or 'gone'} (exit {dest.exit_status}) "
             f"after post-copy and the source has ended: the container is lost (up to "
-            f"{lazy_pages} pages, {lazy_pages * PAGE} bytes, were served lazily)")
+            f"{lazy_pages} pages, {lazy_pages * PAGE} bytes, were served lazily; the "
+            f"source's CRIU said: {verdict}; its log kept at {kept}; the destination agent "
+            "keeps CRIU's lazy-pages log in its logs directory)")
+    if verdict != LAZY_DONE:
+        kept = _keep_dump_log(opts, work)
+        return dump, Outcome.POSTCOPY_FAILED, (
+            f"the destination runs, but the source's CRIU did not report a complete transfer "
+            f"({verdict}; its log kept at {kept}): pages of its memory may be missing there")
     return dump, outcome, ""
+
+
+LAZY_DONE: Final = "Lazy pages transfer finished successfully"
+_LAZY_FAILED: Final = "Lazy pages transfer FAILED"
+
+
+def _lazy_verdict(work: Path) -> str:
+    """What the source's CRIU said of its lazy transfer (its dump log in ``work``):
+    :data:`LAZY_DONE`, the failure line, or why there is no verdict."""
+    try:
+        text = (work / "dump.log").read_text(errors="replace")
+    except OSError as exc:
+        return f"no dump log ({exc.strerror})"
+    for line in reversed(text.splitlines()):
+        if LAZY_DONE in line:
+            return LAZY_DONE
+        if _LAZY_FAILED in line:
+            return _LAZY_FAILED
+    return "no verdict in its dump log"
+
+
+def _keep_dump_log(opts: MigrateOptions, work: Path) -> str:
+    """Copy the source's CRIU dump log out of the staging directory (removed at the end)
+    into ``<work dir>/logs``; returns where, or why not."""
+    target = Path(opts.work_dir) / "logs" / f"{opts.container_id}-criu-dump.log"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(work / "dump.log", target)
+    except OSError as exc:
+        return f"nowhere ({exc.strerror})"
+    return str(target)
 
 
 def _restore_stats(r: Any) -> RestoreStats:
