@@ -43,6 +43,7 @@ from .harness import (
     HarnessError,
     ensure_image_tar,
     kill_stray_shims,
+    scratch_tmp,
     stop_daemon,
     unmount_all_under,
     wait_until,
@@ -271,6 +272,8 @@ class CriContainerd:
         if prefix is not None:  # its own containerd-shim-runc-v2 and ctr
             path.insert(0, str(prefix / "usr" / "bin"))
         env["PATH"] = ":".join(path)
+        scratch_tmp(directory).mkdir(mode=0o700)
+        env["TMPDIR"] = str(scratch_tmp(directory))
         binary = str(prefix / "usr" / "bin" / "containerd") if prefix else "containerd"
         with open(directory / "containerd.log", "wb") as log:
             proc = subprocess.Popen(
@@ -351,4 +354,5 @@ class CriContainerd:
         shutil.rmtree(HOST_LOCAL_STATE / self.network, ignore_errors=True)
         if not stuck:
             shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(scratch_tmp(self.dir), ignore_errors=True)
         return problems

@@ -50,6 +50,7 @@ from .containerd import (
     Containerd,
     Leftovers,
     remove_container,
+    scratch_tmp,
 )
 from .containers import (
     Containers,
@@ -123,6 +124,7 @@ __all__ = [
     "pyrunc_env",
     "remove_container",
     "run_pyrunc",
+    "scratch_tmp",
     "shim_binary",
     "shim_processes",
     "shim_socket_path",

@@ -62,11 +62,22 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 """
 
 
-def _environment() -> dict[str, str]:
+def _environment(tmp: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     path = env.get("PATH", "").split(":")
     env["PATH"] = ":".join([*path, *(d for d in _PATH_DIRS if d not in path)])
+    if tmp is not None:
+        env["TMPDIR"] = str(tmp)
     return env
+
+
+def scratch_tmp(directory: Path) -> Path:
+    """The temporary directory of the containerd living in ``directory``, on disk (its
+    ``directory`` is on /run, a tmpfs): containerd 1.6 unpacks every checkpoint it restores
+    into a ``ctrd-checkpoint*`` directory under $TMPDIR and never removes it (thousands of
+    them, ~15 GiB, had piled up in /tmp); the daemon's :meth:`Containerd.stop` removes this
+    one, and with it whatever containerd left there."""
+    return Path("/var/tmp") / f"{directory.name}.tmp"
 
 
 class Containerd:
@@ -116,6 +127,7 @@ class Containerd:
             )
         )
         enter = ["nsenter", f"--net={netns}"] if netns else []
+        scratch_tmp(directory).mkdir(mode=0o700)
         with open(directory / "containerd.log", "wb") as log:
             proc = subprocess.Popen(
                 [*enter, "containerd", "--config", str(config)],
@@ -123,7 +135,7 @@ class Containerd:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=directory,
-                env=_environment(),
+                env=_environment(scratch_tmp(directory)),
                 start_new_session=True,
             )
         daemon = cls(directory, proc)
@@ -148,7 +160,7 @@ class Containerd:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.dir,
-                env=_environment(),
+                env=_environment(scratch_tmp(self.dir)),
                 start_new_session=True,
             )
         self._wait_ready(timeout)
@@ -277,6 +289,7 @@ class Containerd:
                 sock.unlink(missing_ok=True)
         if not stuck:
             shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(scratch_tmp(self.dir), ignore_errors=True)
         return problems
 
 
