@@ -40,6 +40,7 @@ from shim.checkpoint.network import (
     joins_netns,
     load_snapshot,
     loopback_snapshot,
+    nft_path,
     tcp_unlock_argv,
 )
 from shim.errors import FailedPrecondition
@@ -179,7 +180,8 @@ class NetworkRestore:
         if self._tcp_locked:
             self._tcp_locked = False
             try:
-                result = await run(self._reaper, tcp_unlock_argv(pid), timeout=_TIMEOUT)
+                result = await run(self._reaper, tcp_unlock_argv(pid), timeout=_TIMEOUT,
+                                   env={**os.environ, "PATH": nft_path()})
                 problem = result.stderr.decode(errors="replace").strip() if result.status else ""
             except (OSError, TimeoutError) as exc:
                 problem = str(exc) or type(exc).__name__

@@ -86,15 +86,21 @@ def tcp_lock_rules() -> str:
     )
 
 
+def nft_path() -> str:
+    """``PATH`` with the sbin directories, where ``nft`` lives, last."""
+    return f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"
+
+
 def _nft() -> str:
     import shutil
 
-    return shutil.which("nft", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin") or "nft"
+    return shutil.which("nft", path=nft_path()) or "nft"
 
 
 def tcp_unlock_argv(pid: int) -> list[str]:
-    """The command that deletes :data:`TCP_LOCK_TABLE` in ``pid``'s network namespace."""
-    return ["nsenter", f"--net=/proc/{pid}/ns/net", _nft(), "delete", "table", "inet",
+    """The command that deletes :data:`TCP_LOCK_TABLE` in ``pid``'s network namespace (run
+    it with ``PATH`` = :func:`nft_path`)."""
+    return ["nsenter", f"--net=/proc/{pid}/ns/net", "nft", "delete", "table", "inet",
             TCP_LOCK_TABLE]
 
 
