@@ -398,9 +398,16 @@ class Container:
 
     @classmethod
     async def create(
-        cls, config: ContainerConfig, runtime: Runtime, reaper: Reaper, publish: Publish
+        cls,
+        config: ContainerConfig,
+        runtime: Runtime,
+        reaper: Reaper,
+        publish: Publish,
+        *,
+        spec: oci.Spec | None = None,
     ) -> Container:
         """Mount the rootfs, ``runc create`` the container and publish TaskCreate.
+        ``spec``: the bundle's config.json as the caller read it (else it is read here).
 
         On failure everything done so far is undone and the error raised.
         """
@@ -412,7 +419,8 @@ class Container:
             mount_all([(m.type, m.source, m.options) for m in config.rootfs], rootfs)
             mounted = True
         try:
-            spec = oci.read_spec(config.bundle)
+            if spec is None:
+                spec = oci.read_spec(config.bundle)
             c.spec = oci.with_criu_config(spec, config.bundle)
             if config.restore is None:
                 if c.spec is not spec:

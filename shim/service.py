@@ -25,7 +25,13 @@ from google.protobuf.message import DecodeError, Message
 from shim.api.containerd.runc.options import oci_pb2
 from shim.api.containerd.task.v2 import shim_pb2 as api
 from shim.api.containerd.types.task import task_pb2
-from shim.bundle import CRIU_WORK_DIR, RESTORE_ANNOTATION, read_spec, spec_annotations
+from shim.bundle import (
+    CRIU_WORK_DIR,
+    RESTORE_ANNOTATION,
+    Spec,
+    read_spec,
+    spec_annotations,
+)
 from shim.cleanup import write_runtime_options
 from shim.container import Container, ContainerConfig, Mount, _timestamp
 from shim.errors import InvalidArgument, NotFound
@@ -114,6 +120,7 @@ class TaskService:
             },
         )
         runtime = Runc(self.reaper, runtime_config, Path(req.bundle))
+        spec = read_spec(Path(req.bundle))  # read once: for the restore annotation and Create
         config = ContainerConfig(
             id=req.id,
             bundle=Path(req.bundle),
@@ -123,9 +130,11 @@ class TaskService:
             no_pivot=options.no_pivot_root,
             no_new_keyring=options.no_new_keyring,
             io_owner=(options.io_uid, options.io_gid),
-            restore=_restore_source(req, options),
+            restore=_restore_source(req, options, spec),
         )
-        container = await Container.create(config, runtime, self.reaper, self.publisher.publish)
+        container = await Container.create(
+            config, runtime, self.reaper, self.publisher.publish, spec=spec
+        )
         self.containers[req.id] = container
         return api.CreateTaskResponse(pid=container.init.pid)
 
@@ -259,16 +268,17 @@ def _check_bundle(bundle: str) -> None:
 
 
 def _restore_source(
-    req: api.CreateTaskRequest, options: TaskOptions | None = None
+    req: api.CreateTaskRequest, options: TaskOptions | None = None, spec: Spec | None = None
 ) -> RestoreSource | None:
     """What to restore from (:func:`shim.checkpoint.plan.restore_source`): the request's
     checkpoint, else the task options' ``criu_image_path`` (what containerd's client sends a
     runtime not named ``io.containerd.runc*`` in ``CreateOptions``); None for a fresh
-    container, without loading the checkpoint machinery."""
+    container, without loading the checkpoint machinery. ``spec``: the bundle's config.json
+    if the caller has read it already."""
     if options is None:
         options = decode_task_options(req.options)
     checkpoint = req.checkpoint or options.criu_image_path
-    annotations = spec_annotations(read_spec(Path(req.bundle)))
+    annotations = spec_annotations(read_spec(Path(req.bundle)) if spec is None else spec)
     if (not checkpoint and type_name(req.options) != RESTORE_OPTIONS
             and RESTORE_ANNOTATION not in annotations):
         return None
