@@ -12,8 +12,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import re
-from collections.abc import Iterable, Sequence
+
+TYPE_CHECKING = False  # (importing typing would cost start-up time; see shim.cli)
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
 
 __all__ = ["mount", "mount_all", "mounts_under", "parse_options", "unmount_all", "unmount_under"]
 
@@ -135,6 +137,8 @@ def mount_all(mounts: Sequence[tuple[str, str, Sequence[str]]], target: str) -> 
 
 def mounts_under(prefix: str) -> list[str]:
     """The mount points at ``prefix`` or below it (``/proc/self/mountinfo``), deepest first."""
+    import re  # not at module level: ``delete`` imports this module and never needs it
+
     prefix = prefix.rstrip("/")
     found: list[str] = []
     with open("/proc/self/mountinfo") as f:

@@ -58,3 +58,22 @@ def test_no_marker_changes_nothing(dirs: tuple[Path, Path]) -> None:
     bundle, images = dirs
     discard_unfinished_dump(str(bundle))
     assert (images / "pages-1.img").exists()
+
+
+def test_delete_imports_nothing_heavy() -> None:
+    """``delete`` runs after every task delete (``ctr run --rm``'s critical path): importing
+    shim.cleanup in a bare interpreter (``-S``, as the binary runs) loads none of json,
+    re, pathlib, typing or shutil (together ~12 ms of that process's start-up)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    code = (
+        f"import sys; sys.path.insert(0, {str(root)!r}); import shim.cleanup; "
+        "print(' '.join(sorted(m for m in ('json', 're', 'pathlib', 'typing', 'shutil') "
+        "if m in sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == ""
