@@ -60,18 +60,22 @@ def test_no_marker_changes_nothing(dirs: tuple[Path, Path]) -> None:
     assert (images / "pages-1.img").exists()
 
 
-def test_delete_imports_nothing_heavy() -> None:
+def test_delete_imports_nothing_heavy(tmp_path: Path) -> None:
     """``delete`` runs after every task delete (``ctr run --rm``'s critical path): importing
-    shim.cleanup in a bare interpreter (``-S``, as the binary runs) loads none of json,
-    re, pathlib, typing or shutil (together ~12 ms of that process's start-up)."""
+    shim.cleanup and cleaning up a finished bundle (its socket gone, the runtime ``true``) in
+    a bare interpreter (``-S``, as the binary runs) loads none of json, re, pathlib, typing,
+    shutil, socket or contextlib (together ~12 ms of that process's start-up)."""
     import subprocess
     import sys
 
+    (tmp_path / "address").write_text(f"unix://{tmp_path / 'gone.sock'}\n")
+    (tmp_path / "runtime-options").write_text("binary=true\n")
+    heavy = ("json", "re", "pathlib", "typing", "shutil", "socket", "contextlib")
     root = Path(__file__).resolve().parent.parent
     code = (
         f"import sys; sys.path.insert(0, {str(root)!r}); import shim.cleanup; "
-        "print(' '.join(sorted(m for m in ('json', 're', 'pathlib', 'typing', 'shutil') "
-        "if m in sys.modules)))"
+        f"shim.cleanup.cleanup({str(tmp_path)!r}, 'ns', 'c1'); "
+        f"print(' '.join(m for m in {heavy!r} if m in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True
