@@ -28,6 +28,8 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
+from shim.warm import unlink_if_ours  # noqa: E402
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -190,12 +192,8 @@ def _socket_file() -> tuple[str, int] | None:
 
 def _remove_socket(socket_file: tuple[str, int] | None) -> None:
     """Unlink the socket file, unless another shim has put a new one there since."""
-    if socket_file is None:
-        return
-    path, inode = socket_file
-    with contextlib.suppress(OSError):
-        if os.stat(path).st_ino == inode:
-            os.unlink(path)
+    if socket_file is not None:
+        unlink_if_ours(*socket_file)
 
 
 def serve(flags: Flags) -> int:

@@ -305,13 +305,16 @@ def _still_at(path: str, inode: int) -> bool:
         return False
 
 
-def unlink_if_ours(path: str, inode: int) -> None:
-    """Remove the socket file ``path`` unless a newer server has already replaced it."""
+def unlink_if_ours(path: str, inode: int) -> bool:
+    """Remove the socket file ``path`` unless a newer server has already replaced it (a
+    server's or a shim's own socket, at exit); True if it was removed."""
     try:
-        if os.stat(path).st_ino == inode:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
+        if os.stat(path).st_ino != inode:
+            return False
+        os.unlink(path)
+    except OSError:
+        return False
+    return True
 
 
 def _read_all(conn: _socket.socket, data: bytes = b"") -> bytes:
@@ -547,8 +550,7 @@ def serve(
         listener.close()
         fd = _lock(path)
         try:
-            if _still_at(path, inode):
-                os.unlink(path)
+            if unlink_if_ours(path, inode):
                 _unlink_lock_held(path)  # a newer server's lock file stays with its socket
         finally:
             os.close(fd)
