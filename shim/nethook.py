@@ -1,6 +1,6 @@
-"""Entry points around the network snapshot: ``snapshot`` (run by the shim at checkpoint),
-``serve`` (started by the shim at restore) and ``hook`` (run by runc at CRIU's
-``setup-namespaces`` step).
+"""Entry points around the network snapshot: ``serve`` (started by the shim at restore) and
+``hook`` (run by runc at CRIU's ``setup-namespaces`` step). (The snapshot itself is taken in
+the shim, over rtnetlink without pyroute2: :func:`shim.checkpoint.network.take_snapshot`.)
 
 Strategy: importing pyroute2 takes ~100 ms, more than the whole time budget of the restore
 hook. So the shim starts ``serve`` when a restore begins: it imports pyroute2, loads and checks
@@ -19,7 +19,6 @@ own namespaces and cgroups, since the rebuild's host side runs where it runs). I
 :data:`TEMPLATE_IDLE` seconds without a request. This module imports nothing of the package
 at module level (the hook runs it as a plain script), so paths come in as arguments. Usage:
 
-    python -m shim.nethook snapshot PID OUT.json
     python -m shim.nethook serve SOCKET SNAPSHOT.json
     python -m shim.nethook template SOCKET
     python -I -S /path/to/shim/nethook.py hook SOCKET      (OCI state on stdin)
@@ -42,7 +41,6 @@ __all__ = [
     "loopback_up",
     "main",
     "serve",
-    "snapshot",
     "template",
     "template_argv",
 ]
@@ -99,16 +97,6 @@ def template(socket_path: str) -> None:
 def hook_argv(socket_path: str) -> list[str]:
     """The OCI hook command that forwards to ``serve`` on ``socket_path``."""
     return [sys.executable, "-I", "-S", os.path.abspath(__file__), "hook", socket_path]
-
-
-def snapshot(pid: int, out: str) -> None:
-    from shim.checkpoint.network import dump_snapshot, take_snapshot
-
-    data = dump_snapshot(take_snapshot(pid))
-    tmp = f"{out}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.rename(tmp, out)
 
 
 def serve(socket_path: str, snapshot_path: str) -> None:
@@ -234,9 +222,6 @@ def _read_all(conn: socket.socket) -> bytes:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) == 3 and argv[0] == "snapshot":
-        snapshot(int(argv[1]), argv[2])
-        return 0
     if len(argv) == 3 and argv[0] == "serve":
         serve(argv[1], argv[2])
         return 0
