@@ -215,21 +215,36 @@ def _abort_lazy_dump(cid: str) -> None:
             os.kill(p, signal.SIGKILL)
 
 
-def _thaw(pid: int) -> None:
-    """Thaw ``pid``'s freezer cgroup if it is still frozen (after the resume through
-    containerd: the last resort for a cgroup a killed CRIU left frozen)."""
-    state = _freezer_state_file(pid)
-    if state is None:
+def _set_freezer(pid: int, state: str) -> None:
+    """Put ``pid``'s v1 freezer cgroup in ``state`` (FROZEN or THAWED) and wait until it is
+    there (at most 10 s; quiet if there is no such cgroup)."""
+    path = _freezer_state_file(pid)
+    if path is None:
         return
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError):
-            with open(state) as f:
-                if f.read().strip() == "THAWED":
+            with open(path) as f:
+                if f.read().strip() == state:
                     return
-            with open(state, "w") as f:
-                f.write("THAWED")
-        time.sleep(0.05)
+            with open(path, "w") as f:
+                f.write(state)
+        time.sleep(0.01)
+
+
+def _resume(cd: Containerd, cid: str, pid: int) -> None:
+    """Resume the source, paused before its dump. Once CRIU has let go of the tasks (a lazy
+    dump whose transfer failed, or that was killed) the cgroup may be thawed already while
+    the source's shim still holds it paused, and runc refuses to resume a container that is
+    not frozen (measured: "container not paused"); so it is frozen again first, and thawed
+    by the resume, which the shim then records. The freezer is thawed directly as a last
+    resort."""
+    t = cd.task(cid)
+    if t is not None and t.status == "PAUSED":
+        _set_freezer(pid, "FROZEN")
+        with contextlib.suppress(ContainerdError):
+            cd.resume(cid)
+    _set_freezer(pid, "THAWED")
 
 
 def _cut_network(pid: int) -> None:
@@ -586,10 +601,7 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
         stream.close()
         if lazy:
             _abort_lazy_dump(cid)
-        with contextlib.suppress(ContainerdError):
-            cd.resume(cid)  # paused before the dump, both methods
-        if lazy:
-            _thaw(pid)  # a CRIU killed mid-dump may have left the cgroup frozen
+        _resume(cd, cid, pid)  # paused before the dump, both methods
         t = cd.task(cid)
         where = f"the source runs on ({t.status if t else 'no task!'})"
         return TransferFailed(f"migration of {cid} failed: {reason}; {where}, the destination "
@@ -780,10 +792,7 @@ def _finish_postcopy(opts: MigrateOptions, cd: Containerd, agent: Any, work: Pat
         with contextlib.suppress(grpc.RpcError):
             agent.Discard(agent_pb2.StatusRequest(namespace=opts.namespace, container_id=cid),
                           timeout=120)
-        # CRIU let the tasks go in the state it found them: paused (see _move)
-        with contextlib.suppress(ContainerdError):
-            cd.resume(cid)
-        _thaw(pid)
+        _resume(cd, cid, pid)  # paused before the dump (see _move)
         return dump, Outcome.POSTCOPY_FAILED, (
             f"post-copy failed: the source's CRIU could not serve every page (of {lazy_pages} "
             f"lazy pages) and resumed the source, which runs on with all its memory; the "
