@@ -71,6 +71,7 @@ __all__ = [
     "RestoreSource",
     "checkpoint_args",
     "criu_config",
+    "dump_network_lock",
     "dump_plan",
     "load_plan",
     "plan_checkpoint",
@@ -744,6 +745,37 @@ def criu_config(plan: CheckpointPlan, *, restore: bool) -> str:
     if mode is CgroupMode.IGNORE or (restore and mode is not None):
         lines.append(f"manage-cgroups={mode.value}")
     return "".join(line + "\n" for line in lines)
+
+
+def dump_network_lock(
+    plan: CheckpointPlan, *, criu_version: int, inet_sockets: bool
+) -> CheckpointPlan:
+    """The plan a dump runs with: ``network_lock`` ``skip`` when CRIU's lock would protect
+    nothing, else ``plan`` unchanged.
+
+    CRIU locks a container's network namespace for the dump (its default method, iptables:
+    ``iptables-restore`` and ``ip6tables-restore`` to lock, ``iptables -C`` and both again to
+    unlock; 60-75 ms measured on Linux 6.18, mostly the kernel replacing the rules) and
+    records the method in the images, so the restore locks and unlocks again (~60 ms). The
+    lock keeps packets from sockets CRIU has in repair mode or is restoring; a namespace with
+    no TCP, UDP or raw socket (``inet_sockets`` False: its sockstat counters, read by the
+    caller) has nothing it protects. The lock is kept whenever it may matter: the request or
+    an annotation named a method, TCP connections are dumped (``tcp_established``), the
+    container does not keep running (``exit``: a socket made after the counters were read
+    would be dumped unlocked and its peers answered by a process about to go), a pre-dump
+    (CRIU does not lock for one), or CRIU older than :data:`CRIU_VERSION_NETWORK_LOCK` (the
+    method reaches CRIU only through the configuration file).
+    """
+    if (
+        plan.network_lock is not None
+        or inet_sockets
+        or plan.tcp_established
+        or not plan.leave_running
+        or plan.pre_dump
+        or criu_version < CRIU_VERSION_NETWORK_LOCK
+    ):
+        return plan
+    return replace(plan, network_lock=NetworkLock.SKIP)
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,12 +36,14 @@ from shim.bundle import CRIU_CONFIG, CRIU_CONFIG_ANNOTATION, CRIU_WORK_DIR, UNFI
 from shim.cgroups import CGROUP_ROOT
 from shim.checkpoint import netrestore
 from shim.checkpoint.criu import Criu, Requirements, criu_binary, ensure_capable, log_reason
+from shim.checkpoint.network import has_inet_sockets
 from shim.checkpoint.plan import (
     STORED_PLAN,
     CheckpointPlan,
     RestoreSource,
     checkpoint_args,
     criu_config,
+    dump_network_lock,
     dump_plan,
     plan_restore,
     restore_args,
@@ -231,9 +233,19 @@ class LazyDump:
     plan: CheckpointPlan
 
 
-async def _ensure_capable(runtime: Runtime, reaper: Reaper, req: Requirements) -> None:
+async def _ensure_capable(runtime: Runtime, reaper: Reaper, req: Requirements) -> int:
+    """Check that CRIU and the host can do what ``req`` says; return CRIU's version number."""
     criu = Criu(reaper, criu_binary(runtime.config.criu_path))
-    await ensure_capable(criu, req)
+    return (await ensure_capable(criu, req)).version.number
+
+
+def _inet_sockets(pid: int) -> bool:
+    """Whether ``pid``'s network namespace has TCP, UDP or raw sockets; True when that
+    cannot be read (the safe answer: CRIU then locks the network as it always did)."""
+    try:
+        return has_inet_sockets(pid)
+    except (OSError, ValueError):
+        return True
 
 
 async def checkpoint(
@@ -260,7 +272,7 @@ async def checkpoint(
         ShimError: runc or CRIU failed; the message names the kept CRIU log.
     """
     steps = _Steps()
-    await _ensure_capable(
+    criu_version = await _ensure_capable(
         runtime,
         reaper,
         Requirements(
@@ -268,6 +280,10 @@ async def checkpoint(
             mem_track=plan.track_mem,
             lazy_pages=plan.lazy_pages,
         ),
+    )
+    # no network lock where it protects nothing (it costs the dump and the restore ~60 ms each)
+    plan = dump_network_lock(
+        plan, criu_version=criu_version, inet_sockets=_inet_sockets(pid)
     )
     steps.done("criu probe")
     check_path("image path", plan.images_dir)
@@ -519,7 +535,9 @@ async def restore(
         if not isinstance(exc, ShimError):
             raise
         raise with_context(exc, f"restore failed: {exc} ({note})") from exc
-    await asyncio.to_thread(make_private, plan.work_dir)
+    # CRIU's log and stats, a handful of files: here, not on a thread (the hand-off costs
+    # more than the chmods; a daemon's first one also imports and starts the thread pool)
+    make_private(plan.work_dir)
     steps.done("private")
     log.debug("restore of %s: %s", cid, steps)
     return Restored(int(pid_file.read_text()), daemon)

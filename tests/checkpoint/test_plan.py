@@ -42,6 +42,7 @@ from shim.checkpoint.plan import (
     RestoreSource,
     checkpoint_args,
     criu_config,
+    dump_network_lock,
     dump_plan,
     load_plan,
     plan_checkpoint,
@@ -312,6 +313,37 @@ def test_every_config_line_at_once_keeps_the_fixed_order() -> None:
         "network-lock skip\nmanage-cgroups=ignore\n"
     )
     assert criu_config(plan, restore=True) == "tcp-close\nmanage-cgroups=ignore\n"
+
+
+@pytest.mark.parametrize(
+    ("fields", "sockets", "version", "lock"),
+    [
+        ({}, False, CRIU_VERSION_NETWORK_LOCK, NetworkLock.SKIP),
+        ({}, False, CRIU_VERSION_NETWORK_LOCK + 100, NetworkLock.SKIP),
+        ({}, True, CRIU_VERSION_NETWORK_LOCK, None),
+        ({}, False, CRIU_VERSION_NETWORK_LOCK - 1, None),
+        ({"network_lock": NetworkLock.IPTABLES}, False, CRIU_VERSION_NETWORK_LOCK,
+         NetworkLock.IPTABLES),
+        ({"network_lock": NetworkLock.NFTABLES}, False, CRIU_VERSION_NETWORK_LOCK,
+         NetworkLock.NFTABLES),
+        ({"tcp_established": True}, False, CRIU_VERSION_NETWORK_LOCK, None),
+        ({"leave_running": False}, False, CRIU_VERSION_NETWORK_LOCK, None),
+        ({"pre_dump": True}, False, CRIU_VERSION_NETWORK_LOCK, None),
+    ],
+)  # fmt: skip
+def test_dump_network_lock_skips_the_lock_only_where_it_protects_nothing(
+    fields: dict[str, Any], sockets: bool, version: int, lock: NetworkLock | None
+) -> None:
+    plan = CheckpointPlan("/img", "/work", **fields)
+    out = dump_network_lock(plan, criu_version=version, inet_sockets=sockets)
+    assert out.network_lock is lock
+    assert out == dataclasses.replace(plan, network_lock=lock)
+    if lock is NetworkLock.SKIP:  # the config line that carries it, and the CRIU it needs
+        assert "network-lock skip\n" in criu_config(out, restore=False)
+        assert "network-lock" not in criu_config(out, restore=True)
+        assert out.required_criu_version == CRIU_VERSION_NETWORK_LOCK
+    else:
+        assert out is plan
 
 
 def test_network_lock_in_the_request_wins_over_the_annotation() -> None:

@@ -17,7 +17,16 @@ from fake_runtime import FakeRuntime
 from shim.bundle import CRIU_CONFIG, CRIU_CONFIG_ANNOTATION
 from shim.checkpoint import runner
 from shim.checkpoint.criu import CriuRequestFailed, ReqType, Requirements
-from shim.checkpoint.plan import STORED_PLAN, CheckpointPlan, RestoreSource, dump_plan, load_plan
+from shim.checkpoint.plan import (
+    CRIU_VERSION_FLOOR,
+    CRIU_VERSION_NETWORK_LOCK,
+    STORED_PLAN,
+    CheckpointPlan,
+    NetworkLock,
+    RestoreSource,
+    dump_plan,
+    load_plan,
+)
 from shim.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound
 from shim.reaper import Reaper
 from shim.runtime import Runtime, Stdio
@@ -31,8 +40,9 @@ def _no_criu(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Requirements]]:
     """CRIU is not asked (its own tests cover that); the requirements are recorded."""
     asked: list[Requirements] = []
 
-    async def capable(runtime: Runtime, reaper: Reaper, req: Requirements) -> None:
+    async def capable(runtime: Runtime, reaper: Reaper, req: Requirements) -> int:
         asked.append(req)
+        return CRIU_VERSION_FLOOR  # too old for a network-lock line: plans run as given
 
     monkeypatch.setattr(runner, "_ensure_capable", capable)
     yield asked
@@ -87,6 +97,59 @@ def test_checkpoint_refuses_a_finished_or_foreign_image_dir(tmp_path: Path, bund
     with pytest.raises(FailedPrecondition, match="not empty"):
         checkpoint(rt, bundle, CheckpointPlan(str(other), str(tmp_path / "work")))
     assert rt.calls[1:] == [] and (other / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("version", "sockets", "asked", "lock"),
+    [
+        (CRIU_VERSION_NETWORK_LOCK, False, {}, NetworkLock.SKIP),
+        (CRIU_VERSION_NETWORK_LOCK, True, {}, None),
+        (CRIU_VERSION_FLOOR, False, {}, None),
+        (CRIU_VERSION_NETWORK_LOCK, False, {"network_lock": NetworkLock.IPTABLES},
+         NetworkLock.IPTABLES),
+        (CRIU_VERSION_NETWORK_LOCK, False, {"leave_running": False}, None),
+    ],
+    ids=["no-sockets", "sockets", "old-criu", "asked-iptables", "exit"],
+)  # fmt: skip
+def test_checkpoint_skips_the_network_lock_only_where_it_protects_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, bundle: Path, version: int,
+    sockets: bool, asked: dict[str, object], lock: NetworkLock | None,
+) -> None:  # fmt: skip
+    """The dump's CRIU config and the stored plan say ``network-lock skip`` for a namespace
+    without inet sockets (read from the init's namespace), else the plan runs as asked."""
+    seen: list[int] = []
+
+    async def capable(runtime: Runtime, reaper: Reaper, req: Requirements) -> int:
+        return version
+
+    def inet_sockets(pid: int) -> bool:
+        seen.append(pid)
+        return sockets
+
+    monkeypatch.setattr(runner, "_ensure_capable", capable)
+    monkeypatch.setattr(runner, "has_inet_sockets", inet_sockets)
+    plan = CheckpointPlan(str(tmp_path / "img"), str(tmp_path / "work"), **asked)  # type: ignore[arg-type]
+    checkpoint(FakeRuntime(), bundle, plan)
+    stored = load_plan((tmp_path / "img" / STORED_PLAN).read_bytes())
+    assert stored.network_lock is lock
+    config = (bundle / CRIU_CONFIG).read_text() if (bundle / CRIU_CONFIG).exists() else ""
+    assert ("network-lock skip\n" in config) is (lock is NetworkLock.SKIP)
+    assert seen == [os.getpid()]
+
+
+def test_checkpoint_keeps_the_network_lock_when_the_sockets_cannot_be_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, bundle: Path
+) -> None:
+    async def capable(runtime: Runtime, reaper: Reaper, req: Requirements) -> int:
+        return CRIU_VERSION_NETWORK_LOCK
+
+    def unreadable(pid: int) -> bool:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(runner, "_ensure_capable", capable)
+    monkeypatch.setattr(runner, "has_inet_sockets", unreadable)
+    checkpoint(FakeRuntime(), bundle, CheckpointPlan(str(tmp_path / "img"), str(tmp_path / "w")))
+    assert load_plan((tmp_path / "img" / STORED_PLAN).read_bytes()).network_lock is None
 
 
 def test_checkpoint_refuses_options_runc_cannot_pass_with_a_foreign_criu_config(
