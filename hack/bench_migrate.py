@@ -169,6 +169,15 @@ def one_size(world: World, mib: int, runs: int, index: int,
     return out
 
 
+def _p50(rows: list[dict[str, Any]], key: str) -> float:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.median(values) if values else float("nan")
+
+
+def _load(avg: list[float]) -> str:
+    return " ".join(f"{v:.2f}" for v in avg)
+
+
 def frozen_phases(rows: list[dict[str, Any]]) -> dict[str, float]:
     """p50 over the runs of each phase inside the frozen window (milliseconds)."""
     names = [n for n in rows[0]["phases_us"] if n.startswith("frozen:")]
@@ -179,7 +188,10 @@ def table(results: dict[str, Any]) -> str:
     rows = [
         f"Live migration ({results['date']}, `hack/bench.py --sections migration`, "
         f"p50 of {results['runs']} moves each, memfill of random data, two containerd hosts "
-        "in network namespaces on one machine, agent over mutual TLS, `--tcp-established`):",
+        "in network namespaces on one machine, agent over mutual TLS, `--tcp-established`"
+        + (f"; load average {_load(results['load_before'])} before, "
+           f"{_load(results['load_after'])} after" if "load_before" in results else "")
+        + "):",
         "",
         "| memory | method | downtime | total | client gap (TCP, 10 ms polls) | moved |",
         "|---|---|---|---|---|---|",
@@ -201,9 +213,14 @@ def table(results: dict[str, Any]) -> str:
         for method in METHODS:
             if method not in r:
                 continue
-            phases = frozen_phases(r[method]["runs"])
+            runs = r[method]["runs"]
+            phases = frozen_phases(runs)
+            criu = [f"restore_time {_p50(runs, 'criu_restore_ms'):.0f}"]
+            if method != "lazy":  # CRIU writes no usable dump statistics for a lazy dump
+                criu.insert(0, f"dump frozen_time {_p50(runs, 'criu_frozen_ms'):.0f}")
             rows.append(f"- {mib} MiB {method}: " + ", ".join(
-                f"{name.removeprefix('frozen:')} {ms:.0f}" for name, ms in phases.items()))
+                f"{name.removeprefix('frozen:')} {ms:.0f}" for name, ms in phases.items())
+                + f" (CRIU's own statistics: {', '.join(criu)})")
     verified = all(r.get("memory_verified") for r in results["sizes"].values()
                    if "error" not in r)
     rows += ["", "memfill verified its memory after the moves: "
@@ -220,7 +237,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": args.runs,
-                               "sizes": {}}
+                               "load_before": list(os.getloadavg()), "sizes": {}}
     with tempfile.TemporaryDirectory(prefix="bench-migrate-") as tmp, two_hosts(Path(tmp)) as w:
         for index, mib in enumerate(int(s) for s in args.sizes.split(",")):
             try:
@@ -229,6 +246,7 @@ def main() -> int:
             except SystemExit as exc:  # a failed move: reported, the other sizes still run
                 print(exc, file=sys.stderr, flush=True)
                 results["sizes"][str(mib)] = {"error": str(exc)[:2000]}
+    results["load_after"] = list(os.getloadavg())
     print(json.dumps(results, indent=1) if args.json else table(results))
     return 0
 
