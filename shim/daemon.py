@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from shim.flags import Flags
 
-__all__ = ["serve"]
+__all__ = ["rehearse", "serve"]
 
 log = logging.getLogger("shim")
 
@@ -80,16 +80,23 @@ class FifoHandler(logging.Handler):
             os.write(self.fd, (self.format(record) + "\n").encode())
 
 
+# Made once, where this module is imported (the fork server): a handler made in each daemon
+# would run logging's set-up code there (locks, weak references), writing to shared pages.
+_LOG_HANDLER = FifoHandler(-1)
+_LOG_HANDLER.setFormatter(LogrusFormatter())
+
+
 def _setup_logging(debug: bool) -> None:
     root = logging.getLogger()
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    level = logging.DEBUG if debug else logging.INFO
+    if root.level != level:  # setLevel empties every logger's cache: in a forked daemon, a
+        root.setLevel(level)  # write to each logger (the fork server's rehearsal set INFO)
     try:
         fd = os.open("log", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return
-    handler = FifoHandler(fd)
-    handler.setFormatter(LogrusFormatter())
-    root.addHandler(handler)
+    _LOG_HANDLER.fd = fd
+    root.addHandler(_LOG_HANDLER)
 
 
 def _fix_mmap_threshold() -> None:
@@ -194,6 +201,106 @@ def _remove_socket(socket_file: tuple[str, int] | None) -> None:
     """Unlink the socket file, unless another shim has put a new one there since."""
     if socket_file is not None:
         unlink_if_ours(*socket_file)
+
+
+async def _rehearsal(rounds: int) -> tuple[int, int]:
+    """One shim's life in miniature, inside this process: the Task service on a ttrpc
+    server, a client calling it over a unix socket (Connect, then a Create, State and Delete
+    that fail as a bundle or container is missing), events published to a stand-in for
+    containerd's events service; everything closed afterwards. Returns how many calls were
+    answered and how many events arrived."""
+    from google.protobuf.empty_pb2 import Empty
+    from google.protobuf.message import Message
+
+    from shim.api.containerd.events import task_pb2 as task_events
+    from shim.api.containerd.task.v2 import shim_pb2 as api
+    from shim.errors import to_status
+    from shim.events import Publisher
+    from shim.reaper import Reaper
+    from shim.service import SERVICE, TaskService
+    from shim.ttrpc import Client, Server, TtrpcError
+
+    loop = asyncio.get_running_loop()
+    name = f"\0pyrunc-rehearsal-{os.getpid()}-{time.monotonic_ns()}"
+    events_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    task_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    events_listener.bind(name + "-events")
+    task_listener.bind(name + "-task")
+    events_listener.listen(8)
+    task_listener.listen(8)
+
+    forwarded = answered = 0
+
+    async def forward(ctx: object, payload: bytes) -> bytes:
+        nonlocal forwarded
+        forwarded += 1
+        return bytes(Empty().SerializeToString())
+
+    events = Server(error_mapper=to_status, require_same_user=True)
+    events.register("containerd.services.events.ttrpc.v1.Events", {"Forward": forward})
+    publisher = Publisher(name + "-events", "rehearsal")
+    service = TaskService(namespace="rehearsal", reaper=Reaper(), publisher=publisher)
+    trimmer = _HeapTrimmer(loop)
+    server = Server(
+        error_mapper=to_status,
+        require_same_user=True,
+        on_connection_closed=trimmer.connection_closed,
+    )
+    server.register(SERVICE, service.handlers())
+    tasks = [
+        loop.create_task(events.serve(events_listener)),
+        loop.create_task(server.serve(task_listener)),
+    ]
+    metadata = {"containerd-namespace-ttrpc": "rehearsal"}
+    calls: list[tuple[str, Message]] = [
+        ("Connect", api.ConnectRequest(id="c")),
+        ("Create", api.CreateTaskRequest(id="c", bundle="/nonexistent")),
+        ("State", api.StateRequest(id="c")),
+        ("Delete", api.DeleteRequest(id="c")),
+    ]
+    try:
+        for i in range(rounds):
+            client = await Client.connect(name + "-task")
+            try:
+                for method, req in calls:
+                    # answered with the error a missing bundle or container gets, but Connect
+                    with contextlib.suppress(TtrpcError):
+                        await client.call(
+                            SERVICE, method, req.SerializeToString(), metadata=metadata,
+                            timeout=5.0,
+                        )
+                    answered += 1
+            finally:
+                await client.close()
+            publisher.publish("/tasks/create", task_events.TaskCreate(container_id="c", pid=i))
+        await publisher.close(5.0)
+    finally:
+        for srv in (server, events):
+            srv.close()
+            srv.abort()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        events_listener.close()
+        task_listener.close()
+    return answered, forwarded
+
+
+def rehearse(rounds: int = 12) -> tuple[int, int]:
+    """Run :func:`_rehearsal` to the end, before the fork server forks any daemon: the
+    interpreter then has quickened the code a daemon runs, computed the hashes and filled
+    the caches it needs, and created what asyncio creates once per process, so a daemon
+    forked afterwards writes to fewer of the pages it shares with the fork server. Any
+    failure is swallowed: the rehearsal only ever saves memory. Returns what
+    :func:`_rehearsal` does, ``(0, 0)`` after a failure.
+
+    The root logger's level is set to a daemon's default here, once: setting it in each
+    daemon would empty every logger's cache there, a write to each."""
+    logging.getLogger().setLevel(logging.INFO)
+    try:
+        return asyncio.run(_rehearsal(rounds))
+    except Exception:
+        return 0, 0
 
 
 def serve(flags: Flags) -> int:

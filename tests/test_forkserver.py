@@ -104,3 +104,35 @@ def test_set_environ_changes_only_what_differs() -> None:
     assert environ == {"KEEP": "1", "CHANGE": "new", "ADD": "2"}
     assert seen_by_getenv == "new"
     assert changed == [["del", "DROP"], ["set", "ADD"], ["set", "CHANGE"]]
+
+
+def test_a_daemon_is_the_servers_child_in_a_session_of_its_own_and_is_reaped() -> None:
+    out = _run("""
+        import os, signal, time
+        import shim.forkserver as fs
+        from shim.warm import Request
+
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # as serve_forever does
+        read_end, write_end = os.pipe()
+
+        def become_daemon(req):
+            handler = signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
+            os.write(write_end, f"{os.getsid(0) == os.getpid()} {os.getppid()} {handler}".encode())
+            os._exit(0)
+
+        fs._become_daemon = become_daemon
+        pid = fs._fork_daemon(Request({}, [], ()))
+        os.close(write_end)
+        print(os.read(read_end, 200).decode(), os.getpid())
+        for _ in range(200):  # the kernel reaps it: no zombie is left behind
+            if not os.path.exists(f"/proc/{pid}"):
+                break
+            time.sleep(0.01)
+        print(os.path.exists(f"/proc/{pid}"))
+    """)
+    told, gone = out.splitlines()
+    own_session, parent, default_sigchld, server = told.split()
+    # its own session; the fork server's child (one fork, no middle process); SIGCHLD back
+    # to the default, so its own children (runc, CRIU) can be waited for
+    assert (own_session, parent, default_sigchld) == ("True", server, "True")
+    assert gone == "False"
