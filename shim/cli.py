@@ -21,6 +21,7 @@ from shim.flags import Flags, UsageError, parse_flags
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import _socket
+    from typing import NoReturn
 
 __all__ = ["main", "socket_address"]
 
@@ -216,6 +217,15 @@ def delete(flags: Flags) -> int:
     return 0
 
 
+def _exit_now(code: int) -> NoReturn:
+    """Exit with ``code`` once stdout and stderr are flushed, without the interpreter's
+    teardown (module and object clean-up: ~0.5-1 ms of every ``start`` and ``delete``, which
+    leave nothing to clean: their files and sockets are closed)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main() -> None:
     try:
         flags = parse_flags(sys.argv[1:])
@@ -230,9 +240,9 @@ def main() -> None:
         print("shim namespace cannot be empty", file=sys.stderr)
         sys.exit(1)
     if flags.action == "start":
-        sys.exit(start(flags))
+        _exit_now(start(flags))
     if flags.action == "delete":
-        sys.exit(delete(flags))
+        _exit_now(delete(flags))
     if flags.action:
         print(f"unknown action {flags.action!r}", file=sys.stderr)
         sys.exit(2)

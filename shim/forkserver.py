@@ -12,9 +12,10 @@ Rules:
   on requests from the same user (SO_PEERCRED). The daemon is its child in a session of its
   own (as the runc shim's daemon is in one of its own); the fork server ignores SIGCHLD, so
   the kernel reaps the daemons that end, and those it leaves behind when it exits go to init.
-* A request carries a stamp of the code ``start`` runs (interpreter, package files and their
-  mtimes); a fork server that was started from other code refuses it and exits, and ``start``
-  falls back to forking the daemon itself and starts a fresh fork server in the background.
+* A request carries a stamp of the code ``start`` runs (interpreter and package directory);
+  a fork server that was started from other code, or whose package files changed since it
+  began (it watches them from before its imports), refuses it and exits, and ``start``
+  starts a fresh fork server and asks that one (or forks the daemon itself).
 * A daemon must live where containerd put ``start``: same namespaces (a containerd in its own
   network namespace stands for another host) and same cgroups. The request carries them and
   the fork server serves only callers that share its own; others fork their daemon themselves.
@@ -229,6 +230,9 @@ def serve_forever() -> None:
     global _fork
     import signal
 
+    from shim.warm import CodeWatch
+
+    watch = CodeWatch.start()  # before the imports: a file changed meanwhile makes it stale
     # The point of the fork server: import everything a daemon needs, once. A module a
     # daemon imported itself would cost it ~700 KiB of private memory: the import system
     # touches objects all over the shared heap (measured with hack/shim_pages.py).
@@ -259,7 +263,7 @@ def serve_forever() -> None:
         set_cmdline(["containerd-shim-pyrunc-v2", "forkserver"])
         offer_to_ksm()
 
-    serve(socket_path(), _fork_daemon, fds=1, idle=IDLE, ready=ready)
+    serve(socket_path(), _fork_daemon, fds=1, idle=IDLE, ready=ready, watch=watch)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -135,3 +137,12 @@ def test_start_gives_up_on_a_fork_server_that_never_listens(
     monkeypatch.setattr(cli, "_SERVER_WAIT", 0.1)
     assert cli._daemon_from_new_server(None, ["argv"]) == 0  # type: ignore[arg-type]
     assert requested == []
+
+
+def test_exit_now_flushes_what_was_written_and_exits_with_the_code() -> None:
+    code = ("import sys\nfrom shim.cli import _exit_now\n"
+            "sys.stdout.write('unix:///x')\n"
+            "print('err', end='', file=sys.stderr)\n_exit_now(3)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30,
+                          check=False)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (3, b"unix:///x", b"err")

@@ -124,13 +124,17 @@ def test_a_lock_taken_on_a_removed_lock_file_is_taken_again(tmp_path: Path) -> N
 class Server:
     """:func:`serve` in a thread; the handler records requests and answers a fixed pid."""
 
-    def __init__(self, path: str, fds: int) -> None:
+    def __init__(self, path: str, fds: int, code: str | None = None) -> None:
         self.path = path
         self.fds = fds
         self.seen: list[Request] = []
         self.passed: list[list[bytes]] = []
+        # the code it watches: by default the socket's directory (the package's own files may
+        # change while the tests run)
+        watch = warm.CodeWatch.start(code or os.path.dirname(path))
         self.thread = threading.Thread(
-            target=serve, args=(path, self.handle), kwargs={"fds": fds, "idle": 10.0}
+            target=serve, args=(path, self.handle),
+            kwargs={"fds": fds, "idle": 10.0, "watch": watch},
         )
 
     def handle(self, req: Request) -> int:
@@ -196,7 +200,7 @@ def test_refused_elsewhere_and_stale(sock_path: str) -> None:
             os.close(read_end)
             os.close(write_end)
         here = warm.where_am_i()
-        stamp = code_stamp()
+        stamp = warm.code_identity()
         elsewhere = {**here, "net": "net:[1]"}
         assert _raw(sock_path, {"stamp": stamp, "place": elsewhere}) == {"error": "elsewhere"}
         assert _raw(sock_path, [1, 2]) == {"error": "refused"}  # type: ignore[arg-type]
@@ -205,6 +209,56 @@ def test_refused_elsewhere_and_stale(sock_path: str) -> None:
         server.thread.join(5)
         assert not server.thread.is_alive() and not os.path.exists(sock_path)
         assert len(server.seen) == 1
+
+
+def test_a_server_whose_code_changed_answers_stale_and_ends(tmp_path: Path) -> None:
+    code = tmp_path / "pkg"
+    (code / "sub").mkdir(parents=True)
+    (code / "sub" / "mod.py").write_text("x = 1\n")
+    path = str(tmp_path / "warm.sock")
+    with Server(path, fds=0, code=str(code)) as server:
+        assert request(path, {}, what="test") == 4242
+        (code / "sub" / "mod.py").write_text("x = 2\n")
+        with pytest.raises(Unavailable, match="stale") as info:
+            request(path, {}, what="test")
+        assert info.value.restart
+        server.thread.join(5)
+        assert not server.thread.is_alive() and not os.path.exists(path)
+    assert len(server.seen) == 1
+
+
+@pytest.mark.parametrize("change", ["write", "touch", "create", "remove", "rename", "mkdir"])
+def test_code_watch_sees_each_change_to_python_files_and_no_other(
+    tmp_path: Path, change: str
+) -> None:
+    (tmp_path / "sub" / "__pycache__").mkdir(parents=True)
+    mod = tmp_path / "sub" / "mod.py"
+    mod.write_text("x = 1\n")
+    watch = warm.CodeWatch.start(str(tmp_path))
+    assert watch is not None
+    try:
+        # bytecode, other files, a new __pycache__: not code
+        (tmp_path / "sub" / "__pycache__" / "mod.cpython-311.pyc").write_bytes(b"\0")
+        (tmp_path / "notes.txt").write_text("x")
+        (tmp_path / "__pycache__").mkdir()
+        (tmp_path / "sub" / "mod.py.swp").write_text("x")
+        assert not watch.changed()
+        if change == "write":
+            mod.write_text("x = 2\n")
+        elif change == "touch":
+            os.utime(mod)
+        elif change == "create":
+            (tmp_path / "new.py").write_text("")
+        elif change == "remove":
+            mod.unlink()
+        elif change == "rename":
+            (tmp_path / "sub" / "mod.py.swp").rename(tmp_path / "sub" / "other.py")
+        else:
+            (tmp_path / "newpkg").mkdir()
+        assert watch.changed()
+        assert watch.changed()  # it stays changed
+    finally:
+        watch.close()
 
 
 def test_no_server_is_worth_a_restart(sock_path: str) -> None:
@@ -350,7 +404,7 @@ def test_the_start_path_imports_no_json_re_socket_or_hashlib() -> None:
         "import sys\n"
         "from shim import cli, forkserver, warm\n"
         "cli.socket_address('/run/containerd/containerd.sock', 'default', 'c1')\n"
-        "warm.code_stamp(); forkserver.socket_path(); warm.in_host_namespaces()\n"
+        "warm.code_identity(); forkserver.socket_path(); warm.in_host_namespaces()\n"
         "warm.encode_json({'a': [1]}); warm.parse_answer(b'{\"pid\": 1}')\n"
         "print(sorted({'json', 're', 'socket', 'hashlib', '_hashlib', 'typing', 'asyncio'}"
         " & set(sys.modules)))\n"
