@@ -10,6 +10,8 @@
 #     checkout) and /usr/local/bin/containerd-shim-pyrunc-v2 pointing at its console script;
 #   - a running containerd (started by hand when its socket does not answer: no systemd here);
 #   - fs.pipe-max-size >= 4 MiB (CRIU lazy pages without CAP_SYS_RESOURCE);
+#   - CRIU's cache of its kernel probes (criu.kdat) in /run/criu, a tmpfs (CRIU keeps the cache
+#     only on a tmpfs; where /run is none, a 1 MiB tmpfs is mounted there);
 #   - the test image localhost/pyrunc-test:latest (hack/image/build.sh), imported into
 #     containerd's "default" namespace;
 #   - the Kubernetes-side parts (hack/install-k8s.sh): containerd 2.1.9 in a private prefix,
@@ -27,9 +29,14 @@ set -euo pipefail
 readonly CRIU_MIN_VERSION=4.2.1
 readonly CRIU_SUITE=sid
 readonly CRIU_BIN=/usr/local/sbin/criu
+# CRIU probes the kernel at every run (iptables, ip6tables, a shell: 60-100 ms here) unless it
+# finds its cache, criu.kdat, which it writes only on a tmpfs. It is built to keep it in its
+# own root-only directory, so a host whose /run is on a disk can still have one.
+readonly CRIU_RUNDIR=/run/criu
 readonly CACHE_DIR=/var/cache/containerd-shim-pyrunc
 readonly PREFIX=/opt/containerd-shim-pyrunc
 readonly VENV=$PREFIX/venv
+readonly CRIU_STAMP=$PREFIX/criu.build
 readonly VENV_STAMP=$VENV/.containerd-shim-pyrunc-install
 readonly SHIM_NAME=containerd-shim-pyrunc-v2
 readonly SHIM_LINK=/usr/local/bin/$SHIM_NAME
@@ -114,6 +121,16 @@ criu_is_wanted_version() {
     v=$(criu_installed_version) && [[ -n $v ]] && version_at_least "$v" "$CRIU_MIN_VERSION"
 }
 
+# What the installed CRIU was built with, beside its version (an earlier build kept its
+# cache in /run: rebuilt once).
+criu_build_stamp() {
+    echo "rundir=$CRIU_RUNDIR"
+}
+
+criu_is_wanted_build() {
+    criu_is_wanted_version && [[ $(cat "$CRIU_STAMP" 2>/dev/null) == "$(criu_build_stamp)" ]]
+}
+
 # The upstream version of the newest criu source package, if it is new enough.
 criu_source_version() {
     local v
@@ -157,7 +174,7 @@ ensure_criu_sources() {
 }
 
 install_criu() {
-    if criu_is_wanted_version; then
+    if criu_is_wanted_build; then
         log "CRIU $(criu_installed_version) (>= $CRIU_MIN_VERSION): already at $CRIU_BIN"
     else
         ensure_criu_sources
@@ -181,10 +198,13 @@ install_criu() {
         log "building CRIU $version in $build"
         rm -rf "$build/criu-$version"
         tar -C "$build" -xf "$build/$tarball"
-        make -C "$build/criu-$version" -j"$(nproc)" criu >"$build/make.log" 2>&1 \
+        make -C "$build/criu-$version" -j"$(nproc)" RUNDIR="$CRIU_RUNDIR" criu \
+            >"$build/make.log" 2>&1 \
             || { tail -n 30 "$build/make.log" >&2; die "make criu failed (log: $build/make.log)"; }
         install -m0755 "$build/criu-$version/criu/criu" "$CRIU_BIN"
         criu_is_wanted_version || die "$CRIU_BIN --version does not report >= $CRIU_MIN_VERSION"
+        mkdir -p "$(dirname "$CRIU_STAMP")"
+        criu_build_stamp >"$CRIU_STAMP"
     fi
     ((chroot_only)) && return
     criu_check=$("$CRIU_BIN" check 2>&1 || true)
@@ -302,6 +322,16 @@ install_image() {
     fi
 }
 
+# CRIU's kernel-probe cache directory: root's alone, and a tmpfs (a fresh one after each boot,
+# so the cache never outlives the kernel it describes).
+ensure_criu_rundir() {
+    install -d -m 0700 -o root -g root "$CRIU_RUNDIR"
+    if [[ $(stat -f -c %T "$CRIU_RUNDIR") != tmpfs ]]; then
+        log "mounting a tmpfs on $CRIU_RUNDIR (CRIU keeps its kernel-probe cache only on a tmpfs)"
+        mount -t tmpfs -o size=1m,mode=0700,nosuid,nodev,noexec criu-kdat "$CRIU_RUNDIR"
+    fi
+}
+
 main() {
     case "${1:-}" in
         --chroot) chroot_only=1 ;;
@@ -310,6 +340,7 @@ main() {
     esac
     [[ $EUID == 0 ]] || die "run as root"
     install_packages
+    ((chroot_only)) || ensure_criu_rundir
     install_criu
     install_project
     if ((!chroot_only)); then
