@@ -14,7 +14,7 @@ import pytest
 
 from shim.api.containerd.task.v2 import shim_pb2 as api
 from shim.bundle import RESTORE_ANNOTATION
-from shim.checkpoint.plan import RestoreSource
+from shim.checkpoint.plan import UNPACKING, RestoreSource
 from shim.errors import InvalidArgument
 from shim.service import _restore_source
 
@@ -29,7 +29,8 @@ def test_annotated_checkpoint_of_root_mode_0700_is_used(tmp_path: Path) -> None:
     images = tmp_path / "ckpt" / "checkpoint"
     images.mkdir(parents=True)
     images.chmod(0o700)
-    assert _restore_source(_annotated(tmp_path, images)) == RestoreSource(str(images))
+    assert _restore_source(_annotated(tmp_path, images)) == RestoreSource(
+        str(images), unpacking=str(tmp_path / "ckpt" / UNPACKING))
 
 
 def _make_symlink(tmp: Path) -> Path:

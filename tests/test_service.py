@@ -31,7 +31,7 @@ from shim.api.containerd.runc.options import oci_pb2
 from shim.api.containerd.task.v2 import shim_pb2 as api
 from shim.api.pyrunc.v1 import checkpoint_pb2
 from shim.bundle import RESTORE_ANNOTATION
-from shim.checkpoint.plan import RestoreSource
+from shim.checkpoint.plan import UNPACKING, RestoreSource
 from shim.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -901,7 +901,8 @@ def test_restore_source_from_the_spec_annotation(tmp_path: Path) -> None:
     images = tmp_path / "ck" / "checkpoint"  # private: see tests/test_restore_annotation.py
     images.mkdir(parents=True, mode=0o700)
     req = api.CreateTaskRequest(id="c1", bundle=_annotated_bundle(tmp_path, str(images)))
-    assert _restore_source(req) == RestoreSource(str(images))
+    assert _restore_source(req) == RestoreSource(
+        str(images), unpacking=str(tmp_path / "ck" / UNPACKING))  # the endpoint's file
 
 
 @pytest.mark.parametrize(

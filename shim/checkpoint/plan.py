@@ -63,6 +63,7 @@ __all__ = [
     "STATUS_FD",
     "STORED_PLAN",
     "STORED_PLAN_VERSION",
+    "UNPACKING",
     "CgroupMode",
     "CheckpointPlan",
     "Namespace",
@@ -87,6 +88,14 @@ STORED_PLAN: Final = "pyrunc-checkpoint.json"
 """File name of the stored plan inside the images directory (travels with containerd's tar)."""
 
 STORED_PLAN_VERSION: Final = 1
+
+UNPACKING: Final = "pyrunc-unpacking"
+"""A file the CRI endpoint keeps beside an unpacked checkpoint's images (in the directory
+that holds ``checkpoint/``) while it still writes them: it holds an exclusive ``flock`` on
+it until they are all written and then writes ``complete`` into it (anything else there says
+why not). CreateContainer answers before CRIU's images are all written, so that their
+writing overlaps StartContainer's start of the shim; the restore waits on this file
+(:attr:`RestoreSource.unpacking`) before it reads them."""
 
 STATUS_FD: Final = 3
 """With lazy pages runc gets ``--status-fd 3``: the runner passes a pipe as runc's fd 3 and
@@ -175,6 +184,8 @@ class RestoreSource:
 
     ``images_dir`` is containerd's unpacked checkpoint (``CreateTaskRequest.checkpoint``) or
     the ``image_path`` of ``pyrunc.v1.RestoreOptions``; the rest come from those options.
+    ``unpacking``: for the CRI endpoint's checkpoint (the annotation), its :data:`UNPACKING`
+    file, to wait on before the images are read ("" for every other source).
     """
 
     images_dir: str
@@ -182,6 +193,7 @@ class RestoreSource:
     tcp_close: bool = False
     lazy_pages: bool = False
     page_server: str = ""
+    unpacking: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -566,7 +578,9 @@ def restore_source(
         if checkpoint or opts is not None:
             raise InvalidArgument(
                 f"annotation {RESTORE_ANNOTATION} and a checkpoint in the request were both given")
-        return RestoreSource(_abs_path(annotated, RESTORE_ANNOTATION), work_dir=work_dir)
+        images = _abs_path(annotated, RESTORE_ANNOTATION)
+        return RestoreSource(images, work_dir=work_dir,
+                             unpacking=posixpath.join(posixpath.dirname(images), UNPACKING))
     if opts is None:
         return RestoreSource(checkpoint, work_dir=work_dir) if checkpoint else None
     if checkpoint and opts.image_path:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import glob
 import logging
 import os
@@ -466,6 +467,33 @@ def _remove_leftovers(state_dir: str, yards: list[str], cgroups_path: str) -> No
                 time.sleep(0.05)
 
 
+async def _wait_unpacked(path: str) -> None:
+    """Wait until the CRI endpoint has written all of a checkpoint's images: it holds an
+    exclusive ``flock`` on ``path`` (:data:`shim.checkpoint.plan.UNPACKING`) while it writes
+    them and then writes ``complete`` into it. No file: everything was written before the
+    container was created. The lock is tried at once; only a wait takes a thread.
+
+    Raises:
+        FailedPrecondition: the endpoint stopped before it had written them all.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_SH)
+        state = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+    finally:
+        os.close(fd)
+    if state != "complete":
+        raise FailedPrecondition(
+            f"the checkpoint's images were not all unpacked ({path}: {state or 'empty'})"
+        )
+
+
 async def restore(
     runtime: Runtime,
     reaper: Reaper,
@@ -493,6 +521,9 @@ async def restore(
     """
     steps = _Steps()
     check_path("image path", source.images_dir)
+    if source.unpacking:
+        await _wait_unpacked(source.unpacking)
+        steps.done("images unpacked")
     try:
         with open(os.path.join(source.images_dir, STORED_PLAN), "rb") as f:
             stored: bytes | None = f.read()

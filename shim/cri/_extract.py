@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import fcntl
 import gzip
 import lzma
 import os
@@ -29,10 +30,13 @@ import stat
 import tarfile
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
+
+from shim.checkpoint.network import SNAPSHOT
+from shim.checkpoint.plan import STORED_PLAN, UNPACKING
 
 from ._errors import InvalidArgument
 
@@ -241,15 +245,21 @@ def _write_members(archive: CheckedArchive, dest: Path,
 class Extraction:
     """A checked archive being unpacked into a new private (0700) directory, :attr:`dest`.
 
-    :meth:`start` writes the small top-level files a restore reads first (``FIRST``: the
-    ``*.dump`` files and ``rootfs-diff.tar``) at once, then the rest (CRIU's images: the
-    bulk of the bytes) on a thread of its own, so the caller can work with containerd
-    meanwhile. :meth:`wait` returns once everything is written (or raises what failed);
-    :meth:`abort` stops the thread and removes the directory. A compressed archive is read
-    in one pass in :meth:`start` (seeking back in a compressed stream reads it again).
+    :meth:`start` writes the small files a restore reads first (``FIRST``: the ``*.dump``
+    files, ``rootfs-diff.tar`` and the shim's own files among CRIU's images) and makes the
+    ``checkpoint`` directory at once, then writes the rest (CRIU's images: the bulk of the
+    bytes) on a thread of its own, so the caller can work with containerd meanwhile, and the
+    restore can even begin: while the thread writes, it holds an exclusive ``flock`` on
+    :data:`~shim.checkpoint.plan.UNPACKING` in :attr:`dest` and then writes ``complete``
+    (or what failed) into it, which the shim's restore waits on. :meth:`wait` returns once
+    everything is written (or raises what failed); :meth:`abort` stops the thread and
+    removes the directory; ``on_done`` (if given) is called on the thread when it ends, with
+    what failed or None. A compressed archive is read in one pass in :meth:`start` (seeking
+    back in a compressed stream reads it again), without the file.
     """
 
-    FIRST: Final = frozenset({"config.dump", "spec.dump", "status.dump", "rootfs-diff.tar"})
+    FIRST: Final = frozenset({"config.dump", "spec.dump", "status.dump", "rootfs-diff.tar",
+                              f"checkpoint/{STORED_PLAN}", f"checkpoint/{SNAPSHOT}"})
 
     def __init__(self, archive: CheckedArchive, parent: Path, prefix: str) -> None:
         self.archive = archive
@@ -258,8 +268,10 @@ class Extraction:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._lock_fd = -1
 
-    def start(self) -> Extraction:
+    def start(self, on_done: Callable[[BaseException | None], None] | None = None
+              ) -> Extraction:
         """Write the first files; start the rest. On failure the directory is gone again.
 
         Raises:
@@ -269,24 +281,48 @@ class Extraction:
         try:
             if self.archive.compressed:
                 _write_members(self.archive, self.dest, self.archive.members)
+                if on_done is not None:
+                    on_done(None)
                 return self
             first = [(n, i) for n, i in self.archive.members if n in self.FIRST and i.isreg()]
             rest = [(n, i) for n, i in self.archive.members
                     if not (n in self.FIRST and i.isreg())]
+            os.mkdir(self.dest / "checkpoint", 0o700)  # named by the restore from the start
             _write_members(self.archive, self.dest, first)
+            self._lock_fd = os.open(
+                self.dest / UNPACKING,
+                os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         except BaseException:
+            self._unlock("")
             shutil.rmtree(self.dest, ignore_errors=True)
             raise
-        self._thread = threading.Thread(target=self._run, args=(rest,),
+        self._thread = threading.Thread(target=self._run, args=(rest, on_done),
                                         name=f"unpack {self.dest.name}", daemon=True)
         self._thread.start()
         return self
 
-    def _run(self, rest: list[tuple[str, tarfile.TarInfo]]) -> None:
+    def _run(self, rest: list[tuple[str, tarfile.TarInfo]],
+             on_done: Callable[[BaseException | None], None] | None) -> None:
         try:
             _write_members(self.archive, self.dest, rest, self._stop)
         except BaseException as exc:  # handed to wait()
             self._error = exc
+        self._unlock("complete" if self._error is None else f"failed: {self._error}")
+        if on_done is not None:
+            on_done(self._error)
+
+    def _unlock(self, state: str) -> None:
+        """Say how the unpacking ended in :data:`UNPACKING` and let the restore go on."""
+        fd, self._lock_fd = self._lock_fd, -1
+        if fd < 0:
+            return
+        try:
+            if state:
+                with contextlib.suppress(OSError):  # unreadable = not complete
+                    os.pwrite(fd, f"{state}\n".encode(), 0)
+        finally:
+            os.close(fd)
 
     def wait(self) -> Path:
         """Block until every entry is written; returns :attr:`dest` (0700).
@@ -302,6 +338,17 @@ class Extraction:
             raise self._error
         os.chmod(self.dest, 0o700)
         return self.dest
+
+    def join(self) -> None:
+        """Block until the thread has ended (what it met stays for :meth:`wait`)."""
+        thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    @property
+    def aborted(self) -> bool:
+        """Whether :meth:`abort` was called."""
+        return self._stop.is_set()
 
     def abort(self) -> None:
         """Stop unpacking (at the next entry) and remove the directory."""

@@ -285,3 +285,41 @@ def test_restore_refuses_a_bad_stored_plan_before_runc(tmp_path: Path, bundle: P
             )
         )  # fmt: skip
     assert rt.calls == []
+
+
+def test_the_restore_waits_for_the_endpoint_to_unpack_the_images(tmp_path: Path) -> None:
+    """No UNPACKING file: on at once. Locked: the wait lasts until the endpoint lets go, then
+    ``complete`` lets the restore go on; anything else fails it naming the file."""
+    import fcntl
+    import threading
+
+    marker = tmp_path / "pyrunc-unpacking"
+    run(runner._wait_unpacked(str(marker)))  # no file: everything was written before
+
+    fd = os.open(marker, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    released = threading.Event()
+
+    def endpoint_done() -> None:
+        os.pwrite(fd, b"complete\n", 0)
+        released.set()
+        os.close(fd)
+
+    async def restore_side() -> bool:
+        timer = threading.Timer(0.2, endpoint_done)
+        timer.start()
+        try:
+            await runner._wait_unpacked(str(marker))
+            return released.is_set()  # read before the timer thread is joined
+        finally:
+            timer.join()
+
+    assert run(restore_side())  # it did not return before the endpoint let go
+
+    marker.write_text("failed: disk full\n")
+    with pytest.raises(FailedPrecondition, match="disk full") as info:
+        run(runner._wait_unpacked(str(marker)))
+    assert str(marker) in str(info.value)
+    marker.write_text("")
+    with pytest.raises(FailedPrecondition, match="empty"):
+        run(runner._wait_unpacked(str(marker)))

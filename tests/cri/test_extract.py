@@ -177,3 +177,64 @@ def test_extraction_failure_on_the_thread_is_raised_by_wait(tmp_path: Path) -> N
     with pytest.raises(InvalidArgument, match="ends inside an entry"):
         extraction.wait()
     assert os.listdir(work) == []
+
+
+def test_the_unpacking_file_is_locked_until_the_images_are_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the thread writes CRIU's images, UNPACKING is locked (the restore waits on it)
+    and the ``checkpoint`` directory and the shim's stored plan are already there; then it
+    says ``complete``, the lock is free and ``on_done`` was called without an error."""
+    import fcntl
+    import threading
+
+    from shim.checkpoint.plan import STORED_PLAN, UNPACKING
+    from shim.cri import _extract
+
+    archive = write_tar(tmp_path / "a.tar", base=[*GOOD, (f"checkpoint/{STORED_PLAN}", b"{}")])
+    release = threading.Event()
+    real = _extract._write_members
+
+    def held(archive: object, dest: Path, members: object, stop: object = None) -> None:
+        if stop is not None:  # the thread's part: CRIU's images
+            assert release.wait(10)
+        real(archive, dest, members, stop)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_extract, "_write_members", held)
+    ended: list[BaseException | None] = []
+    extraction = Extraction(check_archive(archive), tmp_path / "work", "ck-").start(ended.append)
+    marker = extraction.dest / UNPACKING
+    fd = os.open(marker, os.O_RDONLY)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        assert stat.S_IMODE((extraction.dest / "checkpoint").stat().st_mode) == 0o700
+        assert (extraction.dest / "checkpoint" / STORED_PLAN).read_bytes() == b"{}"
+        assert not (extraction.dest / "checkpoint/pages-1.img").exists()
+        assert stat.S_IMODE(marker.stat().st_mode) == 0o600 and ended == []
+        release.set()
+        extraction.join()
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # free now
+    finally:
+        os.close(fd)
+    assert marker.read_text() == "complete\n" and ended == [None]
+    assert (extraction.wait() / "checkpoint/pages-1.img").read_bytes() == b"p" * 5000
+
+
+def test_the_unpacking_file_says_what_failed(tmp_path: Path) -> None:
+    from shim.checkpoint.plan import UNPACKING
+
+    archive = write_tar(tmp_path / "a.tar")
+    checked = check_archive(archive)
+    pages = next(info for name, info in checked.members if name == "checkpoint/pages-1.img")
+    with open(archive, "r+b") as f:
+        f.truncate(pages.offset_data + 100)
+    ended: list[BaseException | None] = []
+    extraction = Extraction(checked, tmp_path / "work", "ck-").start(ended.append)
+    extraction.join()
+    text = (extraction.dest / UNPACKING).read_text()
+    assert text.startswith("failed: ") and "ends inside an entry" in text, text
+    assert len(ended) == 1 and isinstance(ended[0], InvalidArgument)
+    assert not extraction.aborted
+    with pytest.raises(InvalidArgument):
+        extraction.wait()

@@ -9,6 +9,7 @@ import pytest
 
 from shim.api.k8s.cri.runtime.v1 import api_pb2
 from shim.bundle import RESTORE_ANNOTATION
+from shim.checkpoint.plan import UNPACKING
 from shim.cri._errors import InvalidArgument
 from shim.cri._restore import read_meta, restore_request
 
@@ -220,7 +221,9 @@ def test_a_restore_keeps_its_images_and_names_them(tmp_path: Path) -> None:
     req.config.image.image = str(_archive(tmp_path / "ck.tar"))
     assert restorer.create(req, 30.0).container_id == "cid-1"
     (unpacked,) = (tmp_path / "work" / "restore").iterdir()
+    restorer.wait_unpacked(unpacked)  # CRIU's images may be written after the answer
     assert (unpacked / "checkpoint" / "inventory.img").read_bytes() == b"i"
+    assert (unpacked / UNPACKING).read_text() == "complete\n"
     assert ctd.removed == [] and ctd.leases == 0
     restorer.removed(unpacked)
     assert not unpacked.exists()
@@ -249,3 +252,34 @@ def test_an_image_that_is_no_checkpoint_is_not_ours(tmp_path: Path) -> None:
     assert restorer.create(req, 30.0) is None
     req.config.image.image = str(tmp_path / "missing.tar")
     assert restorer.create(req, 30.0) is None
+
+
+def test_a_container_removed_while_its_images_are_written_stops_the_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CreateContainer answers before CRIU's images are all written; RemoveContainer then
+    stops the writing and the directory goes, with nothing left in flight."""
+    import threading
+
+    from shim.cri import _extract
+    from shim.cri._restore import Restorer
+
+    gate = threading.Event()
+    real = _extract._write_members
+
+    def held(archive: object, dest: Path, members: object, stop: object = None) -> None:
+        if stop is not None:  # the thread's part
+            assert gate.wait(10)
+        real(archive, dest, members, stop)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_extract, "_write_members", held)
+    restorer = Restorer(FakeContainerd(), tmp_path / "work")  # type: ignore[arg-type]
+    req = request()
+    req.config.image.image = str(_archive(tmp_path / "ck.tar"))
+    assert restorer.create(req, 30.0).container_id == "cid-1"  # answered while held
+    (unpacked,) = (tmp_path / "work" / "restore").iterdir()
+    assert (unpacked / UNPACKING).exists() and not (unpacked / "checkpoint/inventory.img").exists()
+    threading.Timer(0.1, gate.set).start()
+    restorer.removed(unpacked)
+    assert not unpacked.exists()
+    assert not restorer._inflight and not restorer._unpacking
