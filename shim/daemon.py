@@ -25,7 +25,6 @@ import os  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
 from shim.warm import unlink_if_ours  # noqa: E402
@@ -191,7 +190,8 @@ def _socket_file() -> tuple[str, int] | None:
     """The path of the socket file this shim serves (from the bundle's ``address``) and its
     inode, or None if it cannot be told."""
     try:
-        path = Path("address").read_text().strip().removeprefix("unix://")
+        with open("address") as f:  # (not pathlib: a dozen functions run once per daemon)
+            path = f.read().strip().removeprefix("unix://")
         return path, os.stat(path).st_ino
     except OSError:
         return None

@@ -252,6 +252,12 @@ def serve_forever() -> None:
     import shim.service
     from shim.proctitle import set_cmdline
 
+    # SIGINT at its default, as the daemons inherit it: with Python's own handler there,
+    # asyncio.run puts one of its own in its place, and the daemon's add_signal_handler for
+    # SIGINT then replaces that one, and signal.signal, turning the old handler into an enum,
+    # fails and formats the repr of asyncio.run's main task for the error it swallows (a
+    # dozen functions, on every daemon's start)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     shim.daemon.rehearse()
     # Daemons are this process's children (see _fork_daemon): ignoring SIGCHLD makes the
     # kernel reap each one that ends, without a wait in the serve loop.

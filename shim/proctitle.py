@@ -16,6 +16,10 @@ __all__ = ["set_cmdline"]
 
 PR_SET_NAME = 15
 COMM = b"containerd-shim"
+# Loaded once, where this module is imported (the fork server): a CDLL made per call makes a
+# class of its own each time (ctypes' function pointer type), in every daemon.
+_LIBC = ctypes.CDLL(None)
+_prctl = _LIBC.prctl
 
 
 def _arg_area() -> tuple[int, int]:
@@ -31,5 +35,4 @@ def set_cmdline(argv: list[str]) -> None:
     data = b"\0".join(a.encode() for a in argv) + b"\0"
     data = data[:size].ljust(size, b"\0")
     ctypes.memmove(start, data, size)
-    libc = ctypes.CDLL(None)
-    libc.prctl(PR_SET_NAME, ctypes.c_char_p(COMM), 0, 0, 0)
+    _prctl(PR_SET_NAME, ctypes.c_char_p(COMM), 0, 0, 0)
