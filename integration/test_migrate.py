@@ -10,11 +10,16 @@ record, no task, no staging directory).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import termios
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -349,10 +354,17 @@ def test_destination_restore_fails_and_the_source_runs_on(world: World, method: 
     wait_until(lambda: len(numbers(path.read_text())) >= 3, 20, interval=0.1)
     squatter = world.lab.netns("sq")
     world.lab.veth(world.lab.name("vs"), squatter, netns=world.b.netns)  # the name, taken on b
-    proc = world.migrate(cid, world.a, world.b, method=method)
+    # with --tcp-established stop-and-copy locks the source's TCP input: undone on the way back
+    proc = world.migrate(cid, world.a, world.b, "--tcp-established", method=method)
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
     assert "already exists" in proc.stderr and "the source runs on (RUNNING)" in proc.stderr, (
         proc.stderr)
+    assert "unlocking" not in proc.stderr, proc.stderr
+    task = world.a.ctr.task(cid)
+    assert task is not None
+    tables = subprocess.run(["nsenter", "-t", str(task.pid), "-n", "nft", "list", "tables"],
+                            capture_output=True, text=True, check=True, timeout=30).stdout
+    assert "pyrunc_restore_lock" not in tables, tables
     before = numbers(path.read_text())[-1]
     wait_until(lambda: numbers(path.read_text())[-1] > before + 3, 20, interval=0.1,
                message="the source's counter to go on")
@@ -373,6 +385,7 @@ else:
 
 _REBUILD = """
 import sys
+import time
 from shim.checkpoint.network import load_snapshot, rebuild
 rebuild(load_snapshot(sys.stdin.buffer.read()), int(sys.argv[1]))
 """
@@ -425,3 +438,83 @@ def test_rebuilt_namespace_drops_tcp_until_the_restore_is_over(world: World) -> 
     finally:
         holder.kill()
         holder.wait()
+
+
+def _unacked(sock: socket.socket) -> int:
+    """Bytes ``sock`` (a TCP socket) sent that its peer has not acknowledged yet."""
+    raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
+    return int(struct.unpack("i", raw)[0])
+
+
+def test_a_paused_source_takes_no_tcp_data_after_its_dump(world: World) -> None:
+    """Why stop-and-copy locks the source's TCP input itself, shown without timing: CRIU
+    unlocks the network at the end of a dump that leaves the tasks alive, and the paused
+    source's kernel then acknowledges what a peer sends, data the dumped sockets never had
+    (lost for the destination, which the peer's path reaches only once its rebuild announces
+    the container's MAC). Dumped as a stop-and-copy move dumps it, a record the client sends
+    is acknowledged at once by the paused source; with the source's lock
+    (:class:`shim.migrate._source._SourceTcpLock`, taken beside the pause as the move takes
+    it) it stays unacknowledged, is acknowledged once the lock is undone (the rollback's way)
+    and answered when the source resumes: the stream is intact."""
+    import threading
+
+    from shim.api.pyrunc.v1 import checkpoint_pb2
+    from shim.migrate._containerd import connect
+    from shim.migrate._source import NETWORK_LOCK, _SourceTcpLock
+    from shim.typeurl import pack
+
+    from ._migrate_lab import NAMESPACE
+    from ._net_seq import SeqClient
+
+    port = 7000
+    cid, _ = start_in(world, world.a, "mig-lock", "/usr/bin/net-seq", str(port), wired=True)
+    client = SeqClient.connect(world.client_ns, f"{world.subnet}.2", port)
+    try:
+        client.exchange(5)
+        with connect(world.a.containerd.address, NAMESPACE) as cd:
+            task = cd.task(cid)
+            assert task is not None
+            for n, locked in enumerate((False, True)):
+                lock = _SourceTcpLock(task.pid)
+                if locked:
+                    with lock:
+                        cd.pause(cid)
+                    assert lock.locked, lock.problem
+                else:
+                    cd.pause(cid)
+                stage = world.a.work_dir / f"dump-{n}"
+                options = checkpoint_pb2.CheckpointOptions(
+                    exit=False, open_tcp=True, image_path=str(stage / "images"),
+                    work_path=str(stage / "work"), empty_namespaces=["network"],
+                    network_lock=NETWORK_LOCK)
+                cd.checkpoint(cid, pack(options))  # leave-running; CRIU unlocks at its end
+                assert cd.task(cid).status == "PAUSED"  # type: ignore[union-attr]
+                failed: list[BaseException] = []
+
+                def exchange_one(failed: list[BaseException] = failed) -> None:
+                    try:
+                        client.exchange(1, 60)
+                    except BaseException as exc:  # reported by the test's thread
+                        failed.append(exc)
+
+                answered = threading.Thread(target=exchange_one)
+                answered.start()
+                if locked:
+                    wait_until(lambda: _unacked(client.sock) > 0, 10, interval=0.01,
+                               message="the record to be sent")
+                    for _ in range(20):  # 2 s: several of the client's retransmissions
+                        assert _unacked(client.sock) > 0, "the locked source acknowledged"
+                        time.sleep(0.1)
+                    assert lock.undo() == ""
+                # unlocked: the paused source's kernel takes it (once undone: at the
+                # client's next retransmission)
+                wait_until(lambda: _unacked(client.sock) == 0, 30, interval=0.01,
+                           message="the paused source to acknowledge the record")
+                assert answered.is_alive()  # acknowledged, not answered: it is paused
+                cd.resume(cid)
+                answered.join(60)
+                assert not answered.is_alive() and not failed, failed
+        client.exchange(5)
+        assert client.sent == 12
+    finally:
+        client.close()

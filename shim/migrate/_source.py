@@ -247,6 +247,56 @@ def _resume(cd: Containerd, cid: str, pid: int) -> None:
     _set_freezer(pid, "THAWED")
 
 
+def _run_nft(argv: list[str], rules: str = "") -> str:
+    """Run an nft command (``argv`` from shim.checkpoint.network); "" or what went wrong."""
+    from shim.checkpoint.network import nft_path
+
+    try:
+        proc = subprocess.run(argv, input=rules.encode(), capture_output=True, timeout=30,
+                              check=False, env={**os.environ, "PATH": nft_path()})
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc) or type(exc).__name__
+    if proc.returncode != 0:
+        return proc.stderr.decode(errors="replace").strip() or f"exit {proc.returncode}"
+    return ""
+
+
+class _SourceTcpLock:
+    """Drop the TCP input of ``pid``'s network namespace (the table the destination's
+    rebuild uses, :data:`shim.checkpoint.network.TCP_LOCK_TABLE`), on a thread, while the
+    block runs (the pause: ~10 ms each, side by side); :attr:`problem` says why it failed.
+    Peers' segments are dropped, not acknowledged, so they are sent again and reach the
+    destination once it runs."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.problem = ""
+        self.locked = False
+        self._thread = threading.Thread(target=self._lock, name="source-tcp-lock", daemon=True)
+
+    def _lock(self) -> None:
+        from shim.checkpoint.network import tcp_lock_rules
+
+        argv = ["nsenter", f"--net=/proc/{self.pid}/ns/net", "nft", "-f", "-"]
+        self.problem = _run_nft(argv, tcp_lock_rules())
+        self.locked = not self.problem
+
+    def undo(self) -> str:
+        """Delete the lock again (the source is put back); "" or what went wrong."""
+        from shim.checkpoint.network import tcp_unlock_argv
+
+        problem = _run_nft(tcp_unlock_argv(self.pid))
+        self.locked = bool(problem)
+        return problem
+
+    def __enter__(self) -> _SourceTcpLock:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._thread.join()
+
+
 def _cut_network(pid: int) -> None:
     """Cut the network of ``pid``'s namespace before the source is killed: delete every link
     but lo (a veth takes its host-side peer with it, whose name the container's next move
@@ -595,12 +645,23 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
         empty_namespaces=[_NET_NS] if _own_netns(spec) else [], lazy_pages=lazy,
         page_server=page_server, network_lock=NETWORK_LOCK)
 
+    # CRIU unlocks the network at the end of a dump that leaves the tasks alive, and then
+    # the paused source's kernel would take (acknowledge) TCP data its peers send until the
+    # destination's rebuild moves their path: data the dumped sockets never had, lost. So
+    # stop-and-copy keeps the source's TCP input dropped itself, from the pause until the
+    # source is cut off after the commit, or undone when the source is put back. (A lazy
+    # dump keeps CRIU's lock until the last page is served; a failed one resumes the source.)
+    source_lock = (_SourceTcpLock(pid) if not lazy and opts.tcp_established and
+                   _own_netns(spec) else None)
+
     def back(reason: str) -> TransferFailed:
         """Undo the freeze; the source runs on."""
         call.cancel()
         stream.close()
         if lazy:
             _abort_lazy_dump(cid)
+        if source_lock is not None and source_lock.locked and (problem := source_lock.undo()):
+            reason += f"; unlocking the source's TCP input failed ({problem}): it drops TCP"
         _resume(cd, cid, pid)  # paused before the dump, both methods
         t = cd.task(cid)
         where = f"the source runs on ({t.status if t else 'no task!'})"
@@ -616,8 +677,11 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
         # Paused first, by both methods: CRIU then finds the cgroup frozen and dumps at
         # once (freezing it itself, CRIU polls the v1 freezer every 100 ms and so waits at
         # least that long), and the shim's network record is of a container that no longer
-        # runs.
-        cd.pause(cid)
+        # runs. A stop-and-copy source's TCP input is locked meanwhile (_SourceTcpLock).
+        with source_lock or contextlib.nullcontext():
+            cd.pause(cid)
+        if source_lock is not None and not source_lock.locked:
+            raise back(f"locking the source's TCP input failed: {source_lock.problem}")
         clock.lap("frozen:pause")
         try:
             cd.checkpoint(cid, pack(options))
