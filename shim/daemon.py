@@ -306,7 +306,9 @@ def rehearse(rounds: int = 12) -> tuple[int, int]:
 def serve(flags: Flags) -> int:
     """Run the daemon until shutdown; returns the process exit code."""
     _setup_logging(flags.debug)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    # SIGPIPE is ignored already: the interpreter ignores it at start-up, and every daemon
+    # runs in a process Python started (the fork server, or ``start``). Setting it again
+    # ran signal's enum conversions in each daemon.
     _fix_mmap_threshold()
     try:
         _become_subreaper()

@@ -249,8 +249,11 @@ def serve_forever() -> None:
     import shim.daemon
     import shim.flags
     import shim.metrics
+    import shim.mount
     import shim.service
     from shim.proctitle import set_cmdline
+
+    shim.mount._lib()  # its handle on the C library, made here once, not in each Create
 
     # SIGINT at its default, as the daemons inherit it: with Python's own handler there,
     # asyncio.run puts one of its own in its place, and the daemon's add_signal_handler for
