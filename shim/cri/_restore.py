@@ -67,6 +67,7 @@ _NOT_KEPT: Final = ("io.kubernetes.cri.", "io.kubernetes.cri-o.", "org.criu.",
                     "io.pyrunc.restore.", *RESTORED_MARKS)
 _MAX_JSON: Final = 4 << 20
 _SWEEP_AGE: Final = 60.0  # seconds
+_BASE_KEPT: Final = 60.0  # seconds a base image found in containerd is taken as still there
 _SPEC_MOUNT_DEFAULTS: Final = frozenset({"/proc", "/dev", "/dev/pts", "/dev/mqueue", "/sys",
                                          "/sys/fs/cgroup", "/dev/shm", "/etc/hosts",
                                          "/etc/hostname", "/etc/resolv.conf",
@@ -271,6 +272,8 @@ class Restorer:
         self._inflight: set[Path] = set()
         self._unpacking: dict[Path, Extraction] = {}  # CRIU's images still being written
         self._kinds: dict[str, str] = {}  # image digest -> layer digest or "" (not ours)
+        # (rootfsImageName, rootfsImageRef) -> the one containerd had, and when it had it
+        self._bases: dict[tuple[str, str], tuple[str, float]] = {}
 
     # Is it a checkpoint? ------------------------------------------------------------------
 
@@ -344,14 +347,19 @@ class Restorer:
         try:
             meta = read_meta(unpacked)
             diff = _DiffApply(self._ctd, unpacked / "rootfs-diff.tar", clock)
-            base = self._base_image(meta, request.sandbox_config, clock)
+            base, known = self._base_image(meta, request.sandbox_config, clock)
             steps.done("base image")
-            new = restore_request(request, meta, base_image=base,
-                                  images_dir=str(unpacked / "checkpoint"),
-                                  checkpoint_image=image)
             cid = ""
             try:
-                cid = self._ctd.create_container(new, clock.left())
+                try:
+                    cid = self._create(request, meta, base, unpacked, image, clock)
+                except Upstream as exc:
+                    if not known or exc.code in (grpc.StatusCode.DEADLINE_EXCEEDED,
+                                                 grpc.StatusCode.CANCELLED):
+                        raise
+                    # the base image was taken as still there: look again (or pull), once
+                    base, _ = self._base_image(meta, request.sandbox_config, clock, fresh=True)
+                    cid = self._create(request, meta, base, unpacked, image, clock)
                 steps.done("CreateContainer")
             finally:
                 diff.container(cid or None)
@@ -427,13 +435,35 @@ class Restorer:
                 self._unpacking.pop(dest, None)
             raise
 
-    def _base_image(self, meta: CheckpointMeta, sandbox_config: Any, clock: Clock) -> str:
-        for name in (meta.rootfs_image_name, meta.rootfs_image_ref):
+    def _create(self, request: Any, meta: CheckpointMeta, base: str, unpacked: Path,
+                image: str, clock: Clock) -> str:
+        new = restore_request(request, meta, base_image=base,
+                              images_dir=str(unpacked / "checkpoint"), checkpoint_image=image)
+        return self._ctd.create_container(new, clock.left())
+
+    def _base_image(self, meta: CheckpointMeta, sandbox_config: Any, clock: Clock, *,
+                    fresh: bool = False) -> tuple[str, bool]:
+        """The base image to create from: the first of ``rootfsImageName`` and
+        ``rootfsImageRef`` containerd has, else the first pulled. Once found it is taken as
+        still there for :data:`_BASE_KEPT` seconds (a lookup less per restore; a
+        CreateContainer that fails with it looks again, ``fresh``). Returns the name and
+        whether it was taken so."""
+        key = (meta.rootfs_image_name, meta.rootfs_image_ref)
+        now = time.monotonic()
+        with self._lock:
+            kept = self._bases.pop(key, None)
+            if kept is not None and not fresh and now - kept[1] < _BASE_KEPT:
+                self._bases[key] = kept
+                return kept[0], True
+        for name in key:
             if name and self._ctd.image_status(name) is not None:
-                return name
-        wanted = meta.rootfs_image_name or meta.rootfs_image_ref
-        self._ctd.pull_image(wanted, sandbox_config, clock.left())
-        return wanted
+                break
+        else:
+            name = meta.rootfs_image_name or meta.rootfs_image_ref
+            self._ctd.pull_image(name, sandbox_config, clock.left())
+        with self._lock:
+            self._bases[key] = (name, now)
+        return name, False
 
     # The unpacked checkpoints' lifetime ------------------------------------------------------
 

@@ -283,3 +283,54 @@ def test_a_container_removed_while_its_images_are_written_stops_the_writing(
     restorer.removed(unpacked)
     assert not unpacked.exists()
     assert not restorer._inflight and not restorer._unpacking
+
+
+def test_a_base_image_found_is_not_looked_up_again_until_a_create_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second restore from the same base image asks containerd no ImageStatus; if its
+    CreateContainer then fails (the image was removed meanwhile), the restorer looks again
+    and creates once more; a failure without a kept base image is not retried."""
+    import grpc
+
+    from shim.cri._errors import Upstream
+    from shim.cri._restore import Restorer
+
+    class Counting(FakeContainerd):
+        def __init__(self) -> None:
+            super().__init__()
+            self.looked: list[str] = []
+            self.refuse = 0
+
+        def image_status(self, image: str) -> object:
+            self.looked.append(image)
+            return super().image_status(image)
+
+        def create_container(self, request: object, timeout: float | None) -> str:
+            if self.refuse:
+                self.refuse -= 1
+                raise Upstream(grpc.StatusCode.NOT_FOUND, "failed to resolve image")
+            return super().create_container(request, timeout)
+
+    ctd = Counting()
+    restorer = Restorer(ctd, tmp_path / "work")  # type: ignore[arg-type]
+
+    def restore() -> str:
+        req = request()
+        req.config.image.image = str(_archive(tmp_path / "ck.tar"))
+        return str(restorer.create(req, 30.0).container_id)
+
+    assert restore() == "cid-1" and ctd.looked == ["localhost/base:1"]
+    assert restore() == "cid-1" and ctd.looked == ["localhost/base:1"]  # kept
+    ctd.refuse = 1
+    assert restore() == "cid-1" and ctd.looked == ["localhost/base:1"] * 2  # looked again
+    assert ctd.created == ["cid-1"] * 3
+    fresh = Restorer(Counting(), tmp_path / "work2")  # type: ignore[arg-type]
+    fresh._ctd.refuse = 1  # type: ignore[attr-defined]
+    req = request()
+    req.config.image.image = str(_archive(tmp_path / "ck.tar"))
+    with pytest.raises(Upstream, match="resolve"):
+        fresh.create(req, 30.0)
+    monkeypatch.setattr("shim.cri._restore._BASE_KEPT", 0.0)  # kept no longer
+    restore()
+    assert ctd.looked == ["localhost/base:1"] * 3
