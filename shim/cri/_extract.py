@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import errno
 import fcntl
 import gzip
 import lzma
@@ -178,14 +179,31 @@ def _copy(src: IO[bytes], fd: int, size: int) -> None:
         left -= len(chunk)
 
 
+_NO_COPY_RANGE: Final = frozenset({errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL})
+
+
 def _copy_range(src: int, dst: int, offset: int, size: int) -> None:
-    """``size`` bytes at ``offset`` of ``src`` into ``dst``, copied by the kernel."""
+    """``size`` bytes at ``offset`` of ``src`` into ``dst``, copied by the kernel:
+    ``copy_file_range``, or ``sendfile`` where that cannot (since Linux 5.19 it refuses two
+    filesystems with EXDEV: an archive on another filesystem than the work dir)."""
     done = 0
+    copy: Callable[[int, int, int, int], int] = os.copy_file_range
     while done < size:
-        n = os.copy_file_range(src, dst, size - done, offset + done)
+        try:
+            n = copy(src, dst, size - done, offset + done)
+        except OSError as exc:
+            if done or copy is not os.copy_file_range or exc.errno not in _NO_COPY_RANGE:
+                raise
+            copy = _sendfile
+            continue
         if n == 0:
             raise InvalidArgument("archive ends inside an entry")
         done += n
+
+
+def _sendfile(src: int, dst: int, count: int, offset: int) -> int:
+    """``copy_file_range``'s arguments, by ``sendfile`` (appends to ``dst``)."""
+    return os.sendfile(dst, src, offset, count)
 
 
 def _write_member(dest: Path, name: str, info: tarfile.TarInfo, plain: int | None,

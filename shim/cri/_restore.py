@@ -419,7 +419,7 @@ class Restorer:
                 self._inflight.discard(dest)
                 self._unpacking.pop(dest, None)
             if error is None:
-                log.debug("restore of %s: images unpacked in %.0f ms", image,
+                log.info("restore of %s: CRIU images unpacked in %.0f ms", image,
                           1000 * (time.monotonic() - begun))
             elif not extraction.aborted:  # the restore says so at StartContainer too
                 log.error("restore of %s: unpacking %s failed: %s", image, dest, error)

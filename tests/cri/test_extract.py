@@ -238,3 +238,24 @@ def test_the_unpacking_file_says_what_failed(tmp_path: Path) -> None:
     assert not extraction.aborted
     with pytest.raises(InvalidArgument):
         extraction.wait()
+
+
+def test_images_on_another_filesystem_are_copied_by_sendfile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """copy_file_range refuses two filesystems (EXDEV, Linux >= 5.19): the copy goes on with
+    sendfile and the files are the same."""
+    import errno
+
+    calls: list[int] = []
+
+    def cross_device(src: int, dst: int, count: int, offset: int) -> int:
+        calls.append(count)
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", cross_device)
+    archive = write_tar(tmp_path / "a.tar")
+    out = extract_archive(check_archive(archive), tmp_path / "work", "ck-")
+    assert (out / "checkpoint/pages-1.img").read_bytes() == b"p" * 5000
+    assert (out / "spec.dump").read_bytes() == b'{"process":{}}'
+    assert calls  # it was tried first
