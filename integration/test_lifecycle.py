@@ -425,7 +425,7 @@ def test_pyrunc_shims_come_from_the_fork_server(containers: Containers) -> None:
     for shim in shims:
         assert shim is not None
         # start keeps containerd's session for a daemon it forks; the fork server's daemons
-        # are double-forked out of a session of their own
+        # are forked (or were forked ahead, as its spare) into a session of their own
         assert session_of(shim) != containerd_session, "the daemon was forked by start"
         argv = proc_cmdline(shim)
         assert argv[0].endswith("containerd-shim-pyrunc-v2") and "-id" in argv, argv

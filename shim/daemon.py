@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING  # noqa: E402
 from shim.warm import unlink_if_ours  # noqa: E402
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from shim.flags import Flags
 
-__all__ = ["rehearse", "serve"]
+__all__ = ["rehearse", "serve", "serve_when_told"]
 
 log = logging.getLogger("shim")
 
@@ -306,14 +306,39 @@ def rehearse(rounds: int = 12) -> tuple[int, int]:
 def serve(flags: Flags) -> int:
     """Run the daemon until shutdown; returns the process exit code."""
     _setup_logging(flags.debug)
+
+    async def given() -> Flags:
+        return flags
+
+    return _run(given, logging_set=True)
+
+
+def serve_when_told(told: Callable[[], Awaitable[Flags | None]]) -> int:
+    """Run a daemon that does not know yet which shim it is: its event loop made and
+    running, it awaits ``told`` (a spare of the fork server waits there for a ``start``),
+    then serves as those flags say (logging to the ``log`` FIFO of the working directory
+    ``told`` left it in); ``None`` from ``told`` ends it at once (exit code 0)."""
+    return _run(told, logging_set=False)
+
+
+def _run(told: Callable[[], Awaitable[Flags | None]], *, logging_set: bool) -> int:
     # SIGPIPE is ignored already: the interpreter ignores it at start-up, and every daemon
     # runs in a process Python started (the fork server, or ``start``). Setting it again
     # ran signal's enum conversions in each daemon.
     _fix_mmap_threshold()
     try:
         _become_subreaper()
-        asyncio.run(_serve(flags))
+        asyncio.run(_when_told(told, logging_set))
     except Exception:
         log.exception("shim failed")
         return 1
     return 0
+
+
+async def _when_told(told: Callable[[], Awaitable[Flags | None]], logging_set: bool) -> None:
+    flags = await told()
+    if flags is None:
+        return
+    if not logging_set:
+        _setup_logging(flags.debug)
+    await _serve(flags)

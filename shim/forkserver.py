@@ -5,7 +5,9 @@ imports (asyncio, protobuf, the Task service) before it can answer containerd's 
 and that sits on the critical path of every ``ctr run``. The fork server imports all of it once
 and waits on a root-only unix socket; ``start`` binds the shim's socket as before, then hands
 it (SCM_RIGHTS) with the shim's flags, working directory and environment to the fork server,
-which forks a daemon that is ready at once and answers with its pid.
+which hands them to its spare - a daemon forked ahead, its event loop already running - or
+forks a daemon for them, and answers with its pid; it forks the next spare once it has
+answered.
 
 Rules:
 * The fork server never runs an event loop or a thread, so forking it is safe; it forks only
@@ -38,7 +40,10 @@ from shim.warm import RUN_DIR, Request, encode_json, request, serve, sha256_hex,
 TYPE_CHECKING = False  # (importing typing would cost start-up time; see shim.cli)
 if TYPE_CHECKING:
     import _socket
+    import socket
     from collections.abc import Callable
+
+    from shim.flags import Flags
 
 __all__ = ["IDLE", "request_daemon", "serve_forever", "socket_path", "spawn_server"]
 
@@ -164,7 +169,8 @@ _fork: Callable[[], int] = os.fork
 
 
 def _fork_daemon(req: Request) -> int:
-    """Fork a daemon for one request; return its pid (the child never returns).
+    """A daemon for one request: the spare's pid once the request is handed over to it
+    (:class:`_Spare`), else that of a daemon forked for it now (the child never returns).
 
     One fork, not two: the daemon stays the fork server's child (its own session, as the
     runc shim's daemon has), and the fork server ignores SIGCHLD (:func:`serve_forever`), so
@@ -172,6 +178,12 @@ def _fork_daemon(req: Request) -> int:
     fork server once more and exits, took 2.5-3 ms of every ``start`` against 0.5 ms."""
     import signal  # (loaded in the fork server already; ``start`` imports this module)
 
+    global _spare
+    spare, _spare = _spare, None
+    if spare is not None:
+        pid = spare.hand_over(req)
+        if pid:
+            return pid
     pid = _fork()
     if pid == 0:
         try:
@@ -181,6 +193,128 @@ def _fork_daemon(req: Request) -> int:
         finally:
             os._exit(1)
     return pid
+
+
+class _Spare:
+    """A daemon forked ahead of the next request, waiting for it on a socket pair with its
+    event loop made and running (:func:`shim.daemon.serve_when_told`): what a daemon does
+    between the fork and accepting containerd's first connection (3.5-11 ms: the loop, its
+    epoll and self-pipe, the pages it copies on the way) is then off ``start``'s path, and so
+    is the fork. One at a time; the fork server makes the next after it has answered. A
+    spare whose fork server is gone reads end-of-file and exits."""
+
+    __slots__ = ("pid", "sock")
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.sock = sock
+
+    def hand_over(self, req: Request) -> int:
+        """Send ``req`` (its working directory, environment, argv and file descriptors) to
+        the spare; its pid, or 0 if it is gone (the caller forks a daemon instead)."""
+        import socket
+
+        fields = {key: req.fields.get(key) for key in ("cwd", "env", "argv")}
+        message = encode_json(fields).encode()
+        rights = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in req.fds)
+        try:
+            sent = self.sock.sendmsg(
+                [message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)]
+            )
+            self.sock.sendall(message[sent:])
+        except OSError:
+            return 0
+        finally:
+            self.sock.close()  # end-of-file: the spare has all, or ends if it had nothing
+        return self.pid
+
+
+#: The spare daemon waiting for the next request, if any (the fork server's only).
+_spare: _Spare | None = None
+
+
+def _make_spare() -> None:
+    """Fork the next :class:`_Spare` if there is none (after an answer, off its path)."""
+    global _spare
+    import signal
+    import socket
+
+    if _spare is not None:
+        return
+    try:
+        mine, its = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError:
+        return
+    try:
+        pid = _fork()
+    except OSError:
+        mine.close()
+        its.close()
+        return
+    if pid == 0:
+        code = 1
+        try:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            os.setsid()
+            # Its end of the pair holds fd 3 until the request comes, so that the event loop's
+            # descriptors (epoll, self-pipe), made meanwhile, are not on 3, where the shim's
+            # socket goes (_take_request); the rest are the fork server's (its sockets, its
+            # watch): none is the spare's.
+            fd = its.detach()
+            os.dup2(fd, 3, inheritable=False)
+            os.closerange(4, os.sysconf("SC_OPEN_MAX"))
+            from shim.proctitle import set_cmdline
+
+            set_cmdline(["containerd-shim-pyrunc-v2", "spare"])
+            code = _serve_as_spare(socket.socket(fileno=3))
+        finally:
+            os._exit(code)
+    its.close()
+    _spare = _Spare(pid, mine)
+
+
+def _serve_as_spare(sock: socket.socket) -> int:
+    """In the spare: make the event loop, wait on ``sock`` for the request, become the
+    daemon it asks for (:func:`_take_request`) and serve; 0 at once on end-of-file."""
+    import asyncio
+    import json
+    import socket
+
+    from shim.daemon import serve_when_told
+    from shim.warm import _MAX_REQUEST
+
+    sock.setblocking(False)
+
+    async def told() -> Flags | None:
+        loop = asyncio.get_running_loop()
+        while True:
+            readable: asyncio.Future[None] = loop.create_future()
+
+            def ready(fut: asyncio.Future[None] = readable) -> None:
+                if not fut.done():
+                    fut.set_result(None)
+
+            loop.add_reader(sock.fileno(), ready)
+            try:
+                await readable
+            finally:
+                loop.remove_reader(sock.fileno())
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(sock, _MAX_REQUEST, 1)
+                break
+            except BlockingIOError:
+                continue
+        while data and (chunk := await loop.sock_recv(sock, 65536)):
+            data += chunk
+        sock.close()  # fd 3 is free for the shim's socket
+        if not data or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            return None  # the fork server is gone (or sent nonsense): nothing to serve
+        fields = json.loads(data)
+        return _take_request(Request(fields, fds, ()))
+
+    return serve_when_told(told)
 
 
 #: The fork server's own environment, as it was when it began to serve (it never changes it).
@@ -202,6 +336,13 @@ def set_environ(env: dict[str, str], current: dict[str, str]) -> None:
 
 def _become_daemon(req: Request) -> None:
     from shim.daemon import serve as serve_daemon
+
+    os._exit(serve_daemon(_take_request(req)))
+
+
+def _take_request(req: Request) -> Flags:
+    """Become the daemon ``req`` asks for: its working directory and environment, stdio on
+    /dev/null, the shim's socket as fd 3, its command line; returns its flags."""
     from shim.flags import parse_flags
     from shim.proctitle import set_cmdline
 
@@ -221,7 +362,7 @@ def _become_daemon(req: Request) -> None:
     argv = req.fields["argv"]
     assert isinstance(argv, list)
     set_cmdline([str(a) for a in argv])
-    os._exit(serve_daemon(parse_flags([str(a) for a in argv[1:]])))
+    return parse_flags([str(a) for a in argv[1:]])
 
 
 def serve_forever() -> None:
@@ -271,8 +412,14 @@ def serve_forever() -> None:
     def ready() -> None:
         set_cmdline(["containerd-shim-pyrunc-v2", "forkserver"])
         offer_to_ksm()
+        _make_spare()
 
-    serve(socket_path(), _fork_daemon, fds=1, idle=IDLE, ready=ready, watch=watch)
+    try:
+        serve(socket_path(), _fork_daemon, fds=1, idle=IDLE, ready=ready, watch=watch,
+              after=_make_spare)
+    finally:
+        if _spare is not None:
+            _spare.sock.close()  # it reads end-of-file and ends
 
 
 if __name__ == "__main__":

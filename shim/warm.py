@@ -573,6 +573,7 @@ def serve(
     idle: float | None = None,
     ready: Callable[[], None] | None = None,
     watch: CodeWatch | None = None,
+    after: Callable[[], None] | None = None,
 ) -> None:
     """Serve requests on ``path`` one at a time until a stale request comes (or ``idle``
     seconds pass without one, or the package's files change); ``handle`` forks the worker
@@ -590,12 +591,14 @@ def serve(
         watch: the watch on the package's files, started before the code was imported
             (:class:`CodeWatch`; serve closes it); None: one is started here. Without
             inotify the files' :func:`code_stamp` is taken again at each request.
+        after: called after each request is answered and its connection closed (work
+            for the next request, off this one's path).
     """
 
     if watch is None:
         watch = CodeWatch.start()
     try:
-        _serve(path, handle, fds, idle, ready, watch)
+        _serve(path, handle, fds, idle, ready, watch, after)
     finally:
         if watch is not None:
             watch.close()
@@ -608,6 +611,7 @@ def _serve(
     idle: float | None,
     ready: Callable[[], None] | None,
     watch: CodeWatch | None,
+    after: Callable[[], None] | None,
 ) -> None:
     import json
     import socket
@@ -646,6 +650,7 @@ def _serve(
                     return  # replaced: nobody can reach this server any more
                 continue
             last = time.monotonic()
+            answered = False
             with conn:
                 conn.settimeout(_TIMEOUT)
                 try:
@@ -666,11 +671,14 @@ def _serve(
                     else:
                         pid = handle(Request(fields, got, (listener, conn)))
                         conn.sendall(answer(pid, "no worker"))
+                        answered = True
                 except (OSError, KeyError, ValueError):
                     continue
                 finally:
                     for fd in got:
                         os.close(fd)
+            if answered and after is not None:
+                after()  # the caller has its answer (and end-of-file) already
     finally:
         listener.close()
         fd = _lock(path)

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -138,3 +139,77 @@ def test_a_daemon_is_the_servers_child_in_a_session_of_its_own_and_is_reaped() -
     # (by the interpreter: shim.daemon.serve no longer sets it)
     assert (own_session, parent, default_sigchld) == ("True", server, "True")
     assert gone == "False"
+
+
+def test_a_spare_serves_the_request_handed_to_it_and_ends_when_the_server_is_gone(
+    tmp_path: Path,
+) -> None:
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    out = _run(f"""
+        import asyncio, os, signal, socket, time
+        import shim.forkserver as fs
+        from shim.api.containerd.task.v2 import shim_pb2 as api
+        from shim.ttrpc import Client
+        from shim.warm import Request
+
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # as serve_forever does
+        fs._SERVER_ENV.update(os.environ)
+
+        def alive(pid):
+            for _ in range(300):
+                if not os.path.exists(f"/proc/{{pid}}"):
+                    return False
+                time.sleep(0.01)
+            return True
+
+        # a spare the fork server goes away from: it ends
+        fs._make_spare()
+        gone = fs._spare
+        fs._spare = None
+        gone.sock.close()
+        print(alive(gone.pid))
+
+        # a spare that gets a request: it is the daemon, serving the socket it was given
+        fs._make_spare()
+        spare = fs._spare
+        time.sleep(0.2)
+        title = open(f"/proc/{{spare.pid}}/cmdline").read().split("\\0")[:2]
+        path = "{tmp_path}/shim.sock"
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(path)
+        listener.listen(8)
+        env = dict(os.environ)
+        argv = ["shim", "-namespace", "ns", "-id", "c1", "-address", "/nonexistent"]
+        req = Request({{"cwd": "{bundle}", "env": env, "argv": argv}}, [listener.fileno()], ())
+        pid = fs._fork_daemon(req)
+        listener.close()
+
+        async def connect():
+            client = await Client.connect(path)
+            reply = await client.call("containerd.task.v2.Task", "Connect",
+                                      api.ConnectRequest(id="c1").SerializeToString(),
+                                      timeout=10)
+            await client.close()
+            return api.ConnectResponse.FromString(reply).shim_pid
+
+        shim_pid = asyncio.run(connect())
+        print(pid == spare.pid, fs._spare is None, shim_pid == pid, title,
+              os.readlink(f"/proc/{{pid}}/cwd"))
+        os.kill(pid, signal.SIGKILL)
+
+        # a spare that died: the request is forked a daemon of its own instead
+        fs._make_spare()
+        dead = fs._spare
+        os.kill(dead.pid, signal.SIGKILL)
+        alive(dead.pid)
+        fs._become_daemon = lambda req: os._exit(0)
+        req = Request({{"cwd": "/", "env": {{}}, "argv": []}}, [0], ())
+        print(fs._fork_daemon(req) != dead.pid)
+    """)
+    gone, served, fallback = out.splitlines()
+    assert gone == "False"  # end-of-file from its fork server ends a waiting spare
+    # the spare's pid is the answer, there is no spare until the server makes the next one,
+    # the daemon answers on the socket it was handed, in the bundle it was sent to
+    assert served == f"True True True ['containerd-shim-pyrunc-v2', 'spare'] {bundle}"
+    assert fallback == "True"

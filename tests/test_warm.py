@@ -261,6 +261,32 @@ def test_code_watch_sees_each_change_to_python_files_and_no_other(
         watch.close()
 
 
+def test_after_runs_once_each_request_is_answered_and_closed(sock_path: str) -> None:
+    seen: list[str] = []
+
+    def after() -> None:  # the caller already has its answer and end-of-file
+        seen.append("after")
+
+    watch = warm.CodeWatch.start(os.path.dirname(sock_path))
+    thread = threading.Thread(target=serve, args=(sock_path, lambda _: seen.append("h") or 7),
+                              kwargs={"idle": 10.0, "watch": watch, "after": after})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not os.path.exists(sock_path):
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        assert request(sock_path, {}, what="test") == 7
+        with pytest.raises(Unavailable, match="elsewhere"):
+            request(sock_path, {}, what="test", place={"net": "net:[1]"})
+        assert request(sock_path, {}, what="test") == 7
+    finally:
+        with pytest.raises(Unavailable, match="stale"):
+            request(sock_path, {"stamp": "other"}, what="test")
+        thread.join(5)
+    assert seen == ["h", "after", "h", "after"]  # none after a refusal or a stale answer
+
+
 def test_no_server_is_worth_a_restart(sock_path: str) -> None:
     with pytest.raises(Unavailable, match="no test") as info:
         request(sock_path, {}, what="test")
