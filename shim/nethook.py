@@ -33,6 +33,7 @@ import sys
 import time
 
 __all__ = [
+    "STOP",
     "TEMPLATE_IDLE",
     "hook",
     "hook_argv",
@@ -100,7 +101,8 @@ def hook_argv(socket_path: str) -> list[str]:
 
 
 def serve(socket_path: str, snapshot_path: str) -> None:
-    """Load the snapshot, listen, rebuild for the one hook that comes, answer it.
+    """Load the snapshot, listen, rebuild for the one hook that comes, answer it (or end
+    on :data:`STOP`; connections that bring no request are not the hook's and are dropped).
 
     A snapshot that cannot be read or parsed is no reason to stay silent: the service listens
     anyway and gives the hook that error, so the restore fails at once and says why (instead
@@ -121,7 +123,7 @@ def serve(socket_path: str, snapshot_path: str) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     tmp = f"{socket_path}.tmp"
     listener.bind(tmp)
-    listener.listen(1)
+    listener.listen(8)
     os.rename(tmp, socket_path)  # appears only once everything is imported and loaded
     # Duplicate address detection while CRIU is still busy (a hook that comes meanwhile
     # waits in the backlog for what is left of it), so the rebuild does not wait for answers.
@@ -132,11 +134,13 @@ def serve(socket_path: str, snapshot_path: str) -> None:
             probed = probe_from_host(snap, early)
         except (OSError, ShimError) as exc:
             snap = exc
-    conn, _ = listener.accept()
+    conn, request = _accept_request(listener)
     # what the rebuild leaves to close (ARP probe sockets) waits until the hook has its answer
     with early, contextlib.ExitStack() as late, conn, listener:
+        if request == STOP:
+            return
         try:
-            state = json.loads(_read_all(conn))
+            state = json.loads(request)
             pid = state.get("pid") if isinstance(state, dict) else None
             if type(pid) is not int or pid <= 0:
                 raise ValueError("the OCI state runc gave the hook names no pid")
@@ -146,6 +150,31 @@ def serve(socket_path: str, snapshot_path: str) -> None:
             conn.sendall(b"ok")
         except Exception as exc:
             conn.sendall(f"rebuilding the network failed: {exc}".encode())
+
+
+STOP = b"stop"
+"""What the shim sends a rebuild service that is no longer needed (no hook will come)."""
+_REQUEST_TIMEOUT = 10.0  # the hook sends the state it read before it connected, at once
+
+
+def _accept_request(listener: socket.socket) -> tuple[socket.socket, bytes]:
+    """The next connection that brings a request (the hook's state, or :data:`STOP`) and
+    the request. A connection that closes without a word, or says nothing for
+    :data:`_REQUEST_TIMEOUT` seconds, is someone else's: e.g. :func:`shim.warm.sweep`, which
+    connects to every socket in the run directory to see whether a server still lives there
+    (measured: the service took such a probe for its one hook, answered it and ended, and the
+    restore's real hook found no service: "did not come up")."""
+    while True:
+        conn, _ = listener.accept()
+        try:
+            conn.settimeout(_REQUEST_TIMEOUT)
+            request = _read_all(conn)
+            conn.settimeout(None)
+        except OSError:
+            request = b""
+        if request:
+            return conn, request
+        conn.close()
 
 
 def loopback_up(netns: str) -> None:

@@ -46,7 +46,7 @@ from shim.checkpoint.network import (
     tcp_unlock_argv,
 )
 from shim.errors import FailedPrecondition
-from shim.nethook import hook_argv, lo_up_argv, loopback_up, template_argv
+from shim.nethook import STOP, hook_argv, lo_up_argv, loopback_up, template_argv
 from shim.reaper import Reaper
 from shim.spawn import Child, run, spawn
 from shim.warm import RUN_DIR, Unavailable, in_host_namespaces, request
@@ -223,13 +223,15 @@ class NetworkRestore:
 
     def close(self) -> None:
         """End the rebuild service if no hook came (runc failed before it) and remove its
-        socket. A service that listens already is told by a connection that closes without a
-        request (it answers that and exits); one of ours still starting up is killed."""
+        socket. A service that listens already is told so (:data:`shim.nethook.STOP`; a
+        connection without a request is not enough: the service ignores those, which
+        others make too); one of ours still starting up is killed."""
         self._started = False
         if self._socket:
             with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as conn:
                 conn.setblocking(False)
                 conn.connect(self._socket)
+                conn.send(STOP)
         if self._service is not None and not self._service.exited.done():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._service.pid, 9)

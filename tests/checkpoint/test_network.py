@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -399,6 +400,51 @@ def _listening(path: Path) -> bool:
         except OSError:
             return False
         return True
+
+
+def test_a_connection_without_a_request_is_not_the_hook(
+    rebuilds: Rebuilds,
+    short_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """shim.warm.sweep connects to every socket in the run directory and closes: the
+    service must not take that for its one hook (it did, ended, and the restore's hook found
+    no service), nor a connection that stays silent."""
+    from shim import warm
+
+    monkeypatch.setattr(nethook, "_REQUEST_TIMEOUT", 0.2)
+    (short_dir / "net.json").write_bytes(dump_snapshot(SNAP))
+    sock = short_dir / "s.sock"
+    server = serve_in_thread(sock, short_dir / "net.json")
+    wait = time.monotonic() + 10
+    while not _listening(sock) and time.monotonic() < wait:  # (itself a probe)
+        time.sleep(0.01)
+    assert warm.sweep(str(short_dir)) == []  # alive: kept
+    with socket.socket(socket.AF_UNIX) as silent:
+        silent.connect(str(sock))
+        time.sleep(0.5)  # dropped after the timeout
+    assert server.is_alive()
+    assert run_hook(monkeypatch, sock, {"pid": 4242}) == 0
+    server.join(10)
+    assert not server.is_alive()
+    assert rebuilds.calls == [(SNAP, 4242)]
+    assert capsys.readouterr().err == ""
+
+
+def test_stop_ends_the_service_without_a_rebuild(rebuilds: Rebuilds, short_dir: Path) -> None:
+    (short_dir / "net.json").write_bytes(dump_snapshot(SNAP))
+    sock = short_dir / "s"
+    server = serve_in_thread(sock, short_dir / "net.json")
+    wait = time.monotonic() + 10
+    while not sock.exists() and time.monotonic() < wait:
+        time.sleep(0.01)
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.connect(str(sock))
+        conn.sendall(nethook.STOP)
+    server.join(10)
+    assert not server.is_alive()
+    assert rebuilds.calls == []
 
 
 def test_a_failed_rebuild_fails_the_hook_with_its_message(
