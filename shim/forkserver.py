@@ -212,16 +212,15 @@ class _Spare:
     def hand_over(self, req: Request) -> int:
         """Send ``req`` (its working directory, environment, argv and file descriptors) to
         the spare; its pid, or 0 if it is gone (the caller forks a daemon instead)."""
+        import marshal
         import socket
 
-        fields = {key: req.fields.get(key) for key in ("cwd", "env", "argv")}
-        message = encode_json(fields).encode()
+        # marshal: C code only, in the spare too (its pages are then not copied for it);
+        # safe between this process and its own fork, on a socket pair nobody else holds
+        message = marshal.dumps({key: req.fields.get(key) for key in ("cwd", "env", "argv")})
         rights = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in req.fds)
-        try:
-            sent = self.sock.sendmsg(
-                [message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)]
-            )
-            self.sock.sendall(message[sent:])
+        try:  # one record (SOCK_SEQPACKET): all of it, or nothing
+            self.sock.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
         except OSError:
             return 0
         finally:
@@ -242,7 +241,7 @@ def _make_spare() -> None:
     if _spare is not None:
         return
     try:
-        mine, its = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        mine, its = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     except OSError:
         return
     try:
@@ -274,10 +273,12 @@ def _make_spare() -> None:
 
 
 def _serve_as_spare(sock: socket.socket) -> int:
-    """In the spare: make the event loop, wait on ``sock`` for the request, become the
-    daemon it asks for (:func:`_take_request`) and serve; 0 at once on end-of-file."""
+    """In the spare: make the event loop, wait on ``sock`` for the request (one record, see
+    :meth:`_Spare.hand_over`), become the daemon it asks for (:func:`_take_request`) and
+    serve; 0 at once on end-of-file. It runs as little Python of its own as it can: every
+    function that runs here only for this copies pages for this spare."""
     import asyncio
-    import json
+    import marshal
     import socket
 
     from shim.daemon import serve_when_told
@@ -300,19 +301,20 @@ def _serve_as_spare(sock: socket.socket) -> int:
             finally:
                 loop.remove_reader(sock.fileno())
             try:
-                data, fds, _flags, _addr = socket.recv_fds(sock, _MAX_REQUEST, 1)
+                data, ancdata, _flags, _addr = sock.recvmsg(_MAX_REQUEST, socket.CMSG_SPACE(4))
                 break
             except BlockingIOError:
                 continue
-        while data and (chunk := await loop.sock_recv(sock, 65536)):
-            data += chunk
         sock.close()  # fd 3 is free for the shim's socket
+        fds = [int.from_bytes(cdata[i:i + 4], sys.byteorder, signed=True)
+               for level, kind, cdata in ancdata
+               if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+               for i in range(0, len(cdata) - 3, 4)]
         if not data or len(fds) != 1:
             for fd in fds:
                 os.close(fd)
             return None  # the fork server is gone (or sent nonsense): nothing to serve
-        fields = json.loads(data)
-        return _take_request(Request(fields, fds, ()))
+        return _take_request(Request(marshal.loads(data), fds, ()))
 
     return serve_when_told(told)
 
