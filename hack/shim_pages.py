@@ -16,18 +16,19 @@ thread stacks, the interpreter's .bss), ``stack``, ``exe`` (the interpreter bina
 mappings: its .data), ``lib`` (other files) and ``other``. Sums over all shims of a runtime:
 PSS and RSS (what a node pays).
 
-For a pyrunc shim forked by the fork server (a process titled ``containerd-shim-pyrunc-v2
-forkserver`` in the same cgroups, running the same interpreter), ``/proc/<pid>/pagemap`` of
-both processes tells, per writable private mapping, the shim's present pages that are still
-the fork server's (same frame: ``shared``), those it copied (another frame at an address the
-fork server has present: ``copied``; pages KSM merged count here too) and those it made
-(``new``). With ``--words``, every copied page is compared with the fork server's word by
-word, and each differing word is put down to the object it falls in, as the fork server has
-it (an object is a word followed by a pointer to a type object, its size from the type):
-``refcount <type>`` (the object's first word), ``body <type>``, or ``unattributed``.
-A page copied for a reference count that went up and back down again differs in no word.
-The fork server may itself have written to some pages since the fork (its serve loop), which
-then count as copied for the shim: a small error, the same for every shim.
+For a pyrunc shim forked by the fork server (its parent, titled ``containerd-shim-pyrunc-v2
+forkserver``, else such a process in the same cgroups; the same interpreter),
+``/proc/<pid>/pagemap`` of both processes tells, per writable private mapping, the shim's
+present pages that are still the fork server's (same frame: ``shared``), those it copied
+(another frame at an address the fork server has present: ``copied``; pages KSM merged count
+here too) and those it made (``new``). With ``--words``, every copied page is compared with
+the fork server's word by word, and each differing word is put down to the object it falls
+in, as the fork server has it (an object is a word followed by a pointer to a type object,
+its size from the type): ``refcount <type>`` (the object's first word), ``body <type>``, or
+``unattributed``. A page copied for a reference count that went up and back down again
+differs in no word. The fork server may itself have written to some pages since the fork
+(its serve loop), which then count as copied for the shim: a small error, the same for every
+shim.
 
 What it found (issue 14): a served daemon's private memory is the fork server's pages it
 touched, and mostly the same pages with the same contents in every daemon; see
@@ -113,7 +114,16 @@ def breakdown(pid: int) -> dict[str, dict[str, int]]:
 
 
 def find_forkserver(pid: int) -> int | None:
-    """The fork server in ``pid``'s cgroups, if any."""
+    """The fork server ``pid`` was forked from: its parent (a daemon is the fork server's
+    child), else - a daemon whose server has ended and was replaced - the fork server in
+    ``pid``'s cgroups, if any. (Several may live in one cgroup for a while, a stale one
+    until its next request or check: the parent is the one whose pages it shares.)"""
+    try:
+        parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        if Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")[:2] == FORKSERVER_TITLE:
+            return parent
+    except (OSError, ValueError, IndexError):
+        pass
     cgroups = Path(f"/proc/{pid}/cgroup").read_text()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():

@@ -94,3 +94,35 @@ def test_pagemap_tells_shared_copied_and_new_pages_apart() -> None:
     assert got["kinds"]["copied"] >= 16 * kib
     assert got["kinds"]["new"] >= 32 * kib
     assert got["kinds"]["shared"] >= 48 * kib
+
+
+def test_find_forkserver_takes_the_daemons_parent(sp: ModuleType) -> None:
+    """Of two processes titled as fork servers in the same cgroups, the daemon's own parent
+    is its fork server: the other (older: found first in /proc) may be a stale one, whose
+    pages it does not share."""
+    code = textwrap.dedent("""
+        import os, sys, time
+        from shim.proctitle import set_cmdline
+
+        child = os.fork() if sys.argv[1] == "fork" else 0
+        if child == 0 and sys.argv[1] == "fork":
+            time.sleep(30)
+            os._exit(0)
+        set_cmdline(["containerd-shim-pyrunc-v2", "forkserver"])
+        print(os.getpid(), child, flush=True)
+        time.sleep(30)
+    """) + "#" * 200  # room in the argv area for the title
+    procs = [subprocess.Popen([sys.executable, "-c", code, arg], stdout=subprocess.PIPE,
+                              text=True) for arg in ("alone", "fork")]
+    child = 0
+    try:
+        (stale, _), (server, child) = (map(int, p.stdout.readline().split())  # type: ignore[union-attr]
+                                       for p in procs)
+        assert stale < server  # /proc lists the stale one first
+        assert sp.find_forkserver(child) == server
+    finally:
+        if child:
+            os.kill(child, 9)
+        for p in procs:
+            p.kill()
+            p.wait()
