@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from shim.flags import Flags
+    from shim.reaper import Reaper
 
 __all__ = ["rehearse", "serve", "serve_when_told"]
 
@@ -136,16 +137,13 @@ def _become_subreaper() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
-async def _serve(flags: Flags) -> None:
+async def _serve(flags: Flags, reaper: Reaper) -> None:
     from shim.errors import to_status
     from shim.events import Publisher
-    from shim.reaper import Reaper
     from shim.service import SERVICE, TaskService
     from shim.ttrpc import Server
 
     loop = asyncio.get_running_loop()
-    reaper = Reaper()
-    reaper.install(loop)
     ttrpc_address = os.environ.get("TTRPC_ADDRESS", flags.address + ".ttrpc")
     publisher = Publisher(ttrpc_address, flags.namespace)
     service = TaskService(namespace=flags.namespace, reaper=reaper, publisher=publisher)
@@ -336,9 +334,13 @@ def _run(told: Callable[[], Awaitable[Flags | None]], *, logging_set: bool) -> i
 
 
 async def _when_told(told: Callable[[], Awaitable[Flags | None]], logging_set: bool) -> None:
+    from shim.reaper import Reaper
+
+    reaper = Reaper()  # before being told: a spare has it installed by then
+    reaper.install(asyncio.get_running_loop())
     flags = await told()
     if flags is None:
         return
     if not logging_set:
         _setup_logging(flags.debug)
-    await _serve(flags)
+    await _serve(flags, reaper)
