@@ -453,7 +453,7 @@ def test_a_paused_source_takes_no_tcp_data_after_its_dump(world: World) -> None:
     (lost for the destination, which the peer's path reaches only once its rebuild announces
     the container's MAC). Dumped as a stop-and-copy move dumps it, a record the client sends
     is acknowledged at once by the paused source; with the source's lock
-    (:class:`shim.migrate._source._SourceTcpLock`, taken beside the pause as the move takes
+    (:class:`shim.migrate._source._SourceTcpLock`, taken within CRIU's lock as the move takes
     it) it stays unacknowledged, is acknowledged once the lock is undone (the rollback's way)
     and answered when the source resumes: the stream is intact."""
     import threading
@@ -475,19 +475,19 @@ def test_a_paused_source_takes_no_tcp_data_after_its_dump(world: World) -> None:
             task = cd.task(cid)
             assert task is not None
             for n, locked in enumerate((False, True)):
-                lock = _SourceTcpLock(task.pid)
-                if locked:
-                    with lock:
-                        cd.pause(cid)
-                    assert lock.locked, lock.problem
-                else:
-                    cd.pause(cid)
                 stage = world.a.work_dir / f"dump-{n}"
+                lock = _SourceTcpLock(task.pid, stage / "work" / "dump.log")
+                cd.pause(cid)
+                if locked:
+                    lock.start()  # as the move does: it locks within CRIU's lock
                 options = checkpoint_pb2.CheckpointOptions(
                     exit=False, open_tcp=True, image_path=str(stage / "images"),
                     work_path=str(stage / "work"), empty_namespaces=["network"],
                     network_lock=NETWORK_LOCK)
                 cd.checkpoint(cid, pack(options))  # leave-running; CRIU unlocks at its end
+                if locked:
+                    lock.finish()
+                    assert lock.locked and not lock.problem, lock.problem
                 assert cd.task(cid).status == "PAUSED"  # type: ignore[union-attr]
                 failed: list[BaseException] = []
 

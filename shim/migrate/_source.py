@@ -261,25 +261,58 @@ def _run_nft(argv: list[str], rules: str = "") -> str:
     return ""
 
 
+CRIU_LOCKED: Final = "net: Lock network"
+CRIU_UNLOCKED: Final = "net: Unlock network"
+
+
 class _SourceTcpLock:
     """Drop the TCP input of ``pid``'s network namespace (the table the destination's
-    rebuild uses, :data:`shim.checkpoint.network.TCP_LOCK_TABLE`), on a thread, while the
-    block runs (the pause: ~10 ms each, side by side); :attr:`problem` says why it failed.
-    Peers' segments are dropped, not acknowledged, so they are sent again and reach the
-    destination once it runs."""
+    rebuild uses, :data:`shim.checkpoint.network.TCP_LOCK_TABLE`) before CRIU lifts its own
+    lock at the end of a dump that leaves the tasks alive, and not before CRIU has taken
+    it: a thread follows CRIU's dump log (``dump_log``) and locks once CRIU wrote
+    :data:`CRIU_LOCKED`. A peer's segment that reaches the paused source before CRIU's lock
+    is acknowledged and queued, and dumped with the socket (a lock taken at the pause cost a
+    lockstep client its retransmission back-off, 0.5-0.8 s more gap than downtime); one
+    after it is dropped and sent again, and reaches the destination. The lock is known to
+    have been in time when the log did not say :data:`CRIU_UNLOCKED` yet once it was in
+    place; :attr:`problem` says why it failed or came late (then the move is undone: the
+    paused source may have taken data the dump lacks)."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, dump_log: Path) -> None:
         self.pid = pid
+        self.dump_log = dump_log
         self.problem = ""
         self.locked = False
-        self._thread = threading.Thread(target=self._lock, name="source-tcp-lock", daemon=True)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="source-tcp-lock", daemon=True)
 
-    def _lock(self) -> None:
+    def start(self) -> None:
+        self._thread.start()
+
+    def finish(self) -> None:
+        """The dump has returned (or the move is undone): stop following its log;
+        :attr:`locked` and :attr:`problem` are final."""
+        self._done.set()
+        if self._thread.ident is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
         from shim.checkpoint.network import tcp_lock_rules
 
+        log = _Tail(self.dump_log)
+        while CRIU_LOCKED not in log.read():
+            if self._done.is_set():
+                if CRIU_LOCKED not in log.read():
+                    self.problem = (f"CRIU's dump log {self.dump_log} never said "
+                                    f"{CRIU_LOCKED!r}: cannot tell when to lock")
+                    return
+                break
+            time.sleep(0.002)
         argv = ["nsenter", f"--net=/proc/{self.pid}/ns/net", "nft", "-f", "-"]
         self.problem = _run_nft(argv, tcp_lock_rules())
         self.locked = not self.problem
+        if self.locked and CRIU_UNLOCKED in log.read():
+            self.problem = "CRIU had unlocked the network before the lock was in place"
 
     def undo(self) -> str:
         """Delete the lock again (the source is put back); "" or what went wrong."""
@@ -289,12 +322,22 @@ class _SourceTcpLock:
         self.locked = bool(problem)
         return problem
 
-    def __enter__(self) -> _SourceTcpLock:
-        self._thread.start()
-        return self
 
-    def __exit__(self, *_: object) -> None:
-        self._thread.join()
+class _Tail:
+    """A growing text file read as it grows (all of it so far on each :meth:`read`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._text = ""
+        self._offset = 0
+
+    def read(self) -> str:
+        with contextlib.suppress(OSError), open(self.path, "rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+            self._offset += len(data)
+            self._text += data.decode(errors="replace")
+        return self._text
 
 
 def _cut_network(pid: int) -> None:
@@ -648,11 +691,12 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
     # CRIU unlocks the network at the end of a dump that leaves the tasks alive, and then
     # the paused source's kernel would take (acknowledge) TCP data its peers send until the
     # destination's rebuild moves their path: data the dumped sockets never had, lost. So
-    # stop-and-copy keeps the source's TCP input dropped itself, from the pause until the
-    # source is cut off after the commit, or undone when the source is put back. (A lazy
-    # dump keeps CRIU's lock until the last page is served; a failed one resumes the source.)
-    source_lock = (_SourceTcpLock(pid) if not lazy and opts.tcp_established and
-                   _own_netns(spec) else None)
+    # stop-and-copy keeps the source's TCP input dropped itself, from within CRIU's lock
+    # until the source is cut off after the commit, or undone when the source is put back.
+    # (A lazy dump keeps CRIU's lock until the last page is served; a failed one resumes
+    # the source.)
+    source_lock = (_SourceTcpLock(pid, work / "dump.log") if not lazy and
+                   opts.tcp_established and _own_netns(spec) else None)
 
     def back(reason: str) -> TransferFailed:
         """Undo the freeze; the source runs on."""
@@ -660,8 +704,10 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
         stream.close()
         if lazy:
             _abort_lazy_dump(cid)
-        if source_lock is not None and source_lock.locked and (problem := source_lock.undo()):
-            reason += f"; unlocking the source's TCP input failed ({problem}): it drops TCP"
+        if source_lock is not None:
+            source_lock.finish()
+            if source_lock.locked and (problem := source_lock.undo()):
+                reason += f"; unlocking the source's TCP input failed ({problem}): it drops TCP"
         _resume(cd, cid, pid)  # paused before the dump, both methods
         t = cd.task(cid)
         where = f"the source runs on ({t.status if t else 'no task!'})"
@@ -677,16 +723,21 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
         # Paused first, by both methods: CRIU then finds the cgroup frozen and dumps at
         # once (freezing it itself, CRIU polls the v1 freezer every 100 ms and so waits at
         # least that long), and the shim's network record is of a container that no longer
-        # runs. A stop-and-copy source's TCP input is locked meanwhile (_SourceTcpLock).
-        with source_lock or contextlib.nullcontext():
-            cd.pause(cid)
-        if source_lock is not None and not source_lock.locked:
-            raise back(f"locking the source's TCP input failed: {source_lock.problem}")
+        # runs.
+        cd.pause(cid)
         clock.lap("frozen:pause")
+        if source_lock is not None:
+            source_lock.start()  # locks the source's TCP input within CRIU's lock
         try:
             cd.checkpoint(cid, pack(options))
         except ContainerdError as exc:
+            if source_lock is not None:
+                source_lock.finish()
             raise back(f"the dump failed: {exc}") from None
+        if source_lock is not None:
+            source_lock.finish()
+            if source_lock.problem:
+                raise back(f"locking the source's TCP input: {source_lock.problem}")
         t_dumped = clock.lap("frozen:dump")
         dump = _lazy_dump_stats(images, 0) if lazy else _dump_stats(work)
         if dump is not None:
