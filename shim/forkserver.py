@@ -10,10 +10,13 @@ forks a daemon for them, and answers with its pid; it forks the next spare once 
 answered.
 
 Rules:
-* The fork server never runs an event loop or a thread, so forking it is safe; it forks only
-  on requests from the same user (SO_PEERCRED). The daemon is its child in a session of its
-  own (as the runc shim's daemon is in one of its own); the fork server ignores SIGCHLD, so
-  the kernel reaps the daemons that end, and those it leaves behind when it exits go to init.
+* The fork server runs no event loop or thread while it serves (its rehearsal's loop is
+  closed before the first request), so forking it is safe; it forks only on requests from
+  the same user (SO_PEERCRED). The daemon is its child in a session of its own (as the runc
+  shim's daemon is in one of its own); the fork server ignores SIGCHLD, so the kernel reaps
+  the daemons that end, and those it leaves behind when it exits go to init. A spare (a
+  daemon forked ahead, waiting for the next request with its loop running) is the one
+  process it forks outside a request; it ends when the fork server does.
 * A request carries a stamp of the code ``start`` runs (interpreter and package directory);
   a fork server that was started from other code, or whose package files changed since it
   began (it watches them from before its imports), refuses it and exits, and ``start``
