@@ -133,6 +133,29 @@ def memory_kib(pid: int) -> dict[str, int]:
 
 def forkserver_rss_kib() -> int:
     """RSS of pyrunc's fork server (one per host, shared by every shim it forked)."""
+    server = _forkserver_pid()
+    return memory_kib(server)["rss_kib"] if server else 0
+
+
+def spare_private_kib() -> int:
+    """Private dirty memory of that fork server's spare (a daemon forked ahead of the next
+    ``start``, one per fork server; not a shim until a ``start`` takes it), or 0."""
+    server = _forkserver_pid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if argv[:2] == [b"containerd-shim-pyrunc-v2", b"spare"] and shim_pid(
+                    int(entry.name)) == server:
+                rollup = (entry / "smaps_rollup").read_text()
+                return int(rollup.split("\nPrivate_Dirty:")[1].split()[0])
+        except (OSError, IndexError, ValueError):
+            continue
+    return 0
+
+
+def _forkserver_pid() -> int:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -141,7 +164,7 @@ def forkserver_rss_kib() -> int:
         except OSError:
             continue
         if argv[:2] == [b"containerd-shim-pyrunc-v2", b"forkserver"]:
-            return memory_kib(int(entry.name))["rss_kib"]
+            return int(entry.name)
     return 0
 
 
@@ -244,7 +267,8 @@ def bench_memory(ctr: Ctr, group_size: int, shims: int = 10,
                 ctr.remove(cid)
         out[rt] = {
             **single,
-            **({"forkserver_rss_kib": forkserver_rss_kib()} if rt == PYRUNC else {}),
+            **({"forkserver_rss_kib": forkserver_rss_kib(),
+                "spare_private_kib": spare_private_kib()} if rt == PYRUNC else {}),
             "group_rss_kib": grouped["rss_kib"],
             "group_pss_kib": grouped["pss_kib"],
         }
@@ -679,6 +703,11 @@ def table(results: dict[str, object]) -> str:
         rows.append(
             f"| pyrunc fork server RSS (one per host) | "
             f"{mib(mem[PYRUNC]['forkserver_rss_kib'])} | - | - |"
+        )
+    if mem[PYRUNC].get("spare_private_kib"):
+        rows.append(
+            f"| pyrunc spare daemon, private dirty (one per fork server) | "
+            f"{mib(mem[PYRUNC]['spare_private_kib'])} | - | - |"
         )
     ttrpc = results.get("ttrpc")
     if isinstance(ttrpc, dict):
