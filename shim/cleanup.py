@@ -168,7 +168,11 @@ def cleanup(bundle: str, namespace: str, cid: str) -> bytes:
     argv = [binary, "--root", os.path.join(root, namespace)]
     if options.get("systemd_cgroup") == "true":
         argv.append("--systemd-cgroup")
-    _runtime_delete([*argv, "delete", "--force", cid])
+    # runc keeps all it knows of a container in <root>/<namespace>/<id>: without it, there
+    # is nothing for ``delete --force`` to do (it removes that directory, if any, and ends),
+    # and after a task delete the daemon has run it already: ~5 ms of ``ctr run --rm``.
+    if os.path.basename(binary) != "runc" or os.path.lexists(os.path.join(root, namespace, cid)):
+        _runtime_delete([*argv, "delete", "--force", cid])
     try:
         unmount_all(os.path.join(bundle, "rootfs"))
     except OSError as exc:

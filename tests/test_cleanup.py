@@ -81,3 +81,22 @@ def test_delete_imports_nothing_heavy(tmp_path: Path) -> None:
         [sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == ""
+
+
+@pytest.mark.parametrize("state", [True, False])
+def test_runc_delete_runs_only_when_runc_has_the_container(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state: bool
+) -> None:
+    """runc keeps all it knows of a container in <root>/<namespace>/<id>: without it
+    (deleted by the daemon already), the delete action spawns no ``runc delete``."""
+    import shim.cleanup
+
+    root = tmp_path / "runc"
+    if state:
+        (root / "ns" / "c1").mkdir(parents=True)
+    (tmp_path / "runtime-options").write_text(f"root={root}\n")
+    ran: list[list[str]] = []
+    monkeypatch.setattr(shim.cleanup, "_runtime_delete", ran.append)
+    shim.cleanup.cleanup(str(tmp_path), "ns", "c1")
+    assert ran == ([["runc", "--root", str(root / "ns"), "delete", "--force", "c1"]]
+                   if state else [])
