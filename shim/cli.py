@@ -48,14 +48,14 @@ def _group(bundle: str, cid: str) -> str:
     except OSError:
         return cid
     if not any(key.encode() in raw for key in GROUP_ANNOTATIONS):
-        return cid  # no need to pay for json on the common path
-    import json
+        return cid  # no need to parse on the common path
+    from shim.warm import decode_json
 
     try:
-        spec = json.loads(raw)
+        spec = decode_json(raw)
     except ValueError:
         return cid
-    annotations = spec.get("annotations") or {}
+    annotations = (spec.get("annotations") if isinstance(spec, dict) else None) or {}
     for key in GROUP_ANNOTATIONS:
         if annotations.get(key):
             return str(annotations[key])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -146,3 +147,17 @@ def test_exit_now_flushes_what_was_written_and_exits_with_the_code() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30,
                           check=False)
     assert (proc.returncode, proc.stdout, proc.stderr) == (3, b"unix:///x", b"err")
+
+
+def test_group_is_the_annotated_pod_or_the_container(tmp_path: Path) -> None:
+    """``start`` groups a pod's containers into one shim, as the runc shim does."""
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"process": {"env": ["X=io.kubernetes.cri.sandbox-id"]}, "annotations": {
+            "io.kubernetes.cri.sandbox-id": "pod1", "io.kubernetes.cri.container-type": "c"}}))
+    assert cli._group(str(tmp_path), "c1") == "pod1"
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"process": {"env": ["X=io.kubernetes.cri.sandbox-id"]}, "annotations": {}}))
+    assert cli._group(str(tmp_path), "c1") == "c1"
+    (tmp_path / "config.json").write_text('{"annotations": {"io.containerd.runc.v2.group": ')
+    assert cli._group(str(tmp_path), "c1") == "c1"  # not JSON: the container alone
+    assert cli._group(str(tmp_path / "missing"), "c2") == "c2"

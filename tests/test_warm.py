@@ -412,6 +412,24 @@ def test_encode_json_refuses_other_types() -> None:
         warm.encode_json({"x": 1.5})
 
 
+@pytest.mark.parametrize("text", [
+    '{"ociVersion": "1.0.2", "annotations": {"io.kubernetes.cri.sandbox-id": "abc"}}',
+    '  [1, -2.5e3, "x\\u00e9\\n", null, true, false, {}, []]\n',
+    '"only a string"', "0", '{"a": {"b": {"c": [1e400, -Infinity]}}}',
+])
+def test_decode_json_reads_what_json_loads_reads(text: str) -> None:
+    assert warm.decode_json(text) == json.loads(text)
+    assert warm.decode_json(text.encode()) == json.loads(text)
+
+
+@pytest.mark.parametrize("text", [
+    "", "   ", '{"a": 1', '{"a" 1}', '{"a": nan}', '[1] [2]', "\x0b[1]", "{'a': 1}", b"\xff{}",
+])
+def test_decode_json_refuses_what_json_loads_refuses(text: str | bytes) -> None:
+    with pytest.raises(ValueError):
+        warm.decode_json(text)
+
+
 def test_answers_round_trip_and_anything_else_is_refused() -> None:
     assert warm.parse_answer(warm.answer(4242)) == (4242, "")
     assert warm.parse_answer(warm.answer(error="elsewhere")) == (0, "elsewhere")
@@ -432,6 +450,7 @@ def test_the_start_path_imports_no_json_re_socket_or_hashlib() -> None:
         "cli.socket_address('/run/containerd/containerd.sock', 'default', 'c1')\n"
         "warm.code_identity(); forkserver.socket_path(); warm.in_host_namespaces()\n"
         "warm.encode_json({'a': [1]}); warm.parse_answer(b'{\"pid\": 1}')\n"
+        "warm.decode_json(b'{\"annotations\": {\"io.kubernetes.cri.sandbox-id\": \"p\"}}')\n"
         "print(sorted({'json', 're', 'socket', 'hashlib', '_hashlib', 'typing', 'asyncio'}"
         " & set(sys.modules)))\n"
     )
