@@ -336,8 +336,13 @@ def checkpoint_restore_once(ctr: Ctr, rt: str, mib: int, seed: int) -> tuple[flo
     try:
         ctr("run", "-d", "--null-io", "--runtime", rt, IMAGE, cid, *command)
         wait_rss(ctr.task_pid(cid), mib)
+        # each timed command starts with no dirty pages waiting to be written back: the last
+        # run's hundreds of MiB of images (this host's /tmp and containerd's root are on a
+        # disk) would otherwise slow whichever runtime comes next
+        os.sync()
         checkpoint = ctr.timed("c", "checkpoint", "--task", cid, ref, timeout=600)
         ctr.remove(cid)  # as in a migration: the original is gone before the restore
+        os.sync()
         restore = ctr.timed("c", "restore", "--live", restored, ref, timeout=600)
         # the restore brought the memory back (CRIU restores every page before it returns)
         if mib and rss_kib(ctr.task_pid(restored)) < mib * 1024:
