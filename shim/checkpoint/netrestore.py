@@ -60,7 +60,7 @@ TEMPLATE_SOCKET = f"{RUN_DIR}/nethook.sock"
 _TIMEOUT = 30.0
 
 
-async def record(reaper: Reaper, pid: int, images_dir: str, bundle: Path) -> None:
+async def record(pid: int, images_dir: str, bundle: Path) -> None:
     """Record the network namespace of ``pid`` (a container's init) beside the images, if it
     has its own and the spec in ``bundle`` creates it (one joined by path, a CNI pod's, is not
     the container's: :func:`~shim.checkpoint.network.joins_netns`). A namespace with nothing

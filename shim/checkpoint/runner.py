@@ -303,7 +303,7 @@ async def checkpoint(
     try:
         _write_criu_config(bundle, annotations, criu_config(plan, restore=False))
         steps.done("config")
-        await netrestore.record(reaper, pid, plan.images_dir, bundle)
+        await netrestore.record(pid, plan.images_dir, bundle)
         steps.done("network record")
         if plan.lazy_pages:
             child = await _start_lazy_dump(runtime, cid, plan)

@@ -638,10 +638,10 @@ def test_record_skips_a_namespace_joined_by_path(tmp_path: Path,
     images = tmp_path / "images"
     images.mkdir()
     joined = _bundle(tmp_path / "joined", _spec({"type": "network", "path": "/run/netns/c"}))
-    asyncio.run(netrestore.record(None, 1, str(images), joined))  # type: ignore[arg-type]
+    asyncio.run(netrestore.record(1, str(images), joined))
     assert os.listdir(images) == []
     owned = _bundle(tmp_path / "owned", _spec({"type": "network"}))
-    asyncio.run(netrestore.record(None, 1, str(images), owned))  # type: ignore[arg-type]
+    asyncio.run(netrestore.record(1, str(images), owned))
     assert os.listdir(images) == [network.SNAPSHOT]
 
 
