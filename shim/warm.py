@@ -139,24 +139,27 @@ class _Defaults:
 
 def decode_json(text: str | bytes) -> object:
     """``json.loads(text)``, without importing ``json`` (which imports ``re``: ~5 ms of a
-    ``start``) when ``text`` is well-formed: the interpreter's C scanner reads it. Anything
-    else goes to ``json.loads``, which says what is wrong.
+    ``start``) when ``text`` is well-formed UTF-8 or str: the interpreter's C scanner reads
+    it. Anything else (not JSON, a byte order mark, UTF-16 or UTF-32) goes to ``json.loads``,
+    which reads it as it would or says what is wrong.
 
     Raises:
-        ValueError: ``text`` is not JSON (``json.JSONDecodeError``, or not UTF-8).
+        ValueError: ``text`` is not JSON (``json.JSONDecodeError``, ``UnicodeDecodeError``).
     """
     from _json import make_scanner
 
-    if isinstance(text, bytes):
-        text = text.decode()
-    start = len(text) - len(text.lstrip(_JSON_SPACE))
+    try:
+        decoded = text.decode() if isinstance(text, bytes) else text
+    except UnicodeDecodeError:
+        decoded = ""  # for json.loads below
+    start = len(decoded) - len(decoded.lstrip(_JSON_SPACE))
     try:
         # (typeshed types the context as a scanner: any object with these attributes does)
-        value, end = make_scanner(_Defaults)(text, start)  # type: ignore[arg-type]
+        value, end = make_scanner(_Defaults)(decoded, start)  # type: ignore[arg-type]
     except (ValueError, StopIteration, SystemError):
         pass  # SystemError: the scanner's own error needs the json module to be raised
     else:
-        if not text[end:].strip(_JSON_SPACE):
+        if not decoded[end:].strip(_JSON_SPACE):
             return value
     import json
 

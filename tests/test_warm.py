@@ -422,6 +422,14 @@ def test_decode_json_reads_what_json_loads_reads(text: str) -> None:
     assert warm.decode_json(text.encode()) == json.loads(text)
 
 
+@pytest.mark.parametrize("raw", [
+    '{"a": "\u00e9"}'.encode("utf-8-sig"), '{"a": [1]}'.encode("utf-16"),
+    '{"a": [1]}'.encode("utf-32-le"), b'{"a": "\\ud800"}',
+])
+def test_decode_json_reads_bytes_as_json_loads_does(raw: bytes) -> None:
+    assert warm.decode_json(raw) == json.loads(raw)
+
+
 @pytest.mark.parametrize("text", [
     "", "   ", '{"a": 1', '{"a" 1}', '{"a": nan}', '[1] [2]', "\x0b[1]", "{'a': 1}", b"\xff{}",
 ])
