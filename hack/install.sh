@@ -33,6 +33,7 @@ readonly CRIU_BIN=/usr/local/sbin/criu
 # finds its cache, criu.kdat, which it writes only on a tmpfs. It is built to keep it in its
 # own root-only directory, so a host whose /run is on a disk can still have one.
 readonly CRIU_RUNDIR=/run/criu
+readonly TMPFILES_FILE=/etc/tmpfiles.d/containerd-shim-pyrunc.conf
 readonly CACHE_DIR=/var/cache/containerd-shim-pyrunc
 readonly PREFIX=/opt/containerd-shim-pyrunc
 readonly VENV=$PREFIX/venv
@@ -326,6 +327,11 @@ install_image() {
 # so the cache never outlives the kernel it describes).
 ensure_criu_rundir() {
     install -d -m 0700 -o root -g root "$CRIU_RUNDIR"
+    # a host whose /run is a tmpfs loses the directory at boot: systemd-tmpfiles makes it again
+    local line="d $CRIU_RUNDIR 0700 root root -"
+    if [[ -d /etc/tmpfiles.d && $(cat "$TMPFILES_FILE" 2>/dev/null) != "$line" ]]; then
+        echo "$line" >"$TMPFILES_FILE"
+    fi
     if [[ $(stat -f -c %T "$CRIU_RUNDIR") != tmpfs ]]; then
         log "mounting a tmpfs on $CRIU_RUNDIR (CRIU keeps its kernel-probe cache only on a tmpfs)"
         mount -t tmpfs -o size=1m,mode=0700,nosuid,nodev,noexec criu-kdat "$CRIU_RUNDIR"
