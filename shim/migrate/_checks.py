@@ -60,6 +60,7 @@ class HostFacts:
     pipe_max_size: int
     free_bytes: int
     hostname: str = ""
+    nftables_lock: bool = False  # CRIU can lock the network with nftables
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -108,6 +109,7 @@ def host_facts(criu: str, stage_dir: str) -> HostFacts:
         pipe_max_size=_pipe_max_size(),
         free_bytes=st.f_bavail * st.f_frsize,
         hostname=socket.gethostname(),
+        nftables_lock=bool(path) and _feature(path or criu, "network_lock_nftables"),
     )
 
 
@@ -155,6 +157,12 @@ def refusals(source: HostFacts, dest: HostFacts, method: Method, bytes_needed: i
     if source.criu_version and dest.criu_version and dest.criu_version < source.criu_version:
         out.append(f"destination CRIU {_version_text(dest.criu_version)} is older than the "
                    f"source's {_version_text(source.criu_version)}")
+    for side, facts in (("source", source), ("destination", dest)):
+        if facts.criu_version and not facts.nftables_lock:
+            out.append(f"{side} CRIU cannot lock the network with nftables (criu check "
+                       "--feature network_lock_nftables fails: CRIU built without "
+                       "libnftables, or a kernel without nftables set concatenation); "
+                       "every move asks CRIU for it")
     if method is Method.LAZY:
         for side, facts in (("source", source), ("destination", dest)):
             if not facts.lazy_pages:

@@ -77,7 +77,9 @@ _CTIME_SLACK: Final = 0.1
 _NET_NS = "network"
 NETWORK_LOCK: Final = "nftables"
 """How CRIU locks the container's network while it dumps and restores it: with nftables
-(CRIU links libnftables; CRIU >= 4.2.1, which the shim checks) instead of its default,
+(CRIU links libnftables and the kernel has set concatenation: both sides' pre-flight asks
+``criu check --feature network_lock_nftables``, :attr:`HostFacts.nftables_lock`) instead of
+its default,
 iptables, whose unlock runs ``iptables-restore`` inside the frozen window: 54-63 ms at the
 end of each of the dump and the restore against 7-15 ms (CRIU's logs, 512 MiB moves)."""
 
@@ -133,7 +135,7 @@ def _facts_of(reply: Any) -> HostFacts:
     return HostFacts(kernel=f.kernel, machine=f.machine, criu_version=f.criu_version,
                      lazy_pages=f.lazy_pages, mem_dirty_track=f.mem_dirty_track,
                      pipe_max_size=f.pipe_max_size, free_bytes=f.free_bytes,
-                     hostname=f.hostname)
+                     hostname=f.hostname, nftables_lock=f.nftables_lock)
 
 
 def _own_netns(spec: dict[str, Any]) -> bool:

@@ -9,7 +9,8 @@ import pytest
 from shim.migrate._checks import LAZY_PIPE_MAX_SIZE, HostFacts, Method, criu_version, refusals
 
 HOST = HostFacts(kernel="6.18.0", machine="x86_64", criu_version=40201, lazy_pages=True,
-                 mem_dirty_track=False, pipe_max_size=LAZY_PIPE_MAX_SIZE, free_bytes=10 << 30)
+                 mem_dirty_track=False, pipe_max_size=LAZY_PIPE_MAX_SIZE, free_bytes=10 << 30,
+                 nftables_lock=True)
 
 
 @pytest.mark.parametrize(("text", "number"), [
@@ -44,6 +45,10 @@ def change(**kw: object) -> HostFacts:
     (HOST, change(criu_version=0), Method.STOP_AND_COPY, "destination has no CRIU"),
     (HOST, change(machine="aarch64"), Method.STOP_AND_COPY, "architectures differ"),
     (HOST, change(free_bytes=100), Method.STOP_AND_COPY, "bytes free"),
+    (HOST, change(nftables_lock=False), Method.STOP_AND_COPY,
+     "destination CRIU cannot lock the network with nftables"),
+    (change(nftables_lock=False), HOST, Method.LAZY,
+     "source CRIU cannot lock the network with nftables"),
 ])
 def test_refusals(source: HostFacts, dest: HostFacts, method: Method, needle: str) -> None:
     reasons = refusals(source, dest, method, 1000)
@@ -57,3 +62,16 @@ def test_lazy_settings_do_not_matter_to_stop_and_copy() -> None:
 
 def test_a_newer_destination_criu_is_fine() -> None:
     assert refusals(HOST, change(criu_version=40300), Method.LAZY, 0) == []
+
+
+def test_nftables_lock_refusal_names_the_check_once_per_side() -> None:
+    off = change(nftables_lock=False)
+    reasons = [r for r in refusals(off, off, Method.LAZY, 0) if "nftables" in r]
+    assert [r.split()[0] for r in reasons] == ["source", "destination"]
+    assert all("network_lock_nftables" in r for r in reasons)
+
+
+def test_no_criu_is_not_also_reported_as_no_nftables_lock() -> None:
+    none = change(criu_version=0, nftables_lock=False)
+    reasons = refusals(HOST, none, Method.STOP_AND_COPY, 0)
+    assert reasons == ["destination has no CRIU"]

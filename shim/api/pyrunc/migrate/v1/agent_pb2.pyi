@@ -51,7 +51,7 @@ class ProbeRequest(_message.Message):
     def __init__(self, cpuinfo: _Optional[bytes] = ..., snapshotter: _Optional[str] = ..., parent_snapshot: _Optional[str] = ..., namespace: _Optional[str] = ..., container_id: _Optional[str] = ..., bytes_needed: _Optional[int] = ...) -> None: ...
 
 class HostFacts(_message.Message):
-    __slots__ = ("kernel", "machine", "criu_version", "lazy_pages", "mem_dirty_track", "pipe_max_size", "free_bytes", "hostname")
+    __slots__ = ("kernel", "machine", "criu_version", "lazy_pages", "mem_dirty_track", "pipe_max_size", "free_bytes", "hostname", "nftables_lock")
     KERNEL_FIELD_NUMBER: _ClassVar[int]
     MACHINE_FIELD_NUMBER: _ClassVar[int]
     CRIU_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,7 @@ class HostFacts(_message.Message):
     PIPE_MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
     FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    NFTABLES_LOCK_FIELD_NUMBER: _ClassVar[int]
     kernel: str
     machine: str
     criu_version: int
@@ -68,7 +69,8 @@ class HostFacts(_message.Message):
     pipe_max_size: int
     free_bytes: int
     hostname: str
-    def __init__(self, kernel: _Optional[str] = ..., machine: _Optional[str] = ..., criu_version: _Optional[int] = ..., lazy_pages: bool = ..., mem_dirty_track: bool = ..., pipe_max_size: _Optional[int] = ..., free_bytes: _Optional[int] = ..., hostname: _Optional[str] = ...) -> None: ...
+    nftables_lock: bool
+    def __init__(self, kernel: _Optional[str] = ..., machine: _Optional[str] = ..., criu_version: _Optional[int] = ..., lazy_pages: bool = ..., mem_dirty_track: bool = ..., pipe_max_size: _Optional[int] = ..., free_bytes: _Optional[int] = ..., hostname: _Optional[str] = ..., nftables_lock: bool = ...) -> None: ...
 
 class ProbeReply(_message.Message):
     __slots__ = ("facts", "cpu_problem", "has_parent_snapshot", "container_exists")
