@@ -19,7 +19,6 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 __all__ = ["AddrMessage", "LinkMessage", "RouteMessage", "Rtnl", "open_in"]
@@ -30,7 +29,7 @@ RTM_NEWLINK, RTM_GETLINK = 16, 18
 RTM_NEWADDR, RTM_GETADDR = 20, 22
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLM_F_REQUEST, NLM_F_MULTI, NLM_F_DUMP_INTR, NLM_F_DUMP = 0x1, 0x2, 0x10, 0x300
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER, IFLA_LINKINFO = 1, 3, 4, 5, 10, 18
 IFLA_INFO_KIND = 1
 IFA_ADDRESS = 1
@@ -44,6 +43,7 @@ _RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, pr
 #                                       type, flags
 _RTATTR = struct.Struct("=HH")  # len, type
 _RECV = 1 << 20
+_DUMP_TRIES = 5  # an interrupted dump is taken again (a running container's tables change)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -163,20 +163,40 @@ class Rtnl:
     def close(self) -> None:
         self._sock.close()
 
-    def _request(self, kind: int, flags: int, body: bytes) -> Iterator[tuple[int, bytes]]:
-        """Send one request; yield (type, body) of each answer until the last.
+    def _request(self, kind: int, flags: int, body: bytes) -> list[tuple[int, bytes]]:
+        """Send one request; the (type, body) of each answer. A dump that a change of the
+        tables interrupted (``NLM_F_DUMP_INTR`` on a message: it may lack entries or hold
+        stale ones) is taken again, up to :data:`_DUMP_TRIES` times in all.
 
         Raises:
-            OSError: the kernel answered with an error (its errno).
+            OSError: the kernel answered with an error (its errno), a dump ended with one
+                (a non-zero ``NLMSG_DONE``), or every try was interrupted (``EAGAIN``).
         """
+        for _ in range(_DUMP_TRIES):
+            answers, interrupted = self._exchange(kind, flags, body)
+            if not interrupted:
+                return answers
+        raise OSError(errno.EAGAIN, f"netlink: the dump was interrupted by changes"
+                                    f" {_DUMP_TRIES} times in a row")
+
+    def _exchange(
+        self, kind: int, flags: int, body: bytes
+    ) -> tuple[list[tuple[int, bytes]], bool]:
+        """One request and all its answers up to the last; whether any said
+        ``NLM_F_DUMP_INTR`` (the dump is read to its end all the same: nothing of it is left
+        on the socket for the next request)."""
         self._seq += 1
         seq = self._seq
         self._sock.send(
             _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, NLM_F_REQUEST | flags, seq, 0)
             + body
         )
+        answers: list[tuple[int, bytes]] = []
+        interrupted = False
         while True:
             data = self._sock.recv(_RECV)
+            if not data:
+                raise OSError(errno.EPROTO, "netlink: the answer ended before its last message")
             offset = 0
             while offset + _NLMSGHDR.size <= len(data):
                 length, mtype, mflags, mseq, _pid = _NLMSGHDR.unpack_from(data, offset)
@@ -186,16 +206,17 @@ class Rtnl:
                 offset += (length + 3) & ~3
                 if mseq != seq:
                     continue  # an answer to an earlier request
-                if mtype == NLMSG_DONE:
-                    return
-                if mtype == NLMSG_ERROR:
-                    code = struct.unpack_from("=i", msg)[0]
+                interrupted = interrupted or bool(mflags & NLM_F_DUMP_INTR)
+                if mtype in (NLMSG_DONE, NLMSG_ERROR):
+                    # NLMSG_ERROR: an errno (0: an acknowledgement); NLMSG_DONE of a dump:
+                    # the errno it ended with (0, or none at all from older kernels)
+                    code = struct.unpack_from("=i", msg)[0] if len(msg) >= 4 else 0
                     if code:
-                        raise OSError(-code, os.strerror(-code))
-                    return
-                yield mtype, msg
-                if not mflags & 0x2 and not flags & NLM_F_DUMP:  # not NLM_F_MULTI: one answer
-                    return
+                        raise OSError(-code, f"netlink: {os.strerror(-code)}")
+                    return answers, interrupted
+                answers.append((mtype, msg))
+                if not mflags & NLM_F_MULTI and not flags & NLM_F_DUMP:  # one answer
+                    return answers, interrupted
 
     def links(self) -> list[LinkMessage]:
         body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)

@@ -3,6 +3,7 @@ network record taken with it equal to pyroute2's reading of the same namespaces.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
@@ -10,6 +11,8 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from shim.checkpoint import rtnl
 
@@ -181,3 +184,91 @@ def test_the_record_equals_pyroute2s_reading_in_new_namespaces() -> None:
     assert links["eth1"]["peer"] == {"name": "vh1", "bridge": "", "mtu": 1500}
     assert links["br9"]["kind"] == "bridge" and links["br9"]["peer"] is None
     assert len(got["addresses"]) == 3 and len(got["routes"]) == 3
+
+
+# The answers of a dump, crafted: Rtnl is given one end of a datagram socket pair and reads
+# what the test queued on the other (one datagram per recv, like a netlink socket).
+
+def _msg(mtype: int, seq: int, body: bytes, flags: int = rtnl.NLM_F_MULTI) -> bytes:
+    length = 16 + len(body)
+    return struct.pack("=IHHII", length, mtype, flags, seq, 0) + body + b"\0" * ((-length) % 4)
+
+
+def _link_msg(seq: int, index: int, name: bytes, flags: int = rtnl.NLM_F_MULTI) -> bytes:
+    body = struct.pack("=BxHiII", socket.AF_UNSPEC, 1, index, 0, 0) + _attr(
+        rtnl.IFLA_IFNAME, name + b"\0")
+    return _msg(rtnl.RTM_NEWLINK, seq, body, flags)
+
+
+def _done(seq: int, code: int = 0, flags: int = rtnl.NLM_F_MULTI) -> bytes:
+    return _msg(rtnl.NLMSG_DONE, seq, struct.pack("=i", code), flags)
+
+
+def _rtnl_answering(*datagrams: bytes) -> tuple[rtnl.Rtnl, socket.socket]:
+    ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    for d in datagrams:
+        kernel.send(d)
+    return rtnl.Rtnl(ours), kernel
+
+
+def _requests(kernel: socket.socket) -> list[tuple[int, int, int]]:
+    """(type, flags, seq) of each request Rtnl sent."""
+    kernel.setblocking(False)
+    out = []
+    while True:
+        try:
+            data = kernel.recv(65536)
+        except BlockingIOError:
+            return out
+        _len, mtype, flags, seq, _pid = struct.unpack_from("=IHHII", data)
+        out.append((mtype, flags, seq))
+
+
+def test_a_dump_interrupted_by_a_change_is_taken_again() -> None:
+    intr = rtnl.NLM_F_MULTI | rtnl.NLM_F_DUMP_INTR
+    first = _link_msg(1, 1, b"lo") + _link_msg(1, 2, b"eth0", intr)  # the change came here
+    nl, kernel = _rtnl_answering(
+        first, _done(1, flags=intr),
+        _link_msg(2, 1, b"lo") + _link_msg(2, 3, b"eth1"), _link_msg(2, 4, b"eth2"), _done(2),
+    )
+    with nl, kernel:
+        assert [m.name for m in nl.links()] == ["lo", "eth1", "eth2"]
+        dump = rtnl.NLM_F_REQUEST | rtnl.NLM_F_DUMP
+        assert _requests(kernel) == [(rtnl.RTM_GETLINK, dump, 1), (rtnl.RTM_GETLINK, dump, 2)]
+
+
+def test_a_dump_interrupted_every_time_is_an_error_not_a_partial_record() -> None:
+    intr = rtnl.NLM_F_MULTI | rtnl.NLM_F_DUMP_INTR
+    answers = []
+    for seq in range(1, rtnl._DUMP_TRIES + 1):
+        answers += [_link_msg(seq, 1, b"lo", intr), _done(seq, flags=intr)]
+    nl, kernel = _rtnl_answering(*answers)
+    with nl, kernel:
+        with pytest.raises(OSError) as err:
+            nl.links()
+        assert err.value.errno == errno.EAGAIN
+        assert len(_requests(kernel)) == rtnl._DUMP_TRIES
+
+
+def test_a_dump_that_ends_with_an_error_raises_it() -> None:
+    nl, kernel = _rtnl_answering(_link_msg(1, 1, b"lo"), _done(1, -errno.EMSGSIZE))
+    with nl, kernel, pytest.raises(OSError) as err:
+        nl.links()
+    assert err.value.errno == errno.EMSGSIZE
+
+
+def test_an_error_message_midway_through_a_dump_raises_it() -> None:
+    error = _msg(rtnl.NLMSG_ERROR, 1, struct.pack("=i", -errno.ENOBUFS) + b"\0" * 16, 0)
+    nl, kernel = _rtnl_answering(_link_msg(1, 1, b"lo") + error)
+    with nl, kernel, pytest.raises(OSError) as err:
+        nl.addresses()
+    assert err.value.errno == errno.ENOBUFS
+
+
+def test_a_done_without_a_payload_ends_the_dump_cleanly() -> None:
+    """Older kernels' NLMSG_DONE, and answers to an earlier request, skipped."""
+    stale = _link_msg(7, 9, b"old")
+    nl, kernel = _rtnl_answering(stale + _link_msg(1, 1, b"lo"),
+                                 _msg(rtnl.NLMSG_DONE, 1, b""))
+    with nl, kernel:
+        assert [m.name for m in nl.links()] == ["lo"]
