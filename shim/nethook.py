@@ -33,6 +33,7 @@ import sys
 import time
 
 __all__ = [
+    "SERVICE_DEADLINE",
     "STOP",
     "TEMPLATE_IDLE",
     "hook",
@@ -42,12 +43,18 @@ __all__ = [
     "loopback_up",
     "main",
     "serve",
+    "staging_path",
     "template",
     "template_argv",
 ]
 
 _HOOK_CONNECT_TIMEOUT = 10.0  # serve may still be importing pyroute2 when the hook runs
 TEMPLATE_IDLE = 600.0  # seconds: a burst of restores keeps it; an idle host gets its memory back
+SERVICE_DEADLINE = 600.0
+"""Seconds a rebuild service waits for its hook (or :data:`STOP`): then it removes its socket
+and ends. Nothing else ends one whose shim died between Create and Start; a Start that comes
+later finds it gone and has the shim start another (:class:`shim.checkpoint.netrestore.
+NetworkRestore`)."""
 _TEMPLATE_ROOM = "-" * 256  # command-line room for the template's title (shim.proctitle)
 
 
@@ -61,7 +68,8 @@ def template(socket_path: str) -> None:
 
     A request carries ``{"socket", "snapshot"}`` (:mod:`shim.warm`'s protocol: stamp and
     place checked there). A stale template (other code) answers and exits. The forked
-    services are reaped by the kernel (SIGCHLD ignored), each lives for one hook.
+    services are reaped by the kernel (SIGCHLD ignored), each lives for one hook (or
+    :data:`SERVICE_DEADLINE` without one).
     """
     import signal
 
@@ -100,9 +108,10 @@ def hook_argv(socket_path: str) -> list[str]:
     return [sys.executable, "-I", "-S", os.path.abspath(__file__), "hook", socket_path]
 
 
-def serve(socket_path: str, snapshot_path: str) -> None:
+def serve(socket_path: str, snapshot_path: str, *, deadline: float = SERVICE_DEADLINE) -> None:
     """Load the snapshot, listen, rebuild for the one hook that comes, answer it (or end
     on :data:`STOP`; connections that bring no request are not the hook's and are dropped).
+    With no request within ``deadline`` seconds it removes its socket and ends.
 
     A snapshot that cannot be read or parsed is no reason to stay silent: the service listens
     anyway and gives the hook that error, so the restore fails at once and says why (instead
@@ -121,10 +130,12 @@ def serve(socket_path: str, snapshot_path: str) -> None:
     except (OSError, ShimError) as exc:
         snap = exc
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    tmp = f"{socket_path}.tmp"
+    tmp = staging_path(socket_path)
     listener.bind(tmp)
     listener.listen(8)
     os.rename(tmp, socket_path)  # appears only once everything is imported and loaded
+    until = time.monotonic() + deadline
+    ours = os.stat(socket_path).st_ino
     # Duplicate address detection while CRIU is still busy (a hook that comes meanwhile
     # waits in the backlog for what is left of it), so the rebuild does not wait for answers.
     probed: frozenset[str] = frozenset()
@@ -134,7 +145,13 @@ def serve(socket_path: str, snapshot_path: str) -> None:
             probed = probe_from_host(snap, early)
         except (OSError, ShimError) as exc:
             snap = exc
-    conn, request = _accept_request(listener)
+    accepted = _accept_request(listener, until)
+    if accepted is None:  # no hook came: the shim is gone, or long past its Create
+        with early, listener, contextlib.suppress(FileNotFoundError):
+            if os.stat(socket_path).st_ino == ours:
+                os.unlink(socket_path)
+        return
+    conn, request = accepted
     # what the rebuild leaves to close (ARP probe sockets) waits until the hook has its answer
     with early, contextlib.ExitStack() as late, conn, listener:
         if request == STOP:
@@ -152,20 +169,32 @@ def serve(socket_path: str, snapshot_path: str) -> None:
             conn.sendall(f"rebuilding the network failed: {exc}".encode())
 
 
+def staging_path(socket_path: str) -> str:
+    """Where :func:`serve` binds its socket before it moves it to ``socket_path``."""
+    return f"{socket_path}.tmp"
+
+
 STOP = b"stop"
 """What the shim sends a rebuild service that is no longer needed (no hook will come)."""
 _REQUEST_TIMEOUT = 10.0  # the hook sends the state it read before it connected, at once
 
 
-def _accept_request(listener: socket.socket) -> tuple[socket.socket, bytes]:
+def _accept_request(
+    listener: socket.socket, until: float
+) -> tuple[socket.socket, bytes] | None:
     """The next connection that brings a request (the hook's state, or :data:`STOP`) and
-    the request. A connection that closes without a word, or says nothing for
+    the request; None if none came by ``until`` (:func:`time.monotonic`). A connection
+    that closes without a word, or says nothing for
     :data:`_REQUEST_TIMEOUT` seconds, is someone else's: e.g. :func:`shim.warm.sweep`, which
     connects to every socket in the run directory to see whether a server still lives there
     (measured: the service took such a probe for its one hook, answered it and ended, and the
     restore's real hook found no service: "did not come up")."""
-    while True:
-        conn, _ = listener.accept()
+    while (left := until - time.monotonic()) > 0:
+        listener.settimeout(left)
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            return None
         try:
             conn.settimeout(_REQUEST_TIMEOUT)
             request = _read_all(conn)
@@ -175,6 +204,7 @@ def _accept_request(listener: socket.socket) -> tuple[socket.socket, bytes]:
         if request:
             return conn, request
         conn.close()
+    return None
 
 
 def loopback_up(netns: str) -> None:

@@ -15,8 +15,10 @@ all: a hook costs a process start inside the restore).
 :class:`NetworkRestore` is an async context manager owned by the created-from-checkpoint state
 (:class:`shim.state.CreatedFromCheckpoint`): entered at Create (the service starts), left when
 Start's restore is over or the container is deleted without one (the service is stopped and its
-socket removed). Entering a started one is a no-op, so a Start that failed and is retried
-enters it afresh.
+socket removed). Entering a started one is a no-op unless its service has ended meanwhile (it
+waits :data:`shim.nethook.SERVICE_DEADLINE` for its hook, so that nothing outlives a shim that
+died between Create and Start): then it starts afresh, as a Start that failed and is retried
+does.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import select
+import signal
 import socket
 import struct
 import sys
@@ -46,7 +50,14 @@ from shim.checkpoint.network import (
     tcp_unlock_argv,
 )
 from shim.errors import FailedPrecondition
-from shim.nethook import STOP, hook_argv, lo_up_argv, loopback_up, template_argv
+from shim.nethook import (
+    STOP,
+    hook_argv,
+    lo_up_argv,
+    loopback_up,
+    staging_path,
+    template_argv,
+)
 from shim.reaper import Reaper
 from shim.spawn import Child, run, spawn
 from shim.warm import RUN_DIR, Unavailable, in_host_namespaces, request
@@ -107,12 +118,17 @@ class NetworkRestore:
         self._spec = spec
         self._snapshot = os.path.join(images_dir, SNAPSHOT)
         self._started = False
-        self._service: Child | None = None
+        self._service: Child | None = None  # a service the shim started itself
+        self._forked = -1  # a pidfd of the service a template forked, if it did
         self._socket = ""
         self._loopback_after = False
         self._tcp_locked = False  # the rebuild locks TCP (network.TCP_LOCK_TABLE)
 
     async def __aenter__(self) -> NetworkRestore:
+        if self._started and self._service_ended():
+            log.info("network rebuild service %s ended before the restore: starting another",
+                     self._socket)
+            self.close()
         if not self._started:
             await self._start()
             self._started = True
@@ -152,13 +168,26 @@ class NetworkRestore:
         self._set_hook(hook_argv(sock))
         self._socket = sock
         try:
-            await self._request_from_template()  # a warm service, forked by the template
+            pid = await self._request_from_template()  # a warm service, forked by the template
+            try:
+                self._forked = os.pidfd_open(pid)  # for close(): the pid is not our child's
+            except ProcessLookupError as gone:
+                raise Unavailable(f"the service {pid} it forked ended at once",
+                                  restart=False) from gone
         except Unavailable as exc:
             log.debug("network rebuild template: %s", exc)
             argv = [sys.executable, "-m", "shim.nethook", "serve", sock, self._snapshot]
             self._service = spawn(self._reaper, argv)
             if exc.restart and in_host_namespaces():  # warm for the next restore
                 spawn(self._reaper, template_argv(TEMPLATE_SOCKET), setsid=True)
+
+    def _service_ended(self) -> bool:
+        """Whether the rebuild service has ended (e.g. at its deadline, no hook came)."""
+        if self._service is not None:
+            return self._service.exited.done()
+        if self._forked >= 0:
+            return bool(select.select([self._forked], [], [], 0)[0])  # readable: it exited
+        return False
 
     def _set_hook(self, argv: list[str] | None) -> None:
         write_spec(self._bundle, with_restore_hook(self._spec, argv))
@@ -225,17 +254,26 @@ class NetworkRestore:
         """End the rebuild service if no hook came (runc failed before it) and remove its
         socket. A service that listens already is told so (:data:`shim.nethook.STOP`; a
         connection without a request is not enough: the service ignores those, which
-        others make too); one of ours still starting up is killed."""
+        others make too); one of ours still starting up is killed, and so is one a template
+        forked that STOP did not reach (its socket not in place yet, its backlog full)."""
         self._started = False
+        stopped = False
         if self._socket:
             with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as conn:
                 conn.setblocking(False)
                 conn.connect(self._socket)
                 conn.send(STOP)
+                stopped = True
         if self._service is not None and not self._service.exited.done():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._service.pid, 9)
-        if self._socket:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._socket)
-        self._service, self._socket = None, ""
+        if self._forked >= 0:
+            if not stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(self._forked, signal.SIGKILL)
+            os.close(self._forked)
+        if self._socket:  # (and the name it is bound to before it is in place)
+            for path in (self._socket, staging_path(self._socket)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        self._service, self._forked, self._socket = None, -1, ""

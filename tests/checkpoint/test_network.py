@@ -12,6 +12,7 @@ import io
 import json
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -447,6 +448,31 @@ def test_stop_ends_the_service_without_a_rebuild(rebuilds: Rebuilds, short_dir: 
     assert rebuilds.calls == []
 
 
+def test_a_service_without_a_request_ends_at_its_deadline(
+    rebuilds: Rebuilds, short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing else ends a service whose shim died between Create and Start: it removes its
+    socket and ends once its deadline passes, a silent connection or not."""
+    monkeypatch.setattr(nethook, "_REQUEST_TIMEOUT", 0.2)
+    (short_dir / "net.json").write_bytes(dump_snapshot(SNAP))
+    sock = short_dir / "s"
+    server = threading.Thread(target=nethook.serve, args=(str(sock), str(short_dir / "net.json")),
+                              kwargs={"deadline": 0.5}, daemon=True)
+    started = time.monotonic()
+    server.start()
+    wait = started + 10
+    while not sock.exists() and time.monotonic() < wait:
+        time.sleep(0.01)
+    assert sock.exists()
+    with socket.socket(socket.AF_UNIX) as silent:
+        silent.connect(str(sock))
+        server.join(10)
+    assert not server.is_alive()
+    assert time.monotonic() - started >= 0.5
+    assert not sock.exists() and os.listdir(short_dir) == ["net.json"]
+    assert rebuilds.calls == []
+
+
 def test_a_failed_rebuild_fails_the_hook_with_its_message(
     rebuilds: Rebuilds,
     short_dir: Path,
@@ -675,6 +701,134 @@ def test_restore_ignores_a_record_when_the_spec_joins_by_path(tmp_path: Path) ->
 
     assert hooks_after_entering(_spec({"type": "network", "path": "/run/netns/c"}), "pod") == []
     assert len(hooks_after_entering(_spec({"type": "network"}), "own")) == 1
+
+
+# -- the life of a rebuild service a template forked ---------------------------------------
+
+
+class Template:
+    """Replaces the template's request in shim.checkpoint.netrestore: each request "forks"
+    the next of the given commands (started here; the shim does not own them either)."""
+
+    def __init__(self, *argvs: list[str]) -> None:
+        self.argvs = list(argvs)
+        self.forked: list[subprocess.Popen[bytes]] = []
+
+    def __call__(self, path: str, fields: dict[str, object], *, what: str) -> int:
+        argv = [str(fields["socket"]) if a == "{socket}" else a for a in self.argvs.pop(0)]
+        self.forked.append(subprocess.Popen(argv))
+        return self.forked[-1].pid
+
+    def end(self) -> None:
+        for proc in self.forked:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def template(monkeypatch: pytest.MonkeyPatch, short_dir: Path) -> Iterator[Template]:
+    from shim.checkpoint import netrestore
+
+    fake = Template()
+    monkeypatch.setattr(netrestore, "request", fake)
+    monkeypatch.setattr(netrestore, "RUN_DIR", str(short_dir / "run"))
+    try:
+        yield fake
+    finally:
+        fake.end()
+
+
+def _restore_of(tmp_path: Path) -> Any:
+    from shim.checkpoint import netrestore
+
+    images = tmp_path / "images"
+    images.mkdir(exist_ok=True)
+    (images / network.SNAPSHOT).write_bytes(dump_snapshot(SNAP))
+    spec = _spec({"type": "network"})
+    return netrestore.network_restore(None, _bundle(tmp_path / "b", spec), spec,  # type: ignore[arg-type]
+                                      str(images))
+
+
+def _hook_socket(bundle: Path) -> str:
+    from shim.bundle import HOOK_MARK, read_spec
+
+    raw = read_spec(bundle).get("hooks")
+    entries = raw.get("createRuntime", []) if isinstance(raw, dict) else []
+    (hook,) = [h for h in entries if HOOK_MARK in h.get("env", [])]
+    return str(hook["args"][-1])
+
+
+def test_close_kills_a_forked_service_that_stop_cannot_reach(
+    template: Template, tmp_path: Path, short_dir: Path
+) -> None:
+    """A template-forked service whose socket is not in place yet (or whose backlog is full)
+    cannot be told STOP: close() kills it by its pidfd, and no socket file is left."""
+    import asyncio
+
+    template.argvs = [["sleep", "60"]]  # a service still starting: no socket yet
+
+    async def create_and_delete() -> None:
+        async with _restore_of(tmp_path):
+            pass
+
+    asyncio.run(create_and_delete())
+    (proc,) = template.forked
+    assert proc.wait(timeout=10) == -9
+    assert os.listdir(short_dir / "run") == []
+
+
+def test_close_tells_a_listening_forked_service_to_stop(
+    template: Template, tmp_path: Path, short_dir: Path
+) -> None:
+    """One that listens gets STOP and ends by itself (it is not killed: it may be mid-way
+    through a rebuild for a hook that did come)."""
+    import asyncio
+
+    serve = [sys.executable, "-m", "shim.nethook", "serve", "{socket}",
+             str(tmp_path / "images" / network.SNAPSHOT)]
+    template.argvs = [serve]
+    restore = _restore_of(tmp_path)
+
+    async def create_and_delete() -> None:
+        async with restore:
+            sock = Path(_hook_socket(tmp_path / "b"))
+            wait = time.monotonic() + 30
+            while not sock.exists() and time.monotonic() < wait:
+                await asyncio.sleep(0.02)
+            assert sock.exists()
+
+    asyncio.run(create_and_delete())
+    (proc,) = template.forked
+    assert proc.wait(timeout=10) == 0
+    assert os.listdir(short_dir / "run") == []
+
+
+def test_start_replaces_a_service_that_ended_before_it(
+    template: Template, tmp_path: Path, short_dir: Path
+) -> None:
+    """A service that ended since Create (its deadline passed: Start came late) is replaced
+    when Start enters the restore again: the spec's hook names the new one's socket. One
+    that lives on is kept."""
+    import asyncio
+
+    template.argvs = [["sleep", "60"], ["sleep", "60"], ["sleep", "60"]]
+
+    async def create_start(restore: Any, end_first: bool) -> None:
+        await restore.__aenter__()  # Create
+        first = _hook_socket(tmp_path / "b")
+        if end_first:
+            template.forked[-1].kill()
+            template.forked[-1].wait()  # (not the shim's child: only its pidfd sees it end)
+        async with restore:  # Start
+            assert (_hook_socket(tmp_path / "b") != first) is end_first
+
+    asyncio.run(create_start(_restore_of(tmp_path), end_first=False))
+    assert len(template.forked) == 1
+    asyncio.run(create_start(_restore_of(tmp_path), end_first=True))
+    assert len(template.forked) == 3
+    assert [p.wait(timeout=10) for p in template.forked] == [-9, -9, -9]
+    assert os.listdir(short_dir / "run") == []
 
 
 # -- whether a namespace has inet sockets: its sockstat counters --------------------------------
