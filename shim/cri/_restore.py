@@ -29,7 +29,11 @@ same on containerd 1.6 to 2.x, and with the base image found locally first):
 
 Whatever fails, the container (if made) is removed and the directory is gone. The directory
 lives as long as the container: :meth:`Restorer.removed` after RemoveContainer, and every
-restore sweeps directories no container names any more (on a thread, while it works).
+restore sweeps directories no container names any more (on a thread, while it works), but
+never one a CreateContainer still works on (until it has answered: by then a container names
+it) or whose CRIU images are still being written. If that writing fails after the answer, the
+container stays (created, named by RemoveContainer as usual) and its StartContainer fails
+naming what failed (the restore reads it from :data:`shim.checkpoint.plan.UNPACKING`).
 """
 
 from __future__ import annotations
@@ -381,15 +385,19 @@ class Restorer:
             with self._lock:
                 self._unpacking.pop(unpacked, None)
             extraction.abort()
+            raise
+        finally:
+            # from here on a container names the directory (or it is gone): the sweep sees
+            # the one, and skips it while its CRIU images are still written (_unpacking)
             with self._lock:
                 self._inflight.discard(unpacked)
-            raise
         return api_pb2.CreateContainerResponse(container_id=cid)
 
     def _unpack(self, source: _Source, image: str, clock: Clock) -> Extraction:
         """Check the archive and start unpacking it (:class:`~shim.cri._extract.Extraction`:
-        the dumps and the rootfs diff are there on return, CRIU's images follow; the
-        directory stays in flight until they are all written)."""
+        the dumps and the rootfs diff are there on return, CRIU's images follow). The
+        directory is in flight (the sweep leaves it alone) until :meth:`create` ends, and
+        unpacking until its CRIU images are all written, whichever ends later."""
         if source.archive is not None:
             checked = check_archive(source.archive, image)
             return self._start(Extraction(checked, self._root, "ckpt-"), image)
@@ -403,7 +411,12 @@ class Restorer:
             # the layer copy must outlive the thread that reads it: all at once here
             extraction = Extraction(checked, self._root, "ckpt-")
             self._start(extraction, image)
-            extraction.wait()
+            try:
+                extraction.wait()
+            except BaseException:  # the directory is gone
+                with self._lock:
+                    self._inflight.discard(extraction.dest)
+                raise
             return extraction
         finally:
             shutil.rmtree(blob_dir, ignore_errors=True)
@@ -415,8 +428,9 @@ class Restorer:
         begun = time.monotonic()
 
         def done(error: BaseException | None) -> None:
+            # still in flight: create() lets go of it once a container names it (a base
+            # image pull can outlast the unpacking by far)
             with self._lock:
-                self._inflight.discard(dest)
                 self._unpacking.pop(dest, None)
             if error is None:
                 log.info("restore of %s: CRIU images unpacked in %.0f ms", image,
@@ -492,12 +506,10 @@ class Restorer:
             extraction.abort()
         remove_tree(unpacked)
 
-    def wait_unpacked(self, unpacked: Path) -> None:
-        """Block until the unpacking of ``unpacked`` (if it still runs) has ended."""
+    def _busy(self) -> set[Path]:
+        """Directories a create() still works on or whose CRIU images are still written."""
         with self._lock:
-            extraction = self._unpacking.get(unpacked)
-        if extraction is not None:
-            extraction.join()
+            return {*self._inflight, *self._unpacking}
 
     def _sweep_quietly(self) -> None:
         try:
@@ -508,13 +520,14 @@ class Restorer:
     def _sweep(self) -> None:
         """Remove unpacked checkpoints that no container names (their container was removed
         behind the endpoint's back) and blob copies of an endpoint that died."""
+        # busy before the list too: a create() that ends meanwhile made its container first
+        busy = self._busy()
         try:
             named = {self._ours(a.get(RESTORE_ANNOTATION, ""))
                      for a in self._ctd.list_annotations()}
         except CriError:
             return
-        with self._lock:
-            busy = set(self._inflight)
+        busy |= self._busy()
         now = time.time()
         for entry in self._root.iterdir():
             if entry in named or entry in busy:

@@ -181,6 +181,16 @@ class FakeContainerd:
         self._maybe("apply_diff")
 
 
+def wait_unpacked(unpacked: Path) -> None:
+    """What the shim's restore does before it reads CRIU's images (it raises unless the
+    endpoint wrote ``complete``)."""
+    import asyncio
+
+    from shim.checkpoint import runner
+
+    asyncio.run(runner._wait_unpacked(str(unpacked / UNPACKING)))
+
+
 def _archive(path: Path, diff: bytes = b"\x1f\x8b" + b"\0" * 30) -> Path:
     import io
     import tarfile
@@ -221,7 +231,7 @@ def test_a_restore_keeps_its_images_and_names_them(tmp_path: Path) -> None:
     req.config.image.image = str(_archive(tmp_path / "ck.tar"))
     assert restorer.create(req, 30.0).container_id == "cid-1"
     (unpacked,) = (tmp_path / "work" / "restore").iterdir()
-    restorer.wait_unpacked(unpacked)  # CRIU's images may be written after the answer
+    wait_unpacked(unpacked)  # CRIU's images may be written after the answer
     assert (unpacked / "checkpoint" / "inventory.img").read_bytes() == b"i"
     assert (unpacked / UNPACKING).read_text() == "complete\n"
     assert ctd.removed == [] and ctd.leases == 0
@@ -334,3 +344,99 @@ def test_a_base_image_found_is_not_looked_up_again_until_a_create_fails(
     monkeypatch.setattr("shim.cri._restore._BASE_KEPT", 0.0)  # kept no longer
     restore()
     assert ctd.looked == ["localhost/base:1"] * 3
+
+
+def test_a_directory_is_not_swept_before_its_container_names_it(tmp_path: Path) -> None:
+    """CRIU's images can all be written long before CreateContainer answers (a base image
+    pull of minutes): another restore's sweep meanwhile must not take the directory, even
+    one older than the sweep's grace period, nor any directory whose images are still being
+    written; once its container names it, that keeps it."""
+    import os
+    import time
+
+    from shim.cri._restore import Restorer
+
+    swept: list[bool] = []
+
+    class SlowBase(FakeContainerd):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[dict[str, str]] = []
+
+        def image_status(self, image: str) -> object:
+            # the unpacking has ended; a pull that lasts; another restore sweeps meanwhile
+            deadline = time.monotonic() + 10
+            while restorer._unpacking and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert not restorer._unpacking
+            (unpacked,) = (tmp_path / "work" / "restore").iterdir()
+            old = time.time() - 120
+            os.utime(unpacked, (old, old))
+            restorer._sweep()
+            swept.append(not unpacked.exists())
+            return super().image_status(image)
+
+        def create_container(self, request: object, timeout: float | None) -> str:
+            cid = super().create_container(request, timeout)
+            self.names.append(dict(request.config.annotations))  # type: ignore[attr-defined]
+            return cid
+
+        def list_annotations(self) -> list[dict[str, str]]:
+            return self.names
+
+    ctd = SlowBase()
+    restorer = Restorer(ctd, tmp_path / "work")  # type: ignore[arg-type]
+    req = request()
+    req.config.image.image = str(_archive(tmp_path / "ck.tar"))
+    assert restorer.create(req, 30.0).container_id == "cid-1"
+    assert swept == [False]
+    (unpacked,) = (tmp_path / "work" / "restore").iterdir()
+    wait_unpacked(unpacked)
+    assert (unpacked / "checkpoint" / "inventory.img").read_bytes() == b"i"
+    restorer._sweep()  # named by its container now
+    assert unpacked.exists()
+    assert not restorer._inflight and not restorer._unpacking
+
+
+def test_a_directory_still_being_unpacked_is_not_swept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CreateContainer has answered, CRIU's images are still being written and no container
+    names the directory (yet, as the endpoint sees it): the sweep leaves it; once written and
+    unnamed, the next sweep takes it."""
+    import os
+    import threading
+    import time
+
+    from shim.cri import _extract
+    from shim.cri._restore import Restorer
+
+    gate = threading.Event()
+    real = _extract._write_members
+
+    def held(archive: object, dest: Path, members: object, stop: object = None) -> None:
+        if stop is not None:  # the thread's part
+            assert gate.wait(10)
+        real(archive, dest, members, stop)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_extract, "_write_members", held)
+    restorer = Restorer(FakeContainerd(), tmp_path / "work")  # type: ignore[arg-type]
+    req = request()
+    req.config.image.image = str(_archive(tmp_path / "ck.tar"))
+    try:
+        assert restorer.create(req, 30.0).container_id == "cid-1"  # answered while held
+        (unpacked,) = (tmp_path / "work" / "restore").iterdir()
+        assert not restorer._inflight  # create() has let go of it
+        old = time.time() - 120
+        os.utime(unpacked, (old, old))
+        restorer._sweep()  # FakeContainerd: no container names it
+        assert unpacked.exists()
+    finally:
+        gate.set()
+    wait_unpacked(unpacked)
+    deadline = time.monotonic() + 10
+    while restorer._unpacking and time.monotonic() < deadline:  # on_done follows the unlock
+        time.sleep(0.01)
+    os.utime(unpacked, (old, old))
+    restorer._sweep()
+    assert not unpacked.exists()
