@@ -95,7 +95,9 @@ that holds ``checkpoint/``) while it still writes them: it holds an exclusive ``
 it until they are all written and then writes ``complete`` into it (anything else there says
 why not). CreateContainer answers before CRIU's images are all written, so that their
 writing overlaps StartContainer's start of the shim; the restore waits on this file
-(:attr:`RestoreSource.unpacking`) before it reads them."""
+(:attr:`RestoreSource.unpacking`, for at most the CRIU timeout) before it reads them. The
+file is honoured only as the endpoint makes it: a regular file of the shim's user in a
+directory no one else may write to (a checkpoint archive may not hold one either)."""
 
 STATUS_FD: Final = 3
 """With lazy pages runc gets ``--status-fd 3``: the runner passes a pipe as runc's fd 3 and

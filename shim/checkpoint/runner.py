@@ -28,6 +28,7 @@ import glob
 import logging
 import os
 import shutil
+import stat
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ from shim.errors import (
 from shim.mount import unmount_under
 from shim.reaper import Reaper
 from shim.runtime import RestoreOpts, Runtime, Stdio
+from shim.runtime._runc import criu_timeout
 from shim.spawn import Child, Result, spawn
 
 __all__ = ["LazyDump", "Restored", "checkpoint", "restore"]
@@ -74,6 +76,8 @@ _LOG_TAIL = 256 * 1024  # bytes of a kept CRIU log searched for the reason of a 
 LAZY_PAGES_SOCKET = "lazy-pages.socket"  # created by `criu lazy-pages` in its work dir
 CGROUP_YARD = ".criu.cgyard.*"  # CRIU's cgroup mounts, in its work dir while it runs
 _CGROUP_RMDIR_WAIT = 5.0
+_UNPACKED_POLL_FIRST = 0.001  # s; doubled up to _UNPACKED_POLL_MAX while the lock is held
+_UNPACKED_POLL_MAX = 0.01
 
 
 def _write_criu_config(bundle: Path, annotations: Mapping[str, str], text: str) -> None:
@@ -467,27 +471,80 @@ def _remove_leftovers(state_dir: str, yards: list[str], cgroups_path: str) -> No
                 time.sleep(0.05)
 
 
+def _open_unpacking(path: str) -> int | None:
+    """Open the CRI endpoint's :data:`~shim.checkpoint.plan.UNPACKING` file at ``path``;
+    None if there is none. Honoured only as the endpoint makes it: a regular file of the
+    shim's own user (root), in a directory of that user that nobody else may write to (else
+    anyone who may write there could plant a FIFO, a file they keep locked, or a symlink).
+    Opened without following a link and non-blocking (a FIFO would block the open).
+
+    Raises:
+        InvalidArgument: it is there but not as the endpoint makes it, naming it and why.
+        OSError: its directory cannot be read.
+    """
+    parent, name = os.path.split(path)
+    dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        where = os.fstat(dir_fd)
+        if where.st_uid != os.geteuid() or where.st_mode & 0o022:
+            raise InvalidArgument(
+                f"{path}: its directory is owned by uid {where.st_uid} with mode "
+                f"{stat.S_IMODE(where.st_mode):04o}; not the CRI endpoint's, not trusted")
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidArgument(f"{path} is not a regular file; not trusted")
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    st = os.fstat(fd)  # what was opened, not what was looked at
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        os.close(fd)
+        raise InvalidArgument(f"{path} is not a regular file of uid {os.geteuid()}; not trusted")
+    return fd
+
+
 async def _wait_unpacked(path: str) -> None:
     """Wait until the CRI endpoint has written all of a checkpoint's images: it holds an
     exclusive ``flock`` on ``path`` (:data:`shim.checkpoint.plan.UNPACKING`) while it writes
     them and then writes ``complete`` into it. No file: everything was written before the
-    container was created. The lock is tried at once; only a wait takes a thread.
+    container was created. The lock is polled (``LOCK_NB``, a few ms apart: a wait is
+    cancellable and holds no thread), for at most :func:`~shim.runtime._runc.criu_timeout`
+    (Start's own deadline, if shorter, cancels it first).
 
     Raises:
-        FailedPrecondition: the endpoint stopped before it had written them all.
+        FailedPrecondition: the endpoint stopped before it had written them all, or still
+            holds the lock at the limit, or the file cannot be read (naming it).
+        InvalidArgument: the file is not the endpoint's (:func:`_open_unpacking`).
     """
+    limit = criu_timeout()
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return
-    try:
+        fd = _open_unpacking(path)
+        if fd is None:
+            return
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_SH)
-        state = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
-    finally:
-        os.close(fd)
+            async with asyncio.timeout(limit):
+                delay = _UNPACKED_POLL_FIRST
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        await asyncio.sleep(delay)
+                        delay = min(2 * delay, _UNPACKED_POLL_MAX)
+            state = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+        finally:
+            os.close(fd)
+    except TimeoutError as exc:  # an OSError too: first
+        raise FailedPrecondition(
+            f"the checkpoint's images were not unpacked within {limit:g} s ({path} still"
+            " locked by the CRI endpoint)") from exc
+    except OSError as exc:
+        raise FailedPrecondition(
+            f"the checkpoint's images cannot be waited for ({path}: {exc.strerror})") from exc
     if state != "complete":
         raise FailedPrecondition(
             f"the checkpoint's images were not all unpacked ({path}: {state or 'empty'})"
@@ -566,9 +623,14 @@ async def restore(
         if not isinstance(exc, ShimError):
             raise
         raise with_context(exc, f"restore failed: {exc} ({note})") from exc
-    # CRIU's log and stats, a handful of files: here, not on a thread (the hand-off costs
-    # more than the chmods; a daemon's first one also imports and starts the thread pool)
-    make_private(plan.work_dir)
+    # The default work dir is the shim's own, new for this restore: CRIU's log and stats, a
+    # handful of files, so its chmods are bounded and done here (~20 us for a log and stats;
+    # the thread hand-off costs ~80 us, and a daemon's first also starts the thread pool). A
+    # work dir the request named may hold anything (even the images): on a thread.
+    if plan.work_dir == str(bundle / CRIU_WORK_DIR):
+        make_private(plan.work_dir)
+    else:
+        await asyncio.to_thread(make_private, plan.work_dir)
     steps.done("private")
     log.debug("restore of %s: %s", cid, steps)
     return Restored(int(pid_file.read_text()), daemon)

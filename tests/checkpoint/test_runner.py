@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -323,3 +323,114 @@ def test_the_restore_waits_for_the_endpoint_to_unpack_the_images(tmp_path: Path)
     marker.write_text("")
     with pytest.raises(FailedPrecondition, match="empty"):
         run(runner._wait_unpacked(str(marker)))
+
+
+def test_a_stalled_unpacking_fails_the_wait_at_the_limit_and_holds_no_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An endpoint that never lets go of the lock: the wait ends at the CRIU timeout with
+    an error naming the file; cancelled before (Start's own deadline, an abort) it ends at
+    once, with no thread left blocked on the lock."""
+    import fcntl
+    import time
+
+    marker = tmp_path / "pyrunc-unpacking"
+    fd = os.open(marker, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        monkeypatch.setattr(runner, "criu_timeout", lambda: 0.3)
+        begun = time.monotonic()
+        error = _wait_in_a_thread(marker)
+        assert isinstance(error, FailedPrecondition) and "still locked" in str(error), error
+        assert str(marker) in str(error)
+        assert 0.3 <= time.monotonic() - begun < 5
+
+        monkeypatch.setattr(runner, "criu_timeout", lambda: 600.0)
+
+        async def cancelled() -> None:
+            task = asyncio.ensure_future(runner._wait_unpacked(str(marker)))
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        # the loop's end joins its threads: it ends only if none is left on the lock
+        assert _in_a_thread(cancelled) is None
+    finally:
+        os.close(fd)
+
+
+def _in_a_thread(make: Callable[[], Coroutine[object, object, object]],
+                 limit: float = 5.0) -> BaseException | None:
+    """Run ``make()``'s coroutine (and its event loop's end) in a thread of its own, so one
+    that blocks fails the test instead of hanging it; returns what it raised."""
+    import threading
+
+    raised: list[BaseException | None] = []
+
+    def wait() -> None:
+        try:
+            run(make())
+            raised.append(None)
+        except BaseException as exc:  # handed to the test
+            raised.append(exc)
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    thread.join(limit)
+    assert raised, "blocked"
+    return raised[0]
+
+
+def _wait_in_a_thread(path: Path) -> BaseException | None:
+    return _in_a_thread(lambda: runner._wait_unpacked(str(path)))
+
+
+def test_an_unpacking_file_not_made_by_the_endpoint_is_refused(tmp_path: Path) -> None:
+    """Only a regular file of root in a directory nobody else may write to is waited on: a
+    FIFO (an open would block the event loop), a symlink, a file of another user or one in
+    a directory others may write to (anyone could have planted it there) is refused naming
+    the file; a directory that cannot be read fails the wait as FailedPrecondition."""
+    import fcntl
+
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+
+    fifo = private / "pyrunc-unpacking"
+    os.mkfifo(fifo, 0o600)
+    error = _wait_in_a_thread(fifo)
+    assert isinstance(error, InvalidArgument) and str(fifo) in str(error), error
+    fifo.unlink()
+
+    target = private / "elsewhere"
+    target.write_text("complete\n")
+    (private / "pyrunc-unpacking").symlink_to(target)
+    error = _wait_in_a_thread(private / "pyrunc-unpacking")
+    assert isinstance(error, InvalidArgument) and "pyrunc-unpacking" in str(error), error
+    (private / "pyrunc-unpacking").unlink()
+
+    theirs = private / "pyrunc-unpacking"
+    theirs.write_text("complete\n")
+    os.chown(theirs, 65534, 65534)
+    with pytest.raises(InvalidArgument, match="not a regular file of uid"):
+        run(runner._wait_unpacked(str(theirs)))
+    theirs.unlink()
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)  # like /tmp, or a systemd PrivateTmp's
+    planted = shared / "pyrunc-unpacking"
+    fd = os.open(planted, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # kept locked by whoever planted it
+        error = _wait_in_a_thread(planted)
+        assert isinstance(error, InvalidArgument) and "not trusted" in str(error), error
+    finally:
+        os.close(fd)
+    planted.unlink()
+    run(runner._wait_unpacked(str(planted)))  # none there: nothing to wait for
+
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    with pytest.raises(FailedPrecondition, match="cannot be waited for"):
+        run(runner._wait_unpacked(str(not_a_dir / "pyrunc-unpacking")))
