@@ -6,7 +6,8 @@ written: a tar that does not read to its end (truncated, corrupt, a compressed s
 short), names that are absolute or hold ``..``, entries below a symlink, symlinks whose target
 is absolute or leads out of the archive, hard links to anything but an earlier regular file of
 the archive, device nodes, FIFOs and every other type but file, directory and symlink, a second
-entry with a name already used, and an archive without ``spec.dump``, ``config.dump`` or
+entry with a name already used, an entry named (or below) :data:`UNPACKING` (the endpoint's
+own file, which the restore trusts), and an archive without ``spec.dump``, ``config.dump`` or
 ``checkpoint/inventory.img``. :class:`Extraction` (or :func:`extract_archive`, all at once)
 then writes the entries into a new private (0700) directory by hand, never following a link
 (``O_NOFOLLOW``/``O_EXCL``), file modes without set-id bits, every directory 0700 (the shim
@@ -130,6 +131,8 @@ def check_archive(path: Path, what: str = "") -> CheckedArchive:
         name = _name(info, what)
         if name in kinds:
             raise InvalidArgument(f"{what}: entry {info.name!r} appears twice")
+        if name.split("/")[0] == UNPACKING:  # the endpoint's own, which the restore trusts
+            raise InvalidArgument(f"{what}: entry {info.name!r} has a reserved name")
         parent = posixpath.dirname(name)
         while parent:
             if kinds.get(parent) == "symlink":
@@ -356,12 +359,6 @@ class Extraction:
             raise self._error
         os.chmod(self.dest, 0o700)
         return self.dest
-
-    def join(self) -> None:
-        """Block until the thread has ended (what it met stays for :meth:`wait`)."""
-        thread = self._thread
-        if thread is not None:
-            thread.join()
 
     @property
     def aborted(self) -> bool:

@@ -91,6 +91,11 @@ BAD: list[tuple[str, list[tuple[tarfile.TarInfo, bytes]], str]] = [
     ("block device", [_special("checkpoint/sda", tarfile.BLKTYPE)], "checkpoint/sda"),
     ("fifo", [_special("checkpoint/fifo", tarfile.FIFOTYPE)], "checkpoint/fifo"),
     ("twice", [_file("spec.dump", b"{}")], "spec.dump"),
+    # the endpoint's own file, which the restore trusts (a compressed archive would have it
+    # written before anything else could claim the name)
+    ("unpacking file", [_file("pyrunc-unpacking", b"complete\n")], "pyrunc-unpacking"),
+    ("unpacking file ./", [_file("./pyrunc-unpacking", b"complete\n")], "./pyrunc-unpacking"),
+    ("below the unpacking name", [_file("pyrunc-unpacking/x", b"x")], "pyrunc-unpacking/x"),
 ]
 
 
@@ -213,15 +218,19 @@ def test_the_unpacking_file_is_locked_until_the_images_are_written(
         assert not (extraction.dest / "checkpoint/pages-1.img").exists()
         assert stat.S_IMODE(marker.stat().st_mode) == 0o600 and ended == []
         release.set()
-        extraction.join()
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # free now
+        fcntl.flock(fd, fcntl.LOCK_SH)  # what the restore waits on
+        assert marker.read_text() == "complete\n"
+        done = extraction.wait()  # the thread has ended
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # still free
     finally:
         os.close(fd)
-    assert marker.read_text() == "complete\n" and ended == [None]
-    assert (extraction.wait() / "checkpoint/pages-1.img").read_bytes() == b"p" * 5000
+    assert ended == [None]
+    assert (done / "checkpoint/pages-1.img").read_bytes() == b"p" * 5000
 
 
 def test_the_unpacking_file_says_what_failed(tmp_path: Path) -> None:
+    import fcntl
+
     from shim.checkpoint.plan import UNPACKING
 
     archive = write_tar(tmp_path / "a.tar")
@@ -231,13 +240,17 @@ def test_the_unpacking_file_says_what_failed(tmp_path: Path) -> None:
         f.truncate(pages.offset_data + 100)
     ended: list[BaseException | None] = []
     extraction = Extraction(checked, tmp_path / "work", "ck-").start(ended.append)
-    extraction.join()
-    text = (extraction.dest / UNPACKING).read_text()
+    fd = os.open(extraction.dest / UNPACKING, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # what the restore waits on
+        text = os.pread(fd, 4096, 0).decode()
+    finally:
+        os.close(fd)
     assert text.startswith("failed: ") and "ends inside an entry" in text, text
-    assert len(ended) == 1 and isinstance(ended[0], InvalidArgument)
-    assert not extraction.aborted
     with pytest.raises(InvalidArgument):
         extraction.wait()
+    assert len(ended) == 1 and isinstance(ended[0], InvalidArgument)
+    assert not extraction.aborted
 
 
 def test_images_on_another_filesystem_are_copied_by_sendfile(
