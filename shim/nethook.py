@@ -7,9 +7,10 @@ hook. So the shim starts ``serve`` when a restore begins: it imports pyroute2, l
 the snapshot, and listens on a unix socket while runc and CRIU do the early restore work. The
 hook runc runs is tiny: it forwards the OCI state (the restored init's pid) to that socket and
 exits with the rebuild's result, so a failure fails the restore (runc reports the hook's
-stderr). ``serve`` handles one rebuild and exits. The hook runs as a plain script without the
-site machinery (``python -I -S .../shim/nethook.py hook SOCKET``): it needs only the standard
-library, and this module imports the package lazily for the other commands.
+stderr). ``serve`` handles one rebuild and exits (or none, after :data:`SERVICE_DEADLINE`).
+The hook runs as a plain script without the site machinery (``python -I -S
+.../shim/nethook.py hook SOCKET``): it needs only the standard library, and this module
+imports the package lazily for the other commands.
 
 Even started at Create, ``serve`` needs ~130 ms (mostly pyroute2's imports) and a hook
 that comes sooner waits. So a **template** (``python -m shim.nethook template``) keeps

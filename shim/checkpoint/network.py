@@ -5,8 +5,10 @@ restored TCP sockets would find no addresses. At checkpoint the container's link
 and routes (and, for a veth, its host-side peer and the bridge that peer is attached to) are
 recorded as a versioned JSON file beside the images (:data:`SNAPSHOT`); at restore a hook
 (:mod:`shim.nethook`) rebuilds them in the new namespace before CRIU restores the
-sockets. The model here is plain frozen data; the netlink work uses pyroute2, imported only
-inside the functions that talk to the kernel (it costs ~12 MiB and ~100 ms to import).
+sockets. The model here is plain frozen data. The record is read over rtnetlink with the
+standard library (:mod:`shim.checkpoint.rtnl`, in the shim: a few ms); the rebuild uses
+pyroute2, imported only inside :func:`rebuild` (it costs ~12 MiB and ~100 ms to import), which
+runs in the rebuild service (:mod:`shim.nethook`).
 
 Rebuilding is all or nothing on the host: everything is checked before anything is created
 (the bridge exists, the host-side name is free, no one on the segment answers for an
