@@ -30,6 +30,7 @@ __all__ = [
     "Method",
     "cpuinfo_check",
     "cpuinfo_dump",
+    "criu_log_refusal",
     "criu_version",
     "host_facts",
     "refusals",
@@ -140,6 +141,29 @@ def cpuinfo_check(criu: str, image: bytes) -> str:
             lines = []
         detail = lines[-1] if lines else (proc.stderr.strip() or f"status {proc.returncode}")
         return f"CPU features differ (criu cpuinfo check: {detail})"
+
+
+CRIU_INFO_LEVEL: Final = 3  # CRIU's pr_info lines; runc asks for 4 and names dump.log
+
+
+def criu_log_refusal(config: str, needs: str) -> str:
+    """Why a move that reads CRIU's dump log for ``needs`` cannot go when the dump's CRIU
+    configuration file starts with ``config`` (runc's default CRIU configuration, which the
+    shim puts in front of its own options, and which CRIU reads after runc's log level and
+    log file), or "". CRIU would write that log elsewhere (``log-file``) or without its
+    info lines (``verbosity`` below :data:`CRIU_INFO_LEVEL`, or a bare ``verbosity``, whose
+    level depends on what came before)."""
+    for raw in config.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.replace("=", " ", 1).partition(" ")
+        key, value = key.lstrip("-"), value.strip()
+        if key in ("log-file", "o") or (key in ("verbosity", "v") and not (
+                value.isdigit() and int(value) >= CRIU_INFO_LEVEL)):
+            return (f"the CRIU configuration the dump reads says {line!r}: the move reads "
+                    f"CRIU's dump log (info level, in its work directory) for {needs}")
+    return ""
 
 
 def _version_text(v: int) -> str:

@@ -6,7 +6,14 @@ import dataclasses
 
 import pytest
 
-from shim.migrate._checks import LAZY_PIPE_MAX_SIZE, HostFacts, Method, criu_version, refusals
+from shim.migrate._checks import (
+    LAZY_PIPE_MAX_SIZE,
+    HostFacts,
+    Method,
+    criu_log_refusal,
+    criu_version,
+    refusals,
+)
 
 HOST = HostFacts(kernel="6.18.0", machine="x86_64", criu_version=40201, lazy_pages=True,
                  mem_dirty_track=False, pipe_max_size=LAZY_PIPE_MAX_SIZE, free_bytes=10 << 30,
@@ -75,3 +82,20 @@ def test_no_criu_is_not_also_reported_as_no_nftables_lock() -> None:
     none = change(criu_version=0, nftables_lock=False)
     reasons = refusals(HOST, none, Method.STOP_AND_COPY, 0)
     assert reasons == ["destination has no CRIU"]
+
+
+@pytest.mark.parametrize("config", [
+    "log-file /var/log/criu.log\n",
+    "verbosity 2\n",
+    "verbosity=0\n",
+    "tcp-close\nverbosity\n",
+])
+def test_a_criu_config_that_moves_or_quiets_the_dump_log_is_refused(config: str) -> None:
+    why = criu_log_refusal(config, "its verdict on the lazy transfer")
+    assert config.splitlines()[-1] in why and "its verdict on the lazy transfer" in why
+
+
+@pytest.mark.parametrize("config", ["", "# verbosity 0\n", "verbosity 4\n",
+                                    "tcp-established\nverbosity=3\n"])
+def test_a_criu_config_that_keeps_the_dump_log_is_fine(config: str) -> None:
+    assert criu_log_refusal(config, "x") == ""
