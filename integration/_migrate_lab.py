@@ -196,10 +196,10 @@ class World:
                 *extra]
         return argv
 
-    def migrate_popen(self, cid: str, src: Host, dst: Host,
+    def migrate_popen(self, cid: str, src: Host, dst: Host, *extra: str,
                       method: str = "lazy") -> subprocess.Popen[str]:
         """:meth:`migrate` in the background (output captured)."""
-        argv = self._argv(cid, src, dst, method, None, ())
+        argv = self._argv(cid, src, dst, method, None, extra)
         return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 cwd=REPO, env=pyrunc_env(), stdin=subprocess.DEVNULL)
 

@@ -249,6 +249,65 @@ def test_destination_restore_fails_when_its_base_image_goes(world: World) -> Non
     assert_only_on(world, cid, world.a)
 
 
+def _freezer_state(pid: int) -> str:
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "freezer" in controllers.split(","):
+            return Path(f"/sys/fs/cgroup/freezer{path}/freezer.state").read_text().strip()
+    return "no freezer cgroup"
+
+
+def test_sigterm_in_the_frozen_window_puts_the_source_back(world: World) -> None:
+    """``pyrunc migrate`` stopped by SIGTERM (``timeout``, a CI's kill) once the source is
+    dumped, frozen, its TCP input locked, while the destination restores: it takes the way
+    back as on Ctrl-C: the source runs on, thawed, without the TCP lock, its connection
+    intact, and the destination holds nothing."""
+    from ._net_seq import SeqClient
+
+    port = 7000
+    # 256 MiB beside net-seq: the dump and restore take long enough to be caught frozen
+    cid, _ = start_in(world, world.a, "mig-term", "sh", "-c",
+                      f"/usr/bin/memfill 256 7 & exec /usr/bin/net-seq {port}", wired=True)
+    client = SeqClient.connect(world.client_ns, f"{world.subnet}.2", port)
+    try:
+        client.exchange(5)
+        source = world.a.ctr.task(cid)
+        assert source is not None
+        mig = world.migrate_popen(cid, world.a, world.b, "--tcp-established",
+                                  method="stop-and-copy")
+        out_dir = world.a.work_dir / "out"
+
+        def dumped() -> bool:
+            if mig.poll() is not None:
+                return True
+            return any("Dumping finished successfully" in log.read_text(errors="replace")
+                       for log in out_dir.glob(f"{cid}-*/work/dump.log"))
+
+        wait_until(dumped, 120, interval=0.005, message="the source's dump to finish")
+        frozen = _freezer_state(source.pid)
+        mig.send_signal(signal.SIGTERM)
+        out, err = mig.communicate(timeout=300)
+        if mig.returncode == 0:
+            pytest.fail(f"the move committed before the signal: {out}")
+        assert mig.returncode == 130 and "interrupted" in err, (mig.returncode, out, err)
+        assert frozen == "FROZEN", frozen  # the signal came in the frozen window
+        task = world.a.ctr.task(cid)
+        assert task is not None and task.status is TaskStatus.RUNNING, task
+        assert _freezer_state(task.pid) == "THAWED"
+        tables = subprocess.run(["nsenter", "-t", str(task.pid), "-n", "nft", "list", "tables"],
+                                capture_output=True, text=True, check=True, timeout=30).stdout
+        assert "pyrunc_restore_lock" not in tables, tables
+        client.exchange(5)  # the same connection, on the source
+        assert client.sent == 10
+        # the agent rolls back once the cancelled stream's end reaches it
+        wait_until(lambda: cid not in world.b.containers(), 60, interval=0.2,
+                   message=lambda: f"b to roll back: {world.b.containers()}")
+        assert_only_on(world, cid, world.a)
+        assert not list(out_dir.glob(f"{cid}-*")), "the source's staging was left"
+    finally:
+        client.close()
+
+
 def test_refused_checks_touch_nothing(world: World) -> None:
     cid, box = start_in(world, world.a, "mig-ref", "/usr/bin/counter", "20")
     path = box.log_path(cid)

@@ -54,7 +54,7 @@ from shim.api.pyrunc.v1 import checkpoint_pb2
 from shim.typeurl import pack
 
 from ._agent import PROVISIONAL
-from ._checks import HostFacts, Method, cpuinfo_dump, host_facts, refusals
+from ._checks import HostFacts, Method, cpuinfo_dump, criu_log_refusal, host_facts, refusals
 from ._containerd import Containerd, connect, ctr
 from ._errors import ContainerdError, MigrateError, Refused, TransferFailed
 from ._stats import (
@@ -270,15 +270,19 @@ CRIU_UNLOCKED: Final = "net: Unlock network"
 class _SourceTcpLock:
     """Drop the TCP input of ``pid``'s network namespace (the table the destination's
     rebuild uses, :data:`shim.checkpoint.network.TCP_LOCK_TABLE`) before CRIU lifts its own
-    lock at the end of a dump that leaves the tasks alive, and not before CRIU has taken
-    it: a thread follows CRIU's dump log (``dump_log``) and locks once CRIU wrote
-    :data:`CRIU_LOCKED`. A peer's segment that reaches the paused source before CRIU's lock
-    is acknowledged and queued, and dumped with the socket (a lock taken at the pause cost a
-    lockstep client its retransmission back-off, 0.5-0.8 s more gap than downtime); one
-    after it is dropped and sent again, and reaches the destination. The lock is known to
-    have been in time when the log did not say :data:`CRIU_UNLOCKED` yet once it was in
-    place; :attr:`problem` says why it failed or came late (then the move is undone: the
-    paused source may have taken data the dump lacks)."""
+    lock at the end of a dump that leaves the tasks alive, and about when CRIU takes it: a
+    thread follows CRIU's dump log (``dump_log``) and commits its rules once CRIU wrote
+    :data:`CRIU_LOCKED`, which CRIU logs (info level) just before it applies its own lock
+    (criu/net.c), so the two land within a few milliseconds of each other. The log must be
+    where runc names it, at info level: the pre-flight refuses a CRIU configuration that
+    moves or quiets it (:func:`shim.migrate._checks.criu_log_refusal`). A peer's segment
+    that reaches the paused source before the locks is acknowledged and queued, and dumped
+    with the socket (a lock taken at the pause cost a lockstep client its retransmission
+    back-off, 0.5-0.8 s more gap than downtime); one after them is dropped and sent again,
+    and reaches the destination. The lock is known to have been in time when the log did
+    not say :data:`CRIU_UNLOCKED` yet once it was in place; :attr:`problem` says why it
+    failed or came late (then the move is undone: the paused source may have taken data the
+    dump lacks)."""
 
     def __init__(self, pid: int, dump_log: Path) -> None:
         self.pid = pid
@@ -536,8 +540,36 @@ def _image_export(address: str, namespace: str, image: str) -> Callable[[], Iter
     return chunks
 
 
+_TERMINATING: Final = (signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP (``timeout``, a CI's kill, a closed terminal) raise
+    KeyboardInterrupt while this lasts, as Ctrl-C does, so that a move stopped in the frozen
+    window takes its way back (the source resumed and unlocked) instead of dying with the
+    source paused. The first one only: further ones are ignored so that they cannot cut the
+    way back short. Off the main thread (where Python cannot set handlers) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: object) -> None:
+        for s in _TERMINATING:
+            signal.signal(s, signal.SIG_IGN)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, interrupt) for s in _TERMINATING}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+
 def migrate(opts: MigrateOptions, progress: Progress | None = None) -> Report:
-    """Move ``opts.container_id`` to the agent at ``opts.to``.
+    """Move ``opts.container_id`` to the agent at ``opts.to``. SIGTERM and SIGHUP interrupt
+    it as Ctrl-C does (KeyboardInterrupt, after the way back: :func:`_terminate_as_interrupt`).
 
     Returns:
         The report (outcome MIGRATED, KEPT_SOURCE or POSTCOPY_FAILED).
@@ -546,6 +578,11 @@ def migrate(opts: MigrateOptions, progress: Progress | None = None) -> Report:
         TransferFailed: the move failed before the destination ran; the source runs on.
         MigrateError: anything else, with where the container is.
     """
+    with _terminate_as_interrupt():
+        return _migrate(opts, progress)
+
+
+def _migrate(opts: MigrateOptions, progress: Progress | None) -> Report:
     prog = progress or Progress()
     t0 = time.monotonic()
     cid = opts.container_id
@@ -579,6 +616,13 @@ def migrate(opts: MigrateOptions, progress: Progress | None = None) -> Report:
             reasons.append(probe.cpu_problem)
         if probe.container_exists:
             reasons.append(f"the destination already has a container {cid}")
+        if needs := _dump_log_needs(opts, spec):
+            from shim.checkpoint.runner import RUNC_DEFAULT_CRIU_CONFIG
+
+            with contextlib.suppress(OSError):
+                config = Path(RUNC_DEFAULT_CRIU_CONFIG).read_text(errors="replace")
+                if why := criu_log_refusal(config, needs):
+                    reasons.append(f"{why} ({RUNC_DEFAULT_CRIU_CONFIG})")
         if opts.method is Method.PRE_COPY and not reasons:
             reasons.append("pre-copy rounds are not implemented; use --method lazy")
         if reasons:
@@ -591,6 +635,16 @@ def migrate(opts: MigrateOptions, progress: Progress | None = None) -> Report:
                          probe.has_parent_snapshot, stage, prog, t0)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
+
+
+def _dump_log_needs(opts: MigrateOptions, spec: dict[str, Any]) -> str:
+    """What this move reads CRIU's dump log for ("" = nothing): a lazy move its verdict on
+    the transfer, a stop-and-copy of TCP connections when to lock (:class:`_SourceTcpLock`)."""
+    if opts.method is Method.LAZY:
+        return "its verdict on the lazy transfer"
+    if opts.tcp_established and _own_netns(spec):
+        return f"when to lock the source's TCP input ({CRIU_LOCKED!r})"
+    return ""
 
 
 def _network_record(pid: int) -> bytes | None:
@@ -806,25 +860,35 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
     outcome = Outcome.KEPT_SOURCE if opts.keep_source else Outcome.MIGRATED
     message = ""
     postcopy_us = 0
-    if lazy:
-        prog.enter("post-copy")
-        dump, outcome, message = _finish_postcopy(opts, cd, agent, work, dump, outcome, pid)
-        postcopy_us = _us(time.monotonic() - t_running)
-        dump = _lazy_dump_stats(images, _us(time.monotonic() - t_freeze))
-        clock.lap("post-copy")
-        if outcome is Outcome.POSTCOPY_FAILED and _alive(pid):
-            # the source resumed: it is the container; nothing else to clean here
-            return Report(
-                container_id=cid, method=opts.method.value, outcome=outcome, dump=dump,
-                restore=_restore_stats(restored), checkpoint_us=_us(t_dumped - t_freeze),
-                restore_us=int(restored.restore_us), downtime_us=downtime,
-                transfer_bytes=stream.sent, postcopy_complete_us=postcopy_us,
-                total_us=_us(time.monotonic() - t0), message=message,
-                phases=tuple(clock.phases))
-    else:
-        _cut_network(pid)
-    prog.enter("cleanup")
-    cd.remove_task(cid)
+    try:
+        if lazy:
+            prog.enter("post-copy")
+            dump, outcome, message = _finish_postcopy(opts, cd, agent, work, dump, outcome, pid)
+            postcopy_us = _us(time.monotonic() - t_running)
+            dump = _lazy_dump_stats(images, _us(time.monotonic() - t_freeze))
+            clock.lap("post-copy")
+            if outcome is Outcome.POSTCOPY_FAILED and _alive(pid):
+                # the source resumed (it is the container), or CRIU still serves pages and
+                # keeps it frozen (the message says what to do): nothing to clean here
+                return Report(
+                    container_id=cid, method=opts.method.value, outcome=outcome, dump=dump,
+                    restore=_restore_stats(restored), checkpoint_us=_us(t_dumped - t_freeze),
+                    restore_us=int(restored.restore_us), downtime_us=downtime,
+                    transfer_bytes=stream.sent, postcopy_complete_us=postcopy_us,
+                    total_us=_us(time.monotonic() - t0), message=message,
+                    phases=tuple(clock.phases))
+        else:
+            _cut_network(pid)
+        prog.enter("cleanup")
+        cd.remove_task(cid)
+    finally:
+        if lazy and _killed(pid):
+            # CRIU ended the source after a complete transfer; it was dumped paused, so its
+            # SIGKILL waits in the frozen cgroup, holding all its memory, until the task is
+            # removed (which thaws it): also when something above escaped (the agent's
+            # Status, Ctrl-C or SIGTERM in the post-copy wait)
+            with contextlib.suppress(ContainerdError):
+                cd.remove_task(cid)
     if not opts.keep_source:
         with contextlib.suppress(ContainerdError):
             cd.delete_container(cid)
@@ -917,13 +981,22 @@ def _finish_postcopy(opts: MigrateOptions, cd: Containerd, agent: Any, work: Pat
     deadline = time.monotonic() + opts.postcopy_timeout
     while _lazy_dumps(cid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if _lazy_dumps(cid):
+    if serving := _lazy_dumps(cid):
         return dump, Outcome.POSTCOPY_FAILED, (
-            f"post-copy did not finish in {opts.postcopy_timeout:.0f} s; the source's CRIU "
-            "still serves pages and the source is kept")
+            f"post-copy did not finish in {opts.postcopy_timeout:.0f} s: the destination runs "
+            f"and still takes pages from the source's CRIU (runc checkpoint, pid {serving[0]}), "
+            "which keeps the source task frozen (PAUSED, all its memory held) until the "
+            "transfer ends and then ends it; remove that task then (ctr -n "
+            f"{opts.namespace} task rm -f {cid}), and its container record; ending that CRIU "
+            "before would lose the pages the destination lacks")
     lazy_pages = dump.pages_lazy if dump else 0
-    dest = agent.Status(agent_pb2.StatusRequest(namespace=opts.namespace, container_id=cid),
-                        timeout=60)
+    unknown = ""
+    try:
+        dest = agent.Status(agent_pb2.StatusRequest(namespace=opts.namespace,
+                                                    container_id=cid), timeout=60)
+    except grpc.RpcError as exc:  # e.g. the agent restarted after the commit
+        dest = None
+        unknown = f"unknown ({exc.code().name} asking the agent: {exc.details()})"
     verdict = _lazy_verdict(work)
     if _alive(pid) and not _killed(pid):
         with contextlib.suppress(grpc.RpcError):
@@ -933,8 +1006,12 @@ def _finish_postcopy(opts: MigrateOptions, cd: Containerd, agent: Any, work: Pat
         return dump, Outcome.POSTCOPY_FAILED, (
             f"post-copy failed: the source's CRIU could not serve every page (of {lazy_pages} "
             f"lazy pages) and resumed the source, which runs on with all its memory; the "
-            f"destination's incomplete copy ({dest.status or 'no task'}) was discarded; what "
-            "it did while it ran there is lost")
+            f"destination's incomplete copy ({(dest.status or 'no task') if dest else unknown})"
+            " was discarded; what it did while it ran there is lost")
+    if dest is None:
+        return dump, outcome if verdict == LAZY_DONE else Outcome.POSTCOPY_FAILED, (
+            f"the source's CRIU said: {verdict}; the source has ended; the destination's task "
+            f"is {unknown}: check it there")
     if dest.status != "RUNNING":
         kept = _keep_dump_log(opts, work)
         return dump, Outcome.POSTCOPY_FAILED, (

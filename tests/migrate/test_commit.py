@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +13,15 @@ import pytest
 
 from shim.api.pyrunc.migrate.v1 import agent_pb2
 from shim.migrate._agent import PROVISIONAL, stages_of
-from shim.migrate._source import LAZY_DONE, MigrateOptions, _committed, _lazy_verdict
+from shim.migrate._source import (
+    LAZY_DONE,
+    MigrateOptions,
+    _committed,
+    _finish_postcopy,
+    _lazy_verdict,
+    _terminate_as_interrupt,
+)
+from shim.migrate._stats import Outcome
 
 
 class _Unavailable(grpc.RpcError):  # type: ignore[misc]
@@ -75,3 +86,45 @@ def test_lazy_verdict_is_the_dump_logs_last_word(tmp_path: Path) -> None:
     assert _lazy_verdict(tmp_path) == "Lazy pages transfer FAILED"
     log.write_text("(00.1) x\n(02.4) Lazy pages transfer finished successfully\n")
     assert _lazy_verdict(tmp_path) == LAZY_DONE
+
+
+class _Restarted(_Unavailable):
+    def details(self) -> str:
+        return "connection refused"
+
+
+def _gone_pid() -> int:
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize(("log", "outcome"), [
+    (LAZY_DONE, Outcome.MIGRATED),
+    ("Lazy pages transfer FAILED", Outcome.POSTCOPY_FAILED),
+])
+def test_postcopy_judged_when_the_agent_cannot_be_asked(tmp_path: Path, log: str,
+                                                        outcome: Outcome) -> None:
+    """The agent restarted after the commit: its Status raises; the verdict is CRIU's, the
+    destination's state is reported unknown (not lost, not an escaping RpcError)."""
+    (tmp_path / "dump.log").write_text(f"(00.1) {log}\n")
+    _, got, message = _finish_postcopy(OPTS, None, _Agent(_Restarted()),  # type: ignore[arg-type]
+                                       tmp_path, None, Outcome.MIGRATED, _gone_pid())
+    assert got is outcome
+    assert "unknown (UNAVAILABLE asking the agent: connection refused)" in message
+
+
+def test_sigterm_and_sighup_interrupt_once_and_are_restored() -> None:
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        with pytest.raises(KeyboardInterrupt), _terminate_as_interrupt():
+            try:
+                os.kill(os.getpid(), sig)
+                time.sleep(5)  # the handler raises here
+            except KeyboardInterrupt:
+                os.kill(os.getpid(), signal.SIGTERM)  # a second one: ignored, the way back runs
+                time.sleep(0.05)
+                raise
+        assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)) == before
