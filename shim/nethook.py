@@ -54,8 +54,8 @@ TEMPLATE_IDLE = 600.0  # seconds: a burst of restores keeps it; an idle host get
 SERVICE_DEADLINE = 600.0
 """Seconds a rebuild service waits for its hook (or :data:`STOP`): then it removes its socket
 and ends. Nothing else ends one whose shim died between Create and Start; a Start that comes
-later finds it gone and has the shim start another (:class:`shim.checkpoint.netrestore.
-NetworkRestore`)."""
+later finds it gone and has the shim start another
+(:class:`shim.checkpoint.netrestore.NetworkRestore`)."""
 _TEMPLATE_ROOM = "-" * 256  # command-line room for the template's title (shim.proctitle)
 
 
