@@ -362,6 +362,8 @@ def _bad_archives(good: Path, scratch: Path, outside: Path) -> dict[str, tuple[P
         extra=(_entry("checkpoint/shadow", tarfile.LNKTYPE, "/etc/shadow"),))
     bad("device", "checkpoint/null", extra=(_entry("checkpoint/null", tarfile.CHRTYPE),))
     bad("fifo", "checkpoint/fifo", extra=(_entry("checkpoint/fifo", tarfile.FIFOTYPE),))
+    bad("unpacking", "pyrunc-unpacking",  # the endpoint's own file, trusted by the restore
+        extra=(_entry("pyrunc-unpacking", data=b"complete\n"),))
     bad("no-spec", "spec.dump", drop="spec.dump")
     bad("no-inventory", "checkpoint/inventory.img", drop="checkpoint/inventory.img")
     whole = good.read_bytes()
