@@ -59,8 +59,7 @@ from shim.errors import (
 )
 from shim.mount import unmount_under
 from shim.reaper import Reaper
-from shim.runtime import RestoreOpts, Runtime, Stdio
-from shim.runtime._runc import criu_timeout
+from shim.runtime import RestoreOpts, Runtime, Stdio, criu_timeout
 from shim.spawn import Child, Result, spawn
 
 __all__ = ["LazyDump", "Restored", "checkpoint", "restore"]
@@ -512,7 +511,7 @@ async def _wait_unpacked(path: str) -> None:
     exclusive ``flock`` on ``path`` (:data:`shim.checkpoint.plan.UNPACKING`) while it writes
     them and then writes ``complete`` into it. No file: everything was written before the
     container was created. The lock is polled (``LOCK_NB``, a few ms apart: a wait is
-    cancellable and holds no thread), for at most :func:`~shim.runtime._runc.criu_timeout`
+    cancellable and holds no thread), for at most :func:`~shim.runtime.criu_timeout`
     (Start's own deadline, if shorter, cancels it first).
 
     Raises:

@@ -8,6 +8,7 @@ from shim.runtime._runc import (
     RuntimeConfig,
     Stdio,
     classify_error,
+    criu_timeout,
     last_log_error,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "RuntimeConfig",
     "Stdio",
     "classify_error",
+    "criu_timeout",
     "last_log_error",
 ]
