@@ -18,14 +18,13 @@ address), and whatever was created is deleted again if a later step fails.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import select
 import socket
 import struct
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -61,7 +60,6 @@ SNAPSHOT_VERSION = 1
 IFF_UP = 0x1
 RTPROT_KERNEL = 2
 RT_TABLE_MAIN = 254
-CLONE_NEWNET = 0x40000000
 _DAD_WAIT = 0.03  # seconds to wait for an ARP answer on a local bridge
 _DAD_INTERVAL = 0.005  # probes are sent again this often while waiting
 
@@ -410,27 +408,6 @@ def _host_peer(host: Any, index: int) -> VethPeer | None:
     return VethPeer(peer.name, bridge, peer.mtu)
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-@contextlib.contextmanager
-def _netns(path: str) -> Iterator[None]:
-    """Run the block with this thread in the network namespace at ``path``."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(path, os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {path}")
-        try:
-            yield
-        finally:
-            if _libc.setns(own, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back")
-    finally:
-        os.close(own)
-        os.close(target)
-
-
 ETH_P_ARP = 0x0806
 _ARP = struct.Struct("!6s6sHHHBBH6s4s6s4s")  # Ethernet header + ARP for IPv4 over Ethernet
 
@@ -565,6 +542,8 @@ def rebuild(
     """
     from pyroute2 import IPRoute
 
+    from shim.checkpoint import rtnl
+
     netns = f"/proc/{pid}/ns/net"
     created: list[str] = []
     with contextlib.ExitStack() as own, IPRoute() as host:
@@ -576,7 +555,7 @@ def rebuild(
             finally:
                 os.close(fd)
             # made inside the namespace: IPRoute(netns=...) would fork a helper (~7 ms)
-            with _netns(netns), IPRoute() as ns:
+            with rtnl.in_netns(netns), IPRoute() as ns:
                 _configure(ns, snap, release if release is not None else own, probed)
         except BaseException:
             for name in created:

@@ -13,15 +13,17 @@ Messages: ``rtnetlink(7)``, ``netlink(7)``.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 import socket
 import struct
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["AddrMessage", "LinkMessage", "RouteMessage", "Rtnl", "open_in"]
+__all__ = ["AddrMessage", "LinkMessage", "RouteMessage", "Rtnl", "in_netns", "open_in"]
 
 NETLINK_ROUTE = 0
 CLONE_NEWNET = 0x40000000
@@ -252,6 +254,29 @@ class Rtnl:
         return out
 
 
+@contextlib.contextmanager
+def in_netns(path: str) -> Iterator[None]:
+    """Run the block with the calling thread in the network namespace at ``path`` (e.g.
+    ``/proc/<pid>/ns/net``), and bring it back to its own afterwards.
+
+    Raises:
+        OSError: the namespace cannot be entered, or the thread cannot go back.
+    """
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {path}")
+        try:
+            yield
+        finally:
+            if _libc.setns(own, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back")
+    finally:
+        os.close(own)
+        os.close(target)
+
+
 def open_in(netns: str) -> Rtnl:
     """An :class:`Rtnl` whose socket lives in the network namespace at ``netns`` (e.g.
     ``/proc/<pid>/ns/net``). A thread of its own enters the namespace, makes the socket and
@@ -264,15 +289,9 @@ def open_in(netns: str) -> Rtnl:
 
     def make() -> None:
         try:
-            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns {netns}: {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            made.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                      NETLINK_ROUTE))
+            with in_netns(netns):
+                made.append(socket.socket(socket.AF_NETLINK,
+                                          socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE))
         except BaseException as exc:  # handed to the caller's thread
             made.append(exc)
 
