@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
     from shim.flags import Flags
     from shim.reaper import Reaper
+    from shim.service import TaskService
+    from shim.ttrpc import Server
 
 __all__ = ["rehearse", "serve", "serve_when_told"]
 
@@ -137,11 +139,26 @@ def _become_subreaper() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
-async def _serve(flags: Flags, reaper: Reaper) -> None:
+def _task_server(loop: asyncio.AbstractEventLoop, service: TaskService) -> Server:
+    """The ttrpc server of the Task API, as a daemon serves it (the fork server's rehearsal
+    runs this same one)."""
     from shim.errors import to_status
-    from shim.events import Publisher
-    from shim.service import SERVICE, TaskService
+    from shim.service import SERVICE
     from shim.ttrpc import Server
+
+    trimmer = _HeapTrimmer(loop)
+    server = Server(
+        error_mapper=to_status,
+        require_same_user=True,
+        on_connection_closed=trimmer.connection_closed,
+    )
+    server.register(SERVICE, service.handlers())
+    return server
+
+
+async def _serve(flags: Flags, reaper: Reaper) -> None:
+    from shim.events import Publisher
+    from shim.service import TaskService
 
     loop = asyncio.get_running_loop()
     ttrpc_address = os.environ.get("TTRPC_ADDRESS", flags.address + ".ttrpc")
@@ -156,13 +173,7 @@ async def _serve(flags: Flags, reaper: Reaper) -> None:
     # Handed over with dup2, so inheritable: no child (runc, CRIU, helpers) may keep the
     # shim's socket open, or containerd would find it "served" after this shim is gone.
     listener.set_inheritable(False)
-    trimmer = _HeapTrimmer(loop)
-    server = Server(
-        error_mapper=to_status,
-        require_same_user=True,
-        on_connection_closed=trimmer.connection_closed,
-    )
-    server.register(SERVICE, service.handlers())
+    server = _task_server(loop, service)
     serving = loop.create_task(server.serve(listener))
     # debug, not info: a line written to containerd's log FIFO wakes containerd, and on a
     # busy host this one delayed the first accept (the runc shim logs neither)
@@ -238,13 +249,7 @@ async def _rehearsal(rounds: int) -> tuple[int, int]:
     events.register("containerd.services.events.ttrpc.v1.Events", {"Forward": forward})
     publisher = Publisher(name + "-events", "rehearsal")
     service = TaskService(namespace="rehearsal", reaper=Reaper(), publisher=publisher)
-    trimmer = _HeapTrimmer(loop)
-    server = Server(
-        error_mapper=to_status,
-        require_same_user=True,
-        on_connection_closed=trimmer.connection_closed,
-    )
-    server.register(SERVICE, service.handlers())
+    server = _task_server(loop, service)
     tasks = [
         loop.create_task(events.serve(events_listener)),
         loop.create_task(server.serve(task_listener)),
