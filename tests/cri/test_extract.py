@@ -9,6 +9,7 @@ import os
 import re
 import stat
 import tarfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -185,27 +186,17 @@ def test_extraction_failure_on_the_thread_is_raised_by_wait(tmp_path: Path) -> N
 
 
 def test_the_unpacking_file_is_locked_until_the_images_are_written(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, held_unpacking: threading.Event
 ) -> None:
     """While the thread writes CRIU's images, UNPACKING is locked (the restore waits on it)
     and the ``checkpoint`` directory and the shim's stored plan are already there; then it
     says ``complete``, the lock is free and ``on_done`` was called without an error."""
     import fcntl
-    import threading
 
     from shim.checkpoint.plan import STORED_PLAN, UNPACKING
-    from shim.cri import _extract
 
     archive = write_tar(tmp_path / "a.tar", base=[*GOOD, (f"checkpoint/{STORED_PLAN}", b"{}")])
-    release = threading.Event()
-    real = _extract._write_members
-
-    def held(archive: object, dest: Path, members: object, stop: object = None) -> None:
-        if stop is not None:  # the thread's part: CRIU's images
-            assert release.wait(10)
-        real(archive, dest, members, stop)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(_extract, "_write_members", held)
+    release = held_unpacking
     ended: list[BaseException | None] = []
     extraction = Extraction(check_archive(archive), tmp_path / "work", "ck-").start(ended.append)
     marker = extraction.dest / UNPACKING

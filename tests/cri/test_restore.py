@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -265,24 +266,13 @@ def test_an_image_that_is_no_checkpoint_is_not_ours(tmp_path: Path) -> None:
 
 
 def test_a_container_removed_while_its_images_are_written_stops_the_writing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, held_unpacking: threading.Event
 ) -> None:
     """CreateContainer answers before CRIU's images are all written; RemoveContainer then
     stops the writing and the directory goes, with nothing left in flight."""
-    import threading
-
-    from shim.cri import _extract
     from shim.cri._restore import Restorer
 
-    gate = threading.Event()
-    real = _extract._write_members
-
-    def held(archive: object, dest: Path, members: object, stop: object = None) -> None:
-        if stop is not None:  # the thread's part
-            assert gate.wait(10)
-        real(archive, dest, members, stop)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(_extract, "_write_members", held)
+    gate = held_unpacking
     restorer = Restorer(FakeContainerd(), tmp_path / "work")  # type: ignore[arg-type]
     req = request()
     req.config.image.image = str(_archive(tmp_path / "ck.tar"))
@@ -399,27 +389,17 @@ def test_a_directory_is_not_swept_before_its_container_names_it(tmp_path: Path) 
 
 
 def test_a_directory_still_being_unpacked_is_not_swept(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, held_unpacking: threading.Event
 ) -> None:
     """CreateContainer has answered, CRIU's images are still being written and no container
     names the directory (yet, as the endpoint sees it): the sweep leaves it; once written and
     unnamed, the next sweep takes it."""
     import os
-    import threading
     import time
 
-    from shim.cri import _extract
     from shim.cri._restore import Restorer
 
-    gate = threading.Event()
-    real = _extract._write_members
-
-    def held(archive: object, dest: Path, members: object, stop: object = None) -> None:
-        if stop is not None:  # the thread's part
-            assert gate.wait(10)
-        real(archive, dest, members, stop)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(_extract, "_write_members", held)
+    gate = held_unpacking
     restorer = Restorer(FakeContainerd(), tmp_path / "work")  # type: ignore[arg-type]
     req = request()
     req.config.image.image = str(_archive(tmp_path / "ck.tar"))
