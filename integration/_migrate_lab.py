@@ -260,13 +260,14 @@ def two_hosts(tmp: Path, subnet: str = "10.214.1") -> Iterator[World]:
 
 
 def start_in(world: World, host: Host, name: str, *command: str, wired: bool = False,
-             octet: int = 2, veth: str = "vs") -> tuple[str, Containers]:
-    """Run ``command`` in a container on ``host`` (ctr run -d, pyrunc runtime); with
-    ``wired``, give it eth0 = <subnet>.<octet>/24 on the host's bridge (host side: the lab's
-    name for ``veth``)."""
+             octet: int = 2, veth: str = "vs", extra: tuple[str, ...] = ()
+             ) -> tuple[str, Containers]:
+    """Run ``command`` in a container on ``host`` (ctr run -d, pyrunc runtime, ``extra``
+    flags of ``ctr run``); with ``wired``, give it eth0 = <subnet>.<octet>/24 on the host's
+    bridge (host side: the lab's name for ``veth``)."""
     box = Containers(containerd=host.containerd, ctr=host.ctr, runtime=PYRUNC, image=IMAGE_REF,
                      logdir=host.work_dir.parent / "logs")
-    started = box.start(name, *command)
+    started = box.start(name, *command, extra=extra)
     if wired:
         world.lab.veth(world.lab.name(veth), f"/proc/{started.pid}/ns/net", netns=host.netns,
                        bridge=world.lab.name("br"), address=f"{world.subnet}.{octet}/24",

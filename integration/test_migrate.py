@@ -329,6 +329,35 @@ def test_refused_checks_touch_nothing(world: World) -> None:
     assert_only_on(world, cid, world.a)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_a_container_with_its_own_criu_configuration_is_refused_untouched(
+        world: World, method: str) -> None:
+    """A container that names its own CRIU configuration file (``org.criu.config``) cannot
+    take the options a move passes CRIU in the shim's own file (the nftables lock, TLS):
+    refused before anything is touched, naming the annotation and its value; the container
+    runs on, never paused, and the destination holds nothing."""
+    conf = world.a.work_dir.parent / "own-criu.conf"
+    conf.write_text("tcp-established\n")
+    cid, box = start_in(world, world.a, "mig-own", "/usr/bin/counter", "20",
+                        extra=("--annotation", f"org.criu.config={conf}"))
+    path = box.log_path(cid)
+    wait_until(lambda: len(numbers(path.read_text())) >= 3, 20, interval=0.1)
+    source = world.a.ctr.task(cid)
+    assert source is not None
+    proc = world.migrate(cid, world.a, world.b, method=method)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "refused, nothing touched" in proc.stderr, proc.stderr
+    assert f"org.criu.config='{conf}'" in proc.stderr, proc.stderr
+    assert _freezer_state(source.pid) == "THAWED"
+    task = world.a.ctr.task(cid)
+    assert task is not None and task.status is TaskStatus.RUNNING and task.pid == source.pid
+    before = numbers(path.read_text())[-1]
+    wait_until(lambda: numbers(path.read_text())[-1] > before, 10, interval=0.1,
+               message="the counter to go on")
+    assert not list((world.a.work_dir / "out").glob(f"{cid}-*")), "the source staged"
+    assert_only_on(world, cid, world.a)
+
+
 # --- mutual TLS ------------------------------------------------------------------------------
 
 

@@ -507,7 +507,7 @@ class _Servicer(agent_pb2_grpc.AgentServicer):  # type: ignore[misc]
                     kernel=facts.kernel, machine=facts.machine, criu_version=facts.criu_version,
                     lazy_pages=facts.lazy_pages, mem_dirty_track=facts.mem_dirty_track,
                     pipe_max_size=facts.pipe_max_size, free_bytes=facts.free_bytes,
-                    hostname=facts.hostname, nftables_lock=facts.nftables_lock),
+                    hostname=facts.hostname, nftables_lock=bool(facts.nftables_lock)),
                 cpu_problem=cpuinfo_check(self.cfg.criu, request.cpuinfo))
             if request.namespace:
                 with connect(self.cfg.containerd, request.namespace) as cd:

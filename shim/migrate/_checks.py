@@ -21,7 +21,9 @@ import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
+
+from shim.bundle import CRIU_CONFIG_ANNOTATION
 
 __all__ = [
     "CPUINFO_IMAGE",
@@ -30,6 +32,7 @@ __all__ = [
     "Method",
     "cpuinfo_check",
     "cpuinfo_dump",
+    "criu_config_refusal",
     "criu_log_refusal",
     "criu_version",
     "host_facts",
@@ -61,7 +64,9 @@ class HostFacts:
     pipe_max_size: int
     free_bytes: int
     hostname: str = ""
-    nftables_lock: bool = False  # CRIU can lock the network with nftables
+    # CRIU can lock the network with nftables; None = not reported (an agent older than
+    # HostFacts.nftables_lock, or one that reported it as a plain proto3 bool: false)
+    nftables_lock: bool | None = False
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -166,6 +171,22 @@ def criu_log_refusal(config: str, needs: str) -> str:
     return ""
 
 
+def criu_config_refusal(annotations: dict[str, Any]) -> str:
+    """Why a container whose spec has ``annotations`` cannot move, or "": one that names its
+    own CRIU configuration file (``org.criu.config``). runc hands CRIU the file that
+    annotation names, and the shim writes the options runc has no flag for (every move asks
+    for CRIU's nftables network lock, and TLS for its page server) into the per-operation
+    file it names itself at create; with the container's own file named instead, the shim
+    refuses those options and the dump would fail, after the pause."""
+    named = annotations.get(CRIU_CONFIG_ANNOTATION)
+    if named is None:
+        return ""
+    return (f"the container names its own CRIU configuration ({CRIU_CONFIG_ANNOTATION}="
+            f"{named!r}): a move passes CRIU options runc has no flag for (the nftables "
+            "network lock, TLS for the page server) in the shim's own configuration file, "
+            "which that annotation replaces")
+
+
 def _version_text(v: int) -> str:
     return f"{v // 10000}.{v // 100 % 100}.{v % 100}"
 
@@ -182,7 +203,11 @@ def refusals(source: HostFacts, dest: HostFacts, method: Method, bytes_needed: i
         out.append(f"destination CRIU {_version_text(dest.criu_version)} is older than the "
                    f"source's {_version_text(source.criu_version)}")
     for side, facts in (("source", source), ("destination", dest)):
-        if facts.criu_version and not facts.nftables_lock:
+        if facts.criu_version and facts.nftables_lock is None:
+            out.append(f"the {side} reports no CRIU nftables network lock (criu check "
+                       "--feature network_lock_nftables; an agent older than that check "
+                       "reports none: update it); every move asks CRIU for it")
+        elif facts.criu_version and not facts.nftables_lock:
             out.append(f"{side} CRIU cannot lock the network with nftables (criu check "
                        "--feature network_lock_nftables fails: CRIU built without "
                        "libnftables, or a kernel without nftables set concatenation); "

@@ -54,7 +54,15 @@ from shim.api.pyrunc.v1 import checkpoint_pb2
 from shim.typeurl import pack
 
 from ._agent import PROVISIONAL
-from ._checks import HostFacts, Method, cpuinfo_dump, criu_log_refusal, host_facts, refusals
+from ._checks import (
+    HostFacts,
+    Method,
+    cpuinfo_dump,
+    criu_config_refusal,
+    criu_log_refusal,
+    host_facts,
+    refusals,
+)
 from ._containerd import Containerd, connect, ctr
 from ._errors import ContainerdError, MigrateError, Refused, TransferFailed
 from ._stats import (
@@ -135,7 +143,8 @@ def _facts_of(reply: Any) -> HostFacts:
     return HostFacts(kernel=f.kernel, machine=f.machine, criu_version=f.criu_version,
                      lazy_pages=f.lazy_pages, mem_dirty_track=f.mem_dirty_track,
                      pipe_max_size=f.pipe_max_size, free_bytes=f.free_bytes,
-                     hostname=f.hostname, nftables_lock=f.nftables_lock)
+                     hostname=f.hostname,
+                     nftables_lock=f.nftables_lock if f.HasField("nftables_lock") else None)
 
 
 def _own_netns(spec: dict[str, Any]) -> bool:
@@ -598,6 +607,9 @@ def _migrate(opts: MigrateOptions, progress: Progress | None) -> Report:
             raise Refused(f"container {cid} has no running task "
                           f"({task.status if task else 'no task'})")
         spec = json.loads(record.spec.value) if record.HasField("spec") else {}
+        if own_config := criu_config_refusal(spec.get("annotations") or {}):
+            # before the agent is asked anything: nothing of the move can go
+            raise Refused(f"refused, nothing touched: {own_config}")
         parent = cd.snapshot_parent(record.snapshotter, record.snapshot_key)
         upper = upper_dir(cd.mounts(record.snapshotter, record.snapshot_key))
         needed = directory_size(upper)

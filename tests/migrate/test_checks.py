@@ -10,6 +10,7 @@ from shim.migrate._checks import (
     LAZY_PIPE_MAX_SIZE,
     HostFacts,
     Method,
+    criu_config_refusal,
     criu_log_refusal,
     criu_version,
     refusals,
@@ -99,3 +100,29 @@ def test_a_criu_config_that_moves_or_quiets_the_dump_log_is_refused(config: str)
                                     "tcp-established\nverbosity=3\n"])
 def test_a_criu_config_that_keeps_the_dump_log_is_fine(config: str) -> None:
     assert criu_log_refusal(config, "x") == ""
+
+
+def test_a_destination_that_reports_no_nftables_lock_is_told_to_update_its_agent() -> None:
+    reasons = refusals(HOST, change(nftables_lock=None), Method.STOP_AND_COPY, 0)
+    assert len(reasons) == 1 and "reports no CRIU nftables network lock" in reasons[0], reasons
+    assert "update it" in reasons[0] and "cannot lock" not in reasons[0]
+
+
+def test_an_agent_without_the_nftables_field_is_told_from_one_that_says_false() -> None:
+    from shim.api.pyrunc.migrate.v1 import agent_pb2
+    from shim.migrate._source import _facts_of
+
+    old = agent_pb2.ProbeReply(facts=agent_pb2.HostFacts(criu_version=40201))
+    said_no = agent_pb2.ProbeReply(facts=agent_pb2.HostFacts(nftables_lock=False))
+    said_yes = agent_pb2.ProbeReply(facts=agent_pb2.HostFacts(nftables_lock=True))
+    # over the wire, as an old agent's bytes reach a new source
+    wire = agent_pb2.ProbeReply.FromString
+    assert _facts_of(wire(old.SerializeToString())).nftables_lock is None
+    assert _facts_of(wire(said_no.SerializeToString())).nftables_lock is False
+    assert _facts_of(wire(said_yes.SerializeToString())).nftables_lock is True
+
+
+def test_a_container_naming_its_own_criu_configuration_is_refused_naming_it() -> None:
+    why = criu_config_refusal({"org.criu.config": "/etc/mine.conf", "other": "x"})
+    assert "org.criu.config='/etc/mine.conf'" in why, why
+    assert criu_config_refusal({"other": "x"}) == ""
