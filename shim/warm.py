@@ -59,6 +59,7 @@ __all__ = [
     "request",
     "serve",
     "sha256_hex",
+    "socket_is_live",
     "sweep",
     "unlink_if_ours",
     "where_am_i",
@@ -371,7 +372,7 @@ def _unlink_lock_held(path: str) -> None:
 def sweep(directory: str = RUN_DIR, *, keep: str = "") -> list[str]:
     """Remove the socket files of warm processes that died without removing them (a server
     killed by a signal, e.g. with the cgroup it lived in), and their lock files; ``keep`` is
-    the caller's own socket. A socket is dead when a connect to it is refused; each is
+    the caller's own socket. A socket is dead when :func:`socket_is_live` says so; each is
     checked and removed under its lock, so a server binding it meanwhile is never touched.
     Returns the socket paths removed."""
     try:
@@ -385,42 +386,50 @@ def sweep(directory: str = RUN_DIR, *, keep: str = "") -> list[str]:
         fd = _lock(path)
         try:
             if os.path.exists(path):
-                if not _refused(path):
+                if socket_is_live(path):
                     continue
-                os.unlink(path)
-                removed.append(path)
+                try:
+                    os.unlink(path)
+                    removed.append(path)
+                except FileNotFoundError:
+                    pass  # its server removed it meanwhile (a rebuild service takes no lock)
             _unlink_lock_held(path)
         finally:
             os.close(fd)
     return removed
 
 
-def _refused(path: str) -> bool:
+def socket_is_live(path: str | os.PathLike[str]) -> bool:
+    """Whether a server may be behind the unix socket file at ``path``: the one rule of every
+    check before a socket file is replaced or removed (a warm process's, a shim's, the CRI
+    endpoint's). Never blocks: the probe connects without waiting and closes at once (a
+    server sees a connection that brings nothing).
+
+    Dead (False): the connect is refused (``ECONNREFUSED``: nobody listens on the file, or
+    it is no socket) or there is no file (``ENOENT``).
+    Live (True): the connect succeeds; or it fails otherwise: ``EAGAIN`` is a live server
+    whose backlog is full, and any other error (``EACCES``, a socket of another type, ...)
+    is a file this process cannot judge, which is left alone.
+    """
     probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    probe.settimeout(1.0)  # a live server with a full backlog makes a connect wait
     try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        return True
+        probe.setblocking(False)
+        probe.connect(os.fspath(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
     except OSError:
-        return False  # busy, or not a socket we can judge: leave it
+        return True
     finally:
         probe.close()
-    return False
+    return True
 
 
 def _bind_unique(path: str, backlog: int) -> tuple[_socket.socket, int] | None:
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-        sock.close()
+    if socket_is_live(path):
         return None  # another server is serving
-    except OSError:
-        if os.path.exists(path):
-            os.unlink(path)
-    finally:
-        probe.close()
+    if os.path.exists(path):
+        os.unlink(path)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     tmp = f"{path}.{os.getpid()}"
     with_tmp = False
     try:

@@ -64,13 +64,14 @@ def test_delete_imports_nothing_heavy(tmp_path: Path) -> None:
     """``delete`` runs after every task delete (``ctr run --rm``'s critical path): importing
     shim.cleanup and cleaning up a finished bundle (its socket gone, the runtime ``true``) in
     a bare interpreter (``-S``, as the binary runs) loads none of json, re, pathlib, typing,
-    shutil, socket or contextlib (together ~12 ms of that process's start-up)."""
+    shutil, socket or contextlib (together ~12 ms of that process's start-up), nor shim.warm
+    (the liveness probe of a socket that is still there, ~0.6 ms)."""
     import subprocess
     import sys
 
     (tmp_path / "address").write_text(f"unix://{tmp_path / 'gone.sock'}\n")
     (tmp_path / "runtime-options").write_text("binary=true\n")
-    heavy = ("json", "re", "pathlib", "typing", "shutil", "socket", "contextlib")
+    heavy = ("json", "re", "pathlib", "typing", "shutil", "socket", "contextlib", "shim.warm")
     root = Path(__file__).resolve().parent.parent
     code = (
         f"import sys; sys.path.insert(0, {str(root)!r}); import shim.cleanup; "
@@ -100,3 +101,23 @@ def test_runc_delete_runs_only_when_runc_has_the_container(
     shim.cleanup.cleanup(str(tmp_path), "ns", "c1")
     assert ran == ([["runc", "--root", str(root / "ns"), "delete", "--force", "c1"]]
                    if state else [])
+
+
+def test_the_shim_socket_is_removed_only_when_dead(tmp_path: Path) -> None:
+    """A shim killed leaves its socket file: delete removes it, unless a server still
+    listens there (:func:`shim.warm.socket_is_live`)."""
+    import socket
+
+    import shim.cleanup
+
+    path = tmp_path / "s.sock"
+    (tmp_path / "address").write_text(f"unix://{path}\n")
+    (tmp_path / "runtime-options").write_text("binary=true\n")
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))
+        server.listen(1)
+        shim.cleanup.cleanup(str(tmp_path), "ns", "c1")
+        assert path.is_socket()  # live: kept
+    shim.cleanup.cleanup(str(tmp_path), "ns", "c1")
+    assert not path.exists()  # dead: removed
+    shim.cleanup.cleanup(str(tmp_path), "ns", "c1")  # and gone: nothing to do

@@ -80,6 +80,38 @@ def test_bind_unique_serves_once_and_replaces_a_dead_socket(tmp_path: Path) -> N
     again[0].close()
 
 
+def test_socket_is_live_by_one_rule_and_never_waits(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.sock")
+    assert not warm.socket_is_live(path)  # no file
+    Path(path).write_text("")
+    assert not warm.socket_is_live(path)  # a file that is no socket: refused
+    os.unlink(path)
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        assert not warm.socket_is_live(path)  # bound, nobody listens: refused
+        listener.listen(0)
+        assert warm.socket_is_live(path)
+        waiting = []  # fill the backlog: a connect now would wait for room
+        while True:
+            conn = socket.socket(socket.AF_UNIX)
+            conn.setblocking(False)
+            waiting.append(conn)
+            try:
+                conn.connect(path)
+            except BlockingIOError:
+                break
+        started = time.monotonic()
+        assert warm.socket_is_live(path)  # busy, not dead
+        assert time.monotonic() - started < 0.5
+        for conn in waiting:
+            conn.close()
+    assert not warm.socket_is_live(path)  # its server is gone, its file stays: refused
+    os.unlink(path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as other:
+        other.bind(path)
+        assert warm.socket_is_live(path)  # not a stream socket: cannot judge, left alone
+
+
 def test_sweep_removes_dead_servers_files_and_keeps_live_ones(tmp_path: Path) -> None:
     d = str(tmp_path)
     live = bind_unique(f"{d}/live.sock", lock=True)

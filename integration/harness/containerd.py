@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Final
 
 from shim.state import TaskStatus
+from shim.warm import socket_is_live
 
 from ._common import _PATH_DIRS, IMAGE_REF, NAMESPACE, TASK_DIR, CtrError, HarnessError, wait_until
 from .ctr import Ctr, TaskInfo
@@ -21,7 +22,6 @@ from .procs import (
     kill_stray_shims,
     shim_processes,
     shim_socket_path,
-    socket_is_live,
     stop_daemon,
 )
 

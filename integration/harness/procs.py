@@ -1,5 +1,6 @@
 """Probes of ``/proc``: process state, command lines, parents, cgroup v1 freezer state, a
-container's processes, its shim, unix sockets and the shim's socket."""
+container's processes, its shim, unix sockets and the shim's socket (whether one is live:
+:func:`shim.warm.socket_is_live`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import hashlib
 import os
 import re
 import signal
-import socket
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -182,14 +182,3 @@ def shim_socket_path(address: str, namespace: str, cid: str) -> Path:
     """Where a 1.6 shim for ``cid`` puts its socket: ``/run/containerd/s/<sha256>``."""
     digest = hashlib.sha256(f"{address}/{namespace}/{cid}".encode()).hexdigest()
     return SHIM_SOCKET_DIR / digest
-
-
-def socket_is_live(path: str | os.PathLike[str]) -> bool:
-    """True if something accepts connections on the unix socket at ``path``."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(2)
-        try:
-            s.connect(os.fspath(path))
-        except OSError:
-            return False
-        return True

@@ -13,7 +13,6 @@ import errno
 import logging
 import os
 import signal
-import socket
 import threading
 from concurrent import futures
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from shim.api.k8s.cri.runtime.v1 import api_pb2
+from shim.warm import socket_is_live
 
 from ._checkpoint import Checkpointer, CheckpointSettings
 from ._containerd import Containerd
@@ -129,23 +129,14 @@ def _socket_path(listen: str) -> Path:
     return Path(listen.removeprefix("unix://"))
 
 
-def _answers(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
-
-
 def serve(config: ServeConfig, ready: threading.Event | None = None) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit status."""
     path = _socket_path(config.listen)
     path.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
     if path.is_socket():
-        if _answers(path):
+        if socket_is_live(path):
             raise OSError(errno.EADDRINUSE, f"{path}: another endpoint is serving there")
-        path.unlink()  # left by an endpoint that is gone
+        path.unlink(missing_ok=True)  # left by an endpoint that is gone
     options = [("grpc.max_receive_message_length", _MAX_MESSAGE),
                ("grpc.max_send_message_length", _MAX_MESSAGE)]
     upstream = grpc.insecure_channel(config.containerd, options=options)

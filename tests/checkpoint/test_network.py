@@ -39,6 +39,7 @@ from shim.checkpoint.network import (
     load_snapshot,
 )
 from shim.errors import FailedPrecondition, InvalidArgument
+from shim.warm import socket_is_live, sweep
 
 LO = Link("lo", "loopback", 65536, "00:00:00:00:00:00", True)
 ETH0 = Link("eth0", "veth", 1500, "8e:0d:e3:9b:a2:56", True, VethPeer("pyt-vs0", "pyt-br0", 1500))
@@ -391,16 +392,7 @@ def test_hook_hands_the_pid_to_the_service_which_rebuilds(
     assert not server.is_alive()  # one rebuild, then it ends
     assert rebuilds.calls == [(SNAP, 4242)]
     assert capsys.readouterr().err == ""
-    assert not sock.exists() or not _listening(sock)
-
-
-def _listening(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX) as s:
-        try:
-            s.connect(str(path))
-        except OSError:
-            return False
-        return True
+    assert not sock.exists() or not socket_is_live(sock)
 
 
 def test_a_connection_without_a_request_is_not_the_hook(
@@ -412,16 +404,14 @@ def test_a_connection_without_a_request_is_not_the_hook(
     """shim.warm.sweep connects to every socket in the run directory and closes: the
     service must not take that for its one hook (it did, ended, and the restore's hook found
     no service), nor a connection that stays silent."""
-    from shim import warm
-
     monkeypatch.setattr(nethook, "_REQUEST_TIMEOUT", 0.2)
     (short_dir / "net.json").write_bytes(dump_snapshot(SNAP))
     sock = short_dir / "s.sock"
     server = serve_in_thread(sock, short_dir / "net.json")
     wait = time.monotonic() + 10
-    while not _listening(sock) and time.monotonic() < wait:  # (itself a probe)
+    while not socket_is_live(sock) and time.monotonic() < wait:  # (itself a probe)
         time.sleep(0.01)
-    assert warm.sweep(str(short_dir)) == []  # alive: kept
+    assert sweep(str(short_dir)) == []  # alive: kept
     with socket.socket(socket.AF_UNIX) as silent:
         silent.connect(str(sock))
         time.sleep(0.5)  # dropped after the timeout
