@@ -41,12 +41,13 @@ from .harness import (
     IMAGE_REF,
     IMAGE_TAR,
     HarnessError,
+    containerd_environment,
     ensure_image_tar,
     kill_stray_shims,
     scratch_tmp,
     stop_daemon,
     unmount_all_under,
-    wait_until,
+    wait_for_containerd,
 )
 
 __all__ = [
@@ -70,7 +71,6 @@ CONTAINERD17_PREFIX: Final = Path("/opt/containerd-shim-pyrunc/containerd-1.7.24
 SHIM_PATH: Final = "/usr/local/bin/containerd-shim-pyrunc-v2"
 CNI_BIN: Final = "/usr/lib/cni"
 HOST_LOCAL_STATE: Final = Path("/var/lib/cni/networks")
-_PATH_DIRS: Final = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 _instances = 0
 _instances_lock = threading.Lock()
 
@@ -266,14 +266,9 @@ class CriContainerd:
                 cni_bin=CNI_BIN, cni_conf=cni_conf, shim=SHIM_PATH,
             )
         )
-        env = dict(os.environ)
-        path = [d for d in env.get("PATH", "").split(":") if d]
-        path += [d for d in _PATH_DIRS if d not in path]
-        if prefix is not None:  # its own containerd-shim-runc-v2 and ctr
-            path.insert(0, str(prefix / "usr" / "bin"))
-        env["PATH"] = ":".join(path)
+        # its own containerd-shim-runc-v2 and ctr first
+        env = containerd_environment(directory, first=prefix / "usr" / "bin" if prefix else None)
         scratch_tmp(directory).mkdir(mode=0o700)
-        env["TMPDIR"] = str(scratch_tmp(directory))
         binary = str(prefix / "usr" / "bin" / "containerd") if prefix else "containerd"
         with open(directory / "containerd.log", "wb") as log:
             proc = subprocess.Popen(
@@ -310,16 +305,7 @@ class CriContainerd:
             raise HarnessError(f"importing {tarball} gave {refs}, not {ref}")
 
     def _wait_ready(self, timeout: float) -> None:
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise HarnessError(f"containerd exited with status {self.proc.returncode}")
-            probe = subprocess.run(
-                [self.ctr_binary, "--address", self.address, "version"],
-                stdin=subprocess.DEVNULL, capture_output=True, timeout=10, check=False,
-            )
-            return probe.returncode == 0
-
-        wait_until(ready, timeout, interval=0.1, message="containerd to answer `ctr version`")
+        wait_for_containerd(self.proc, self.address, timeout, ctr=self.ctr_binary)
 
     def log_tail(self, lines: int = 80) -> str:
         try:

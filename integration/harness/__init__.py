@@ -50,8 +50,10 @@ from ._common import (
 from .containerd import (
     Containerd,
     Leftovers,
+    containerd_environment,
     remove_container,
     scratch_tmp,
+    wait_for_containerd,
 )
 from .containers import (
     Containers,
@@ -112,6 +114,7 @@ __all__ = [
     "TaskStatus",
     "WaitTimeout",
     "container_processes",
+    "containerd_environment",
     "ensure_image_tar",
     "freezer_state",
     "kill_stray_shims",
@@ -132,5 +135,6 @@ __all__ = [
     "stop_daemon",
     "unix_socket_paths",
     "unmount_all_under",
+    "wait_for_containerd",
     "wait_until",
 ]

@@ -62,13 +62,45 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 """
 
 
-def _environment(tmp: Path | None = None) -> dict[str, str]:
+def containerd_environment(directory: Path, *, first: Path | None = None) -> dict[str, str]:
+    """The environment of the private containerd living in ``directory`` (every starter's:
+    this one's, the CRI tests'): this process's, with PATH completed by the usual binary
+    directories (runc, CRIU and the shims are found through containerd's PATH) and ``first``
+    ahead of them all (a containerd's own ``usr/bin``: its runc shim and ctr), and TMPDIR at
+    :func:`scratch_tmp` (which the starter creates)."""
     env = dict(os.environ)
-    path = env.get("PATH", "").split(":")
-    env["PATH"] = ":".join([*path, *(d for d in _PATH_DIRS if d not in path)])
-    if tmp is not None:
-        env["TMPDIR"] = str(tmp)
+    path = [d for d in env.get("PATH", "").split(":") if d]
+    path += [d for d in _PATH_DIRS if d not in path]
+    if first is not None:
+        path.insert(0, str(first))
+    env["PATH"] = ":".join(path)
+    env["TMPDIR"] = str(scratch_tmp(directory))
     return env
+
+
+def wait_for_containerd(
+    proc: subprocess.Popen[bytes], address: str, timeout: float, *, ctr: str = "ctr"
+) -> None:
+    """Wait until the containerd ``proc`` answers ``ctr version`` on ``address``.
+
+    Raises:
+        HarnessError: it exited meanwhile.
+        WaitTimeout: it did not answer within ``timeout`` seconds.
+    """
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise HarnessError(f"containerd exited with status {proc.returncode}")
+        probe = subprocess.run(
+            [ctr, "--address", address, "version"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+        return probe.returncode == 0
+
+    wait_until(ready, timeout, interval=0.1, message="containerd to answer `ctr version`")
 
 
 def scratch_tmp(directory: Path) -> Path:
@@ -135,7 +167,7 @@ class Containerd:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=directory,
-                env=_environment(scratch_tmp(directory)),
+                env=containerd_environment(directory),
                 start_new_session=True,
             )
         daemon = cls(directory, proc)
@@ -160,25 +192,13 @@ class Containerd:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.dir,
-                env=_environment(scratch_tmp(self.dir)),
+                env=containerd_environment(self.dir),
                 start_new_session=True,
             )
         self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> None:
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise HarnessError(f"containerd exited with status {self.proc.returncode}")
-            probe = subprocess.run(
-                ["ctr", "--address", self.address, "version"],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=10,
-                check=False,
-            )
-            return probe.returncode == 0
-
-        wait_until(ready, timeout, interval=0.1, message="containerd to answer `ctr version`")
+        wait_for_containerd(self.proc, self.address, timeout)
 
     def __enter__(self) -> Containerd:
         return self
