@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -879,21 +879,10 @@ print(" ".join(str(int(v)) for v in seen))
 """
 
 
-def test_has_inet_sockets_in_a_new_network_namespace() -> None:
+def test_has_inet_sockets_in_a_new_network_namespace(
+    in_new_netns: Callable[[str], str],
+) -> None:
     """In a namespace of its own: none at first, each bound TCP/UDP socket of IPv4 and IPv6
-    counts while it exists, a unix socket does not. Root makes the network namespace itself;
-    anyone else through a user namespace (which a chrooted process cannot make: the unit
-    tests also run as root in hack/fresh-check.sh's chroot)."""
-    import shutil
-    import subprocess
-
-    unshare = shutil.which("unshare")
-    assert unshare is not None, "util-linux's unshare is needed"
-    as_user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
-    proc = subprocess.run(
-        [unshare, *as_user, "--net", sys.executable, "-c", _IN_NEW_NETNS],
-        capture_output=True, text=True, timeout=60, check=False,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["0", "1", "0", "1", "0", "1", "0", "1", "0", "0"]
+    counts while it exists, a unix socket does not."""
+    out = in_new_netns(_IN_NEW_NETNS)
+    assert out.split() == ["0", "1", "0", "1", "0", "1", "0", "1", "0", "0"]

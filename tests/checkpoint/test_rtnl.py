@@ -4,13 +4,9 @@ network record taken with it equal to pyroute2's reading of the same namespaces.
 from __future__ import annotations
 
 import errno
-import os
-import shutil
 import socket
 import struct
-import subprocess
-import sys
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -160,20 +156,12 @@ finally:
 """
 
 
-def test_the_record_equals_pyroute2s_reading_in_new_namespaces() -> None:
-    """Root makes the namespaces itself; anyone else through a user namespace."""
-    unshare = shutil.which("unshare")
-    assert unshare is not None, "util-linux's unshare is needed"
-    as_user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
-    proc = subprocess.run(
-        [unshare, *as_user, "--net", sys.executable, "-c", _IN_NEW_NETNS],
-        capture_output=True, text=True, timeout=60, check=False,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert proc.returncode == 0, proc.stderr
+def test_the_record_equals_pyroute2s_reading_in_new_namespaces(
+    in_new_netns: Callable[[str], str],
+) -> None:
     import json
 
-    result = json.loads(proc.stdout)
+    result = json.loads(in_new_netns(_IN_NEW_NETNS))
     got, want = result["got"], result["want"]
     assert got == want
     # what this namespace holds, so that equality is not of two empty readings
