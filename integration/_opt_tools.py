@@ -4,15 +4,14 @@ Strategy: everything a test observes is read from the host as it is, never asked
 ``/proc/<pid>/net/tcp`` (a process's TCP connections, in its own network namespace),
 ``/proc/<pid>/ns/net``, ``/proc/locks``, ``st_blocks`` of image files, and the CRIU logs
 runc leaves in the ``--work-path`` directory. A socket "outside the container but in its
-network namespace" is made by this process itself: :func:`socket_in_netns` switches the
-calling thread into the namespace (``setns``) only for the ``socket()`` call.
+network namespace" is made by this process itself: :func:`socket_in_netns`, by a thread of its
+own in the namespace (the shim's :func:`shim.checkpoint.rtnl.socket_in`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import re
 import socket
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shim.checkpoint.criu import Criu, CriuFeatures, CriuVersion, criu_binary, probe
+from shim.checkpoint.rtnl import socket_in
 from shim.reaper import Reaper
 
 from .harness import run_pyrunc
@@ -41,10 +41,6 @@ __all__ = [
     "tcp_connections",
     "tcp_sockets_on_port",
 ]
-
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 pyrunc = run_pyrunc  # ``pyrunc -a <harness socket> -n <namespace> args``
 
@@ -165,46 +161,10 @@ def criu_facts() -> tuple[CriuVersion, CriuFeatures]:
     return _facts[0]
 
 
-@contextlib.contextmanager
-def _thread_in_netns(pid: int) -> Iterator[None]:
-    """Run the body with the calling thread in ``pid``'s network namespace."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            if _libc.setns(target, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"setns into the network namespace of {pid}")
-        finally:
-            os.close(target)
-        try:
-            yield
-        finally:
-            if _libc.setns(own, CLONE_NEWNET) != 0:  # never go on in the wrong namespace
-                os.abort()
-    finally:
-        os.close(own)
-
-
 def socket_in_netns(pid: int, kind: socket.SocketKind) -> socket.socket:
     """A new AF_UNIX socket of ``kind`` that belongs to ``pid``'s network namespace (unix
     socket diagnostics, which CRIU uses to find a socket's peer, are per namespace)."""
-    result: list[socket.socket | BaseException] = []
-
-    def make() -> None:  # in a thread of its own: setns(CLONE_NEWNET) is per thread
-        try:
-            with _thread_in_netns(pid):
-                result.append(socket.socket(socket.AF_UNIX, kind))
-        except BaseException as exc:  # handed to the caller
-            result.append(exc)
-
-    worker = threading.Thread(target=make, name=f"netns-{pid}")
-    worker.start()
-    worker.join()
-    made = result[0]
-    if isinstance(made, BaseException):
-        raise made
-    return made
+    return socket_in(f"/proc/{pid}/ns/net", socket.AF_UNIX, kind)
 
 
 @dataclass

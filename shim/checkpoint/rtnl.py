@@ -23,7 +23,9 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["AddrMessage", "LinkMessage", "RouteMessage", "Rtnl", "in_netns", "open_in"]
+__all__ = [
+    "AddrMessage", "LinkMessage", "RouteMessage", "Rtnl", "in_netns", "open_in", "socket_in",
+]
 
 NETLINK_ROUTE = 0
 CLONE_NEWNET = 0x40000000
@@ -277,10 +279,11 @@ def in_netns(path: str) -> Iterator[None]:
         os.close(target)
 
 
-def open_in(netns: str) -> Rtnl:
-    """An :class:`Rtnl` whose socket lives in the network namespace at ``netns`` (e.g.
-    ``/proc/<pid>/ns/net``). A thread of its own enters the namespace, makes the socket and
-    ends, so no thread of the caller ever changes namespace.
+def socket_in(netns: str, family: int, kind: int, proto: int = 0) -> socket.socket:
+    """A new socket (``socket.socket(family, kind, proto)``) that lives in the network
+    namespace at ``netns`` (e.g. ``/proc/<pid>/ns/net``). A thread of its own enters the
+    namespace (:func:`in_netns`), makes the socket and ends, so no thread of the caller ever
+    changes namespace.
 
     Raises:
         OSError: the namespace cannot be entered or the socket made.
@@ -290,15 +293,25 @@ def open_in(netns: str) -> Rtnl:
     def make() -> None:
         try:
             with in_netns(netns):
-                made.append(socket.socket(socket.AF_NETLINK,
-                                          socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE))
+                made.append(socket.socket(family, kind, proto))
         except BaseException as exc:  # handed to the caller's thread
             made.append(exc)
 
-    thread = threading.Thread(target=make, name="rtnl-setns", daemon=True)
+    thread = threading.Thread(target=make, name="netns-socket", daemon=True)
     thread.start()
     thread.join()
     result = made[0]
     if isinstance(result, BaseException):
         raise result
-    return Rtnl(result)
+    return result
+
+
+def open_in(netns: str) -> Rtnl:
+    """An :class:`Rtnl` whose socket lives in the network namespace at ``netns`` (e.g.
+    ``/proc/<pid>/ns/net``; made by :func:`socket_in`).
+
+    Raises:
+        OSError: the namespace cannot be entered or the socket made.
+    """
+    return Rtnl(socket_in(netns, socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                          NETLINK_ROUTE))

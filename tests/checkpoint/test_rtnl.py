@@ -260,3 +260,47 @@ def test_a_done_without_a_payload_ends_the_dump_cleanly() -> None:
                                  _msg(rtnl.NLMSG_DONE, 1, b""))
     with nl, kernel:
         assert [m.name for m in nl.links()] == ["lo"]
+
+
+_SOCKET_IN = r"""
+import fcntl, os, socket, subprocess, threading, time
+from shim.checkpoint import rtnl
+
+SIOCGSKNS = 0x894C  # a socket's network namespace, as an fd
+
+def ns_of(sock):
+    fd = fcntl.ioctl(sock.fileno(), SIOCGSKNS)
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+
+child = subprocess.Popen(["unshare", "--net", "sleep", "60"])
+try:
+    me = os.readlink("/proc/self/ns/net")
+    for _ in range(500):
+        if os.readlink(f"/proc/{child.pid}/ns/net") != me:
+            break
+        time.sleep(0.01)
+    theirs = os.readlink(f"/proc/{child.pid}/ns/net")
+    unix = rtnl.socket_in(f"/proc/{child.pid}/ns/net", socket.AF_UNIX, socket.SOCK_DGRAM)
+    with unix, rtnl.open_in(f"/proc/{child.pid}/ns/net") as r:
+        names = [link.name for link in r.links()]
+        print(ns_of(unix) == theirs != me, names == ["lo"],
+              os.readlink("/proc/thread-self/ns/net") == me, threading.active_count())
+    try:
+        rtnl.socket_in("/proc/self/ns/nothing", socket.AF_UNIX, socket.SOCK_DGRAM)
+    except OSError as exc:
+        print(type(exc).__name__)
+finally:
+    child.kill()
+    child.wait()
+"""
+
+
+def test_socket_in_makes_the_socket_in_that_namespace_and_no_thread_stays(
+    in_new_netns: Callable[[str], str],
+) -> None:
+    """The socket lives in the other namespace, the caller's thread never left its own, the
+    thread that entered is gone; a namespace that cannot be entered is an OSError."""
+    assert in_new_netns(_SOCKET_IN).split() == ["True", "True", "True", "1", "FileNotFoundError"]
