@@ -371,10 +371,12 @@ def _unlink_lock_held(path: str) -> None:
 
 def sweep(directory: str = RUN_DIR, *, keep: str = "") -> list[str]:
     """Remove the socket files of warm processes that died without removing them (a server
-    killed by a signal, e.g. with the cgroup it lived in), and their lock files; ``keep`` is
-    the caller's own socket. A socket is dead when :func:`socket_is_live` says so; each is
-    checked and removed under its lock, so a server binding it meanwhile is never touched.
-    Returns the socket paths removed."""
+    killed by a signal, e.g. with the cgroup it lived in); ``keep`` is the caller's own
+    socket. A socket is dead when :func:`socket_is_live` says so; each is checked and removed
+    under its lock, so a server binding it meanwhile is never touched. No lock file is left
+    behind, beside a live socket either: one is of use only while held (:func:`_lock`), and
+    the sweep would otherwise leave the one it made beside a server that takes no lock (a
+    network rebuild service) for nobody to remove. Returns the socket paths removed."""
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
@@ -385,9 +387,7 @@ def sweep(directory: str = RUN_DIR, *, keep: str = "") -> list[str]:
     for path in sorted(paths - {keep}):
         fd = _lock(path)
         try:
-            if os.path.exists(path):
-                if socket_is_live(path):
-                    continue
+            if os.path.exists(path) and not socket_is_live(path):
                 try:
                     os.unlink(path)
                     removed.append(path)

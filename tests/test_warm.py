@@ -124,11 +124,24 @@ def test_sweep_removes_dead_servers_files_and_keeps_live_ones(tmp_path: Path) ->
     Path(f"{d}/other.txt").write_text("")
     try:
         assert warm.sweep(d, keep=f"{d}/mine.sock") == [f"{d}/dead.sock"]
-        assert sorted(os.listdir(d)) == [
-            "live.sock", "live.sock.lock", "mine.sock", "mine.sock.lock", "other.txt"]
+        # no lock file left but the caller's own: each is of use only while held
+        assert sorted(os.listdir(d)) == ["live.sock", "mine.sock", "mine.sock.lock", "other.txt"]
         assert bind_unique(f"{d}/live.sock", lock=True) is None  # still served
     finally:
         live[0].close()
+
+
+def test_sweep_leaves_no_lock_beside_a_live_server_that_takes_none(tmp_path: Path) -> None:
+    """A network rebuild service binds its socket in the run directory without a lock: the
+    sweep's own lock file must not stay beside it (nothing else would ever remove it)."""
+    path = tmp_path / "net-0123456789ab.sock"
+    with socket.socket(socket.AF_UNIX) as service:
+        service.bind(str(path))
+        service.listen(8)
+        assert warm.sweep(str(tmp_path)) == []
+        assert os.listdir(tmp_path) == [path.name]
+    assert warm.sweep(str(tmp_path)) == [str(path)]  # once it is dead, it goes
+    assert os.listdir(tmp_path) == []
 
 
 def test_a_lock_taken_on_a_removed_lock_file_is_taken_again(tmp_path: Path) -> None:
