@@ -29,7 +29,6 @@ from __future__ import annotations
 import enum
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -43,6 +42,7 @@ from .harness import (
     HarnessError,
     containerd_environment,
     ensure_image_tar,
+    free_port,
     kill_stray_shims,
     scratch_tmp,
     stop_daemon,
@@ -92,12 +92,6 @@ def ensure_pause_tar() -> Path:
     """Build the pause image archive (hack/image/build-pause.sh; a no-op when up to date)."""
     subprocess.run(["bash", str(PAUSE_BUILD)], check=True, capture_output=True, timeout=300)
     return PAUSE_TAR
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 _COMMON: Final = """\
@@ -262,7 +256,7 @@ class CriContainerd:
         config = directory / "config.toml"
         config.write_text(
             template.format(
-                common=common, pause=PAUSE_REF, port=_free_port(), runc_root=directory / "runc",
+                common=common, pause=PAUSE_REF, port=free_port(), runc_root=directory / "runc",
                 cni_bin=CNI_BIN, cni_conf=cni_conf, shim=SHIM_PATH,
             )
         )

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .harness import HarnessError, wait_until
+from .harness import HarnessError, stop_daemon, wait_until
 
 __all__ = ["Endpoint"]
 
@@ -86,12 +85,8 @@ class Endpoint:
         except FileNotFoundError:
             return []
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+    def stop(self) -> list[str]:
+        """Stop it (SIGKILL after 10 s) and remove its directory; returns the problem seen."""
+        problems = stop_daemon(self.proc, 10, name="pyrunc cri serve")
         shutil.rmtree(self.dir, ignore_errors=True)
+        return problems

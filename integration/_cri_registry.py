@@ -10,8 +10,6 @@ distribution registry (unpacked by hack/install-k8s.sh, no service) on a free po
 from __future__ import annotations
 
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import urllib.request
@@ -19,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from .harness import HarnessError, wait_until
+from .harness import HarnessError, free_port, stop_daemon, wait_until
 
 __all__ = ["REGISTRY_BINARY", "Registry"]
 
@@ -37,12 +35,6 @@ storage:
 http:
   addr: 127.0.0.1:{port}
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _answers(url: str) -> bool:
@@ -67,7 +59,7 @@ class Registry:
         if not REGISTRY_BINARY.exists():
             raise HarnessError(f"{REGISTRY_BINARY} is missing (run hack/install-k8s.sh)")
         directory = Path(tempfile.mkdtemp(prefix="pyrunc-registry-", dir="/var/tmp"))
-        port = _free_port()
+        port = free_port()
         (directory / "config.yml").write_text(_CONFIG.format(root=directory / "data", port=port))
         with open(directory / "registry.log", "wb") as log:
             proc = subprocess.Popen([str(REGISTRY_BINARY), "serve", str(directory / "config.yml")],
@@ -85,12 +77,8 @@ class Registry:
             raise HarnessError(f"registry did not start:\n{text}") from None
         return reg
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+    def stop(self) -> list[str]:
+        """Stop it (SIGKILL after 10 s) and remove its directory; returns the problem seen."""
+        problems = stop_daemon(self.proc, 10, name="docker-registry")
         shutil.rmtree(self.dir, ignore_errors=True)
+        return problems

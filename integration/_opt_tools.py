@@ -24,7 +24,7 @@ from shim.checkpoint.criu import Criu, CriuFeatures, CriuVersion, criu_binary, p
 from shim.checkpoint.rtnl import socket_in
 from shim.reaper import Reaper
 
-from .harness import run_pyrunc
+from .harness import free_port, run_pyrunc
 
 __all__ = [
     "DatagramSink",
@@ -43,14 +43,6 @@ __all__ = [
 ]
 
 pyrunc = run_pyrunc  # ``pyrunc -a <harness socket> -n <namespace> args``
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def netns(pid: int) -> str:

@@ -45,6 +45,7 @@ from ._common import (
     CtrError,
     HarnessError,
     WaitTimeout,
+    free_port,
     wait_until,
 )
 from .containerd import (
@@ -116,6 +117,7 @@ __all__ = [
     "container_processes",
     "containerd_environment",
     "ensure_image_tar",
+    "free_port",
     "freezer_state",
     "kill_stray_shims",
     "mounts_under",

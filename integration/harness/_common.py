@@ -1,7 +1,8 @@
-"""Constants, errors and the one polling wait of the harness."""
+"""Constants, errors, the one polling wait of the harness and a free TCP port."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -71,3 +72,10 @@ def wait_until(
             text = message() if callable(message) else message
             raise WaitTimeout(f"timed out after {timeout:g}s waiting for {text} (last: {value!r})")
         time.sleep(interval)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

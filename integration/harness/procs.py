@@ -107,9 +107,12 @@ def shim_processes(address: str, cid: str) -> list[int]:
     return found
 
 
-def stop_daemon(proc: subprocess.Popen[bytes], timeout: float = 20) -> list[str]:
-    """SIGTERM a daemon the tests started and wait for it; SIGKILL it after ``timeout``
-    seconds. Returns the problem seen (empty when it stopped on SIGTERM or was gone)."""
+def stop_daemon(
+    proc: subprocess.Popen[bytes], timeout: float = 20, *, name: str = "containerd"
+) -> list[str]:
+    """SIGTERM a daemon the tests started (a containerd, ``pyrunc cri serve``, a registry)
+    and wait for it; SIGKILL it after ``timeout`` seconds. Returns the problem seen, naming
+    it ``name`` (empty when it stopped on SIGTERM or was gone)."""
     if proc.poll() is not None:
         return []
     proc.send_signal(signal.SIGTERM)
@@ -118,7 +121,7 @@ def stop_daemon(proc: subprocess.Popen[bytes], timeout: float = 20) -> list[str]
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=10)
-        return [f"containerd ignored SIGTERM for {timeout:g}s; SIGKILLed"]
+        return [f"{name} ignored SIGTERM for {timeout:g}s; SIGKILLed"]
     return []
 
 
