@@ -44,6 +44,7 @@ from .harness import (
     ensure_image_tar,
     free_port,
     kill_stray_shims,
+    private_config,
     scratch_tmp,
     stop_daemon,
     unmount_all_under,
@@ -93,23 +94,6 @@ def ensure_pause_tar() -> Path:
     subprocess.run(["bash", str(PAUSE_BUILD)], check=True, capture_output=True, timeout=300)
     return PAUSE_TAR
 
-
-_COMMON: Final = """\
-root = "{root}"
-state = "{state}"
-
-[grpc]
-  address = "{address}"
-
-[ttrpc]
-  address = "{address}.ttrpc"
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-"""
 
 _CONFIG_1_6: Final = """\
 version = 2
@@ -249,9 +233,7 @@ class CriContainerd:
         (cni_conf / "10-pyrunc.conflist").write_text(
             _CNI_CONF.format(network=network, bridge=bridge, subnet=subnet)
         )
-        common = _COMMON.format(
-            root=directory / "root", state=directory / "state", address=directory / "c.sock"
-        )
+        common = private_config(directory)
         template = _CONFIG_2_1 if version is Version.V2_1 else _CONFIG_1_6
         config = directory / "config.toml"
         config.write_text(

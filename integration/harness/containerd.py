@@ -42,11 +42,9 @@ class Leftovers:
         return self == Leftovers()
 
 
-_CONFIG_TEMPLATE: Final = """\
-version = 2
+_PRIVATE: Final = """\
 root = "{root}"
 state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
 [grpc]
   address = "{address}"
@@ -60,6 +58,23 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [metrics]
   address = ""
 """
+
+
+def private_config(directory: Path) -> str:
+    """What makes the containerd living in ``directory`` private, as its configuration says
+    it (every starter's: this one's, the CRI tests'): root, state and its gRPC and ttrpc
+    sockets (``c.sock``, ``c.sock.ttrpc``) in ``directory``, no debug or metrics socket. Its
+    first lines are top-level keys: a configuration puts its own (``version``, ...) before it,
+    its tables after it."""
+    return _PRIVATE.format(
+        root=directory / "root", state=directory / "state", address=directory / "c.sock"
+    )
+
+
+_CONFIG: Final = """\
+version = 2
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+{private}"""
 
 
 def containerd_environment(directory: Path, *, first: Path | None = None) -> dict[str, str]:
@@ -153,11 +168,7 @@ class Containerd:
         parent, base = os.path.split(prefix)
         directory = Path(tempfile.mkdtemp(prefix=base, dir=parent or None))
         config = directory / "config.toml"
-        config.write_text(
-            _CONFIG_TEMPLATE.format(
-                root=directory / "root", state=directory / "state", address=directory / "c.sock"
-            )
-        )
+        config.write_text(_CONFIG.format(private=private_config(directory)))
         enter = ["nsenter", f"--net={netns}"] if netns else []
         scratch_tmp(directory).mkdir(mode=0o700)
         with open(directory / "containerd.log", "wb") as log:
