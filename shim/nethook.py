@@ -256,7 +256,8 @@ def hook(socket_path: str) -> int:
         try:
             conn.connect(socket_path)
             break
-        except (FileNotFoundError, ConnectionRefusedError):
+        except (FileNotFoundError, ConnectionRefusedError):  # not up yet: what
+            # shim.warm.socket_is_live calls dead (this script runs without the package)
             if time.monotonic() > deadline:
                 sys.stderr.write(f"network rebuild service {socket_path} did not come up\n")
                 return 1

@@ -506,7 +506,7 @@ def request(
         conn.settimeout(_TIMEOUT)
         try:
             conn.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
+        except (FileNotFoundError, ConnectionRefusedError) as exc:  # dead (socket_is_live)
             raise Unavailable(f"no {what}: {exc}", restart=True) from exc
         if fds:
             rights = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in fds)
