@@ -39,7 +39,9 @@ __all__ = [
     "NetworkSnapshot",
     "Route",
     "VethPeer",
+    "arp_announcement",
     "arp_probe",
+    "as_moving",
     "claims",
     "dump_snapshot",
     "has_inet_sockets",
@@ -47,6 +49,7 @@ __all__ = [
     "interfaces",
     "is_loopback_only",
     "joins_netns",
+    "link_mac",
     "load_snapshot",
     "loopback_snapshot",
     "probe_from_host",
@@ -169,6 +172,10 @@ class NetworkSnapshot:
     # namespace, which must then be rebuilt first (by the hook). Without any, the shim may
     # bring the namespace up after the restore instead, which is cheaper.
     sockets: bool = True
+    # Recorded for a move to another host (``pyrunc migrate``): the addresses stay the
+    # source's until it is frozen, so the rebuild does not ask who holds them (the source
+    # would answer) but announces them once they are in place (:func:`_announce`).
+    moving: bool = False
 
     def rebuildable(self) -> tuple[Link, ...]:
         """The links the hook knows how to recreate (veth pairs); others are refused."""
@@ -203,19 +210,32 @@ def load_snapshot(data: bytes) -> NetworkSnapshot:
             else _record(Link, link)
             for link in _list(doc, "links")
         )
-        sockets = doc.get("sockets", True)
-        if type(sockets) is not bool:
-            raise TypeError(f"'sockets' is not a bool: {sockets!r}")
+        sockets, moving = doc.get("sockets", True), doc.get("moving", False)
+        for name, value in (("sockets", sockets), ("moving", moving)):
+            if type(value) is not bool:
+                raise TypeError(f"{name!r} is not a bool: {value!r}")
         snap = NetworkSnapshot(
             links,
             tuple(_record(Address, a) for a in _list(doc, "addresses")),
             tuple(_record(Route, r) for r in _list(doc, "routes")),
             sockets,
+            moving,
         )
         _check_references(snap)
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidArgument(f"bad network snapshot: {exc}") from exc
     return snap
+
+
+def as_moving(data: bytes) -> bytes:
+    """The stored snapshot ``data`` marked :attr:`NetworkSnapshot.moving` (what a destination
+    of a move restores from); ``data`` itself if it is no valid snapshot (the restore then
+    says why)."""
+    try:
+        snap = load_snapshot(data)
+    except InvalidArgument:
+        return data
+    return dump_snapshot(replace(snap, moving=True))
 
 
 _FIELD_TYPES: dict[type, dict[str, type]] = {
@@ -412,6 +432,15 @@ ETH_P_ARP = 0x0806
 _ARP = struct.Struct("!6s6sHHHBBH6s4s6s4s")  # Ethernet header + ARP for IPv4 over Ethernet
 
 
+def arp_announcement(mac: str, address: str) -> bytes:
+    """The RFC 5227 ARP announcement that ``mac`` holds ``address`` now: broadcast, sender and
+    target IP both ``address``; neighbours update their caches and bridges learn the port."""
+    hw = bytes.fromhex(mac.replace(":", ""))
+    ip = socket.inet_aton(address)
+    arp = (1, 0x0800, 6, 4, 1, hw, ip, bytes(6), ip)
+    return _ARP.pack(b"\xff" * 6, hw, ETH_P_ARP, *arp)
+
+
 def arp_probe(mac: str, address: str) -> bytes:
     """The RFC 5227 ARP probe asking who holds ``address``: broadcast, sender ``mac`` with
     sender IP 0.0.0.0 (so no one's cache learns anything from it)."""
@@ -473,28 +502,63 @@ def _addresses_in_use(
     return taken
 
 
+_SIOCGIFHWADDR = 0x8927
+_IFREQ = struct.Struct("16sH14s")  # struct ifreq: the name, then a sockaddr (family, data)
+
+
+def link_mac(name: str) -> str | None:
+    """The hardware address of the link ``name`` in this thread's network namespace, as
+    ``aa:bb:..``; None if there is no such link.
+
+    Asked of the kernel (SIOCGIFHWADDR on a socket made here), not read from
+    ``/sys/class/net``: sysfs shows the namespace it was mounted in, which is not this one
+    for a process entered into a namespace with ``nsenter --net`` or setns (a containerd
+    started that way, and its shims: the bridge was not found there, and the duplicate
+    address detection moved from before the restore into its frozen window, +30 ms).
+    """
+    import errno
+    import fcntl
+
+    encoded = name.encode()
+    if not 0 < len(encoded) < 16:  # IFNAMSIZ, its NUL included: no link has such a name
+        return None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            raw = fcntl.ioctl(sock, _SIOCGIFHWADDR, _IFREQ.pack(encoded, 0, b""))
+        except OSError as exc:
+            if exc.errno == errno.ENODEV:
+                return None
+            raise
+    hw: bytes = _IFREQ.unpack(raw)[2]
+    return hw[:6].hex(":")
+
+
 def probe_from_host(snap: NetworkSnapshot, release: contextlib.ExitStack) -> frozenset[str]:
     """Duplicate address detection done early, from this (the host's) namespace: ARP probes
     for the IPv4 addresses of every veth attached to a bridge, sent on that bridge with its
     own MAC - the segment the rebuilt link will join. The rebuild service does this while
     CRIU is still busy, so the hook does not wait for answers.
 
+    A moving snapshot (:attr:`NetworkSnapshot.moving`) is not probed: its addresses are the
+    source's until the source is frozen.
+
     Returns:
         The addresses probed (the rebuild need not probe them again).
     Raises:
         NetworkError: someone on the segment answered for an address.
     """
+    if snap.moving:
+        return frozenset()
     links = {link.name: link for link in snap.links}
     probes: list[tuple[str, str, str]] = []
     for addr in snap.addresses:
         link = links[addr.link]
         if addr.family != socket.AF_INET or link.peer is None or not link.peer.bridge:
             continue
-        try:
-            with open(f"/sys/class/net/{link.peer.bridge}/address") as f:
-                probes.append((link.peer.bridge, f.read().strip(), addr.address))
-        except FileNotFoundError:
+        mac = link_mac(link.peer.bridge)
+        if mac is None:
             continue  # no such bridge: the rebuild's host check says so
+        probes.append((link.peer.bridge, mac, addr.address))
     try:
         taken = _addresses_in_use(probes, release) if probes else []
     except PermissionError:
@@ -598,14 +662,14 @@ def _configure(
         if link.up:
             ns.link("set", index=index, state="up")
     links = {link.name: link for link in snap.links}
-    probes = [
+    ipv4 = [
         (addr.link, links[addr.link].mac, addr.address)
         for addr in snap.addresses
         if addr.family == socket.AF_INET
         and links[addr.link].up
         and links[addr.link].kind == "veth"
-        and addr.address not in probed
     ]
+    probes = [] if snap.moving else [p for p in ipv4 if p[2] not in probed]
     if probes and (taken := _addresses_in_use(probes, release)):
         raise NetworkError(f"address {', '.join(taken)} is already in use on the network")
     for addr in snap.addresses:
@@ -622,3 +686,35 @@ def _configure(
         if route.metric:
             spec["priority"] = route.metric
         ns.route("add", **spec)
+    if snap.moving and ipv4:
+        _announce(ipv4, release)
+
+
+_ANNOUNCE_AGAIN = (0.01, 0.05)  # s after the first: the first frames on a new link get lost
+
+
+def _announce(addresses: list[tuple[str, str, str]], release: contextlib.ExitStack) -> None:
+    """Announce each (link, mac, IPv4 address) from this thread's namespace: once now, and
+    again from ``release`` (once the hook has its answer), :data:`_ANNOUNCE_AGAIN` later."""
+    socks: dict[str, socket.socket] = {}
+    frames = []
+    for ifname, mac, address in addresses:
+        if ifname not in socks:
+            socks[ifname] = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+            release.enter_context(socks[ifname])  # (closed last: after the sends below)
+            socks[ifname].bind((ifname, ETH_P_ARP))
+        frames.append((socks[ifname], arp_announcement(mac, address)))
+
+    def send() -> None:
+        for sock, frame in frames:
+            with contextlib.suppress(OSError):  # a lost announcement costs time, not the move
+                sock.send(frame)
+
+    def again() -> None:
+        start = time.monotonic()
+        for delay in _ANNOUNCE_AGAIN:
+            time.sleep(max(0.0, start + delay - time.monotonic()))
+            send()
+
+    send()
+    release.callback(again)

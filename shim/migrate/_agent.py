@@ -354,14 +354,21 @@ class _Receive:
                                  f"{self._page_server_log()}")
 
     def _network_record(self) -> bytes | None:
+        """The network record as received, marked moving: the source holds its addresses
+        until it is frozen, so the rebuild announces them instead of asking who holds them
+        (:attr:`shim.checkpoint.network.NetworkSnapshot.moving`)."""
+        from shim.checkpoint.network import as_moving
+
         with contextlib.suppress(FileNotFoundError):
-            return (self.images / NETWORK_RECORD).read_bytes()
+            return as_moving((self.images / NETWORK_RECORD).read_bytes())
         return None
 
     def _create_task(self, cd: Containerd) -> None:
         """Create the task that restores from the staging images at Start (the shim reads
         only the network record at Create)."""
         b = self.begin
+        if (network := self._network_record()) is not None:
+            (self.images / NETWORK_RECORD).write_bytes(network)  # what the shim reads
         lazy = b.method == agent_pb2.LAZY
         options = checkpoint_pb2.RestoreOptions(
             image_path=str(self.images), work_path=str(self.work), lazy_pages=lazy,

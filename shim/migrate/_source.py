@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -663,15 +663,28 @@ def _network_record(pid: int) -> bytes | None:
     """The container's network as the shim's dump records it (the same functions:
     :func:`shim.checkpoint.netrestore.record`), taken now, before the freeze, so that the
     destination can create the task in advance; None when it cannot be taken (the
-    destination then creates the task after the dump)."""
+    destination then creates the task after the dump). Marked moving
+    (:func:`_moving_record`)."""
     from shim.checkpoint.network import dump_snapshot, loopback_snapshot, take_snapshot
 
     try:
         if (loopback := loopback_snapshot(pid)) is not None:
             return dump_snapshot(loopback)
-        return dump_snapshot(take_snapshot(pid))
+        return dump_snapshot(replace(take_snapshot(pid), moving=True))
     except (OSError, ValueError, struct.error):
         return None
+
+
+def _moving_record(images: Path) -> None:
+    """Mark the network record the dump wrote beside the images moving, as the early one
+    is: the destination must neither ask who holds the addresses (this container does, until
+    it is frozen: the restore failed with "already in use") nor wait for answers, whichever
+    record it restores from (:attr:`shim.checkpoint.network.NetworkSnapshot.moving`)."""
+    from shim.checkpoint.network import SNAPSHOT, as_moving
+
+    with contextlib.suppress(FileNotFoundError):
+        record = images / SNAPSHOT
+        record.write_bytes(as_moving(record.read_bytes()))
 
 
 def _agent_host(opts: MigrateOptions) -> str:
@@ -839,6 +852,7 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
             if paths:
                 stream.send(agent_pb2.ROOTFS_REDO, tar_chunks(upper, paths))
             clock.lap("frozen:send-rootfs-changes")
+        _moving_record(images)
         stream.send(agent_pb2.CRIU_IMAGES, tar_chunks(str(images)))
         stream.put(agent_pb2.MigrateRequest(end=agent_pb2.End()))
         clock.lap("frozen:send-images")

@@ -147,7 +147,8 @@ try:
             for r in ns.get_routes(table=254)
             if r["proto"] != 2 and attr(r, "RTA_OIF") in names
             and names[attr(r, "RTA_OIF")] != "lo"]
-    want = {"links": links, "addresses": addresses, "routes": routes, "sockets": True}
+    want = {"links": links, "addresses": addresses, "routes": routes, "sockets": True,
+            "moving": False}
     got = json.loads(json.dumps(got))
     print(json.dumps({"got": got, "want": want}))
 finally:
