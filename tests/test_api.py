@@ -292,6 +292,7 @@ def test_pyrunc_checkpoint_options_superset() -> None:
         "parent_path": 20, "pre_dump": 21, "auto_dedup": 22, "lazy_pages": 23,
         "page_server": 24, "status_fd": 25, "tcp_close": 26, "tcp_skip_in_flight": 27,
         "link_remap": 28, "ghost_limit": 29, "network_lock": 30, "track_mem": 31,
+        "tls_cacert": 32, "tls_cert": 33, "tls_key": 34, "tls_no_cn_verify": 35,
     }
 
 

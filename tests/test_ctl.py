@@ -117,7 +117,9 @@ def test_checkpoint_flags_to_options(argv: list[str], fields: dict[str, Any]) ->
 def test_checkpoint_table_covers_every_field_but_status_fd_and_track_mem() -> None:
     covered = {name for _, fields in CHECKPOINT_TABLE for name in fields}
     every = {f.name for f in checkpoint_pb2.CheckpointOptions.DESCRIPTOR.fields}
-    assert every - covered == {"status_fd", "track_mem"}
+    # and the page server's TLS, which `pyrunc migrate` sets (no pyrunc checkpoint flag)
+    assert every - covered == {"status_fd", "track_mem", "tls_cacert", "tls_cert", "tls_key",
+                               "tls_no_cn_verify"}
 
 
 RESTORE_TABLE: list[tuple[list[str], dict[str, Any]]] = [
@@ -141,7 +143,8 @@ def test_restore_options_message() -> None:
     assert desc.full_name == "pyrunc.v1.RestoreOptions"
     assert {f.name: f.number for f in desc.fields} == {
         "image_path": 1, "work_path": 2, "tcp_close": 3, "lazy_pages": 4, "page_server": 5,
-        "runtime_options": 6,
+        "runtime_options": 6, "tls_cacert": 7, "tls_cert": 8, "tls_key": 9,
+        "tls_no_cn_verify": 10,
     }
 
 

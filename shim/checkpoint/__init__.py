@@ -14,6 +14,7 @@ from shim.checkpoint.plan import (
     STATUS_FD,
     STORED_PLAN,
     STORED_PLAN_VERSION,
+    TLS_OPTIONS,
     UNPACKING,
     CgroupMode,
     CheckpointPlan,
@@ -30,6 +31,7 @@ from shim.checkpoint.plan import (
     plan_restore,
     restore_args,
     restore_source,
+    tls_args,
 )
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "STATUS_FD",
     "STORED_PLAN",
     "STORED_PLAN_VERSION",
+    "TLS_OPTIONS",
     "UNPACKING",
     "CgroupMode",
     "CheckpointPlan",
@@ -58,4 +61,5 @@ __all__ = [
     "plan_restore",
     "restore_args",
     "restore_source",
+    "tls_args",
 ]

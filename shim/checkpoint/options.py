@@ -170,6 +170,14 @@ OPTIONS: Final[tuple[Option, ...]] = (
        Kind.NETWORK_LOCK, D, False, "how CRIU locks the network during the dump"),
     _o("track_mem", "track_mem", "track-mem", "", "", "track-mem",
        F, D, False, "(the shim implies it for --pre-dump and --parent-path)"),
+    _o("tls_cacert", "tls_cacert", "tls-cacert", "", "", "tls-cacert",
+       P, D, False, "(TLS on the page server's connection: the CA)"),
+    _o("tls_cert", "tls_cert", "tls-cert", "", "", "tls-cert",
+       P, D, False, "(TLS on the page server's connection: this side's certificate)"),
+    _o("tls_key", "tls_key", "tls-key", "", "", "tls-key",
+       P, D, False, "(TLS on the page server's connection: its private key)"),
+    _o("tls_no_cn_verify", "tls_no_cn_verify", "tls-no-cn-verify", "", "", "tls-no-cn-verify",
+       F, D, False, "(TLS: do not check that the peer's certificate names the address)"),
 )
 # fmt: on
 """Every checkpoint option, in the order ``pyrunc checkpoint --help`` lists the flags."""

@@ -63,6 +63,7 @@ __all__ = [
     "STATUS_FD",
     "STORED_PLAN",
     "STORED_PLAN_VERSION",
+    "TLS_OPTIONS",
     "UNPACKING",
     "CgroupMode",
     "CheckpointPlan",
@@ -79,6 +80,7 @@ __all__ = [
     "plan_restore",
     "restore_args",
     "restore_source",
+    "tls_args",
 ]
 
 ANNOTATION_PREFIX: Final = "io.pyrunc.checkpoint."
@@ -126,6 +128,11 @@ OPTION_TYPES: Final[frozenset[str]] = frozenset(
 )
 """Full names of the option messages :func:`plan_checkpoint` accepts in the request's Any."""
 
+
+TLS_OPTIONS: Final = ("tls_cacert", "tls_cert", "tls_key", "tls_no_cn_verify")
+"""The plan's TLS fields (CRIU ``--tls-cacert --tls-cert --tls-key --tls-no-cn-verify``): the
+credentials of one dump's page-server connection, paths on the dumping host. Not stored with
+the plan (a restore has its own, :class:`RestoreSource`)."""
 
 _OTHER_NAMESPACES: Final = frozenset({"pid", "mount", "ipc", "uts", "user", "cgroup", "time"})
 
@@ -196,6 +203,10 @@ class RestoreSource:
     lazy_pages: bool = False
     page_server: str = ""
     unpacking: str = ""
+    tls_cacert: str = ""  # TLS of the lazy-pages daemon's connection (RestoreOptions 7-10)
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_no_cn_verify: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +240,10 @@ class CheckpointPlan:
     link_remap: bool = False
     ghost_limit: int | None = None
     network_lock: NetworkLock | None = None
+    tls_cacert: str = ""  # absolute; the three TLS paths go together ("" = no TLS)
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_no_cn_verify: bool = False
 
     def __post_init__(self) -> None:
         images = _abs_path(self.images_dir, "image_path")
@@ -264,6 +279,31 @@ class CheckpointPlan:
             )
         if (self.pre_dump or self.parent_img) and not self.track_mem:
             object.__setattr__(self, "track_mem", True)
+        self._check_tls()
+
+    def _check_tls(self) -> None:
+        paths = {name: getattr(self, name) for name in TLS_OPTIONS[:3]}
+        if any(paths.values()):
+            if not all(paths.values()):
+                missing = ", ".join(n for n, v in paths.items() if not v)
+                raise InvalidArgument(
+                    f"tls_cacert, tls_cert and tls_key go together (CRIU's TLS is mutual: "
+                    f"the CA and this side's certificate and key); missing: {missing}"
+                )
+            for name, path in paths.items():
+                object.__setattr__(self, name, _config_path(path, name))
+            if self.page_server is None:
+                raise InvalidArgument(
+                    "tls_cacert/tls_cert/tls_key secure the page server's connection: they "
+                    "need page_server"
+                )
+        elif self.tls_no_cn_verify:
+            raise InvalidArgument("tls_no_cn_verify needs tls_cacert, tls_cert and tls_key")
+
+    @property
+    def tls(self) -> bool:
+        """CRIU's page-server connection uses TLS (``--tls``)."""
+        return bool(self.tls_cacert)
 
     @property
     def required_criu_version(self) -> int:
@@ -316,6 +356,10 @@ class _Asked:
     ghost_limit: int | None = None
     network_lock: NetworkLock | None = None
     track_mem: bool = False
+    tls_cacert: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_no_cn_verify: bool = False
 
 
 def _merge(req: _Asked, ann: _Asked) -> _Asked:
@@ -343,6 +387,21 @@ def _abs_path(value: str, option: str) -> str:
     if ".." in value.split("/"):
         raise InvalidArgument(f"{option}: path {value!r} contains '..'")
     return posixpath.normpath("/" + value.lstrip("/"))
+
+
+_CONFIG_UNSAFE: Final = frozenset(" \t\n\r\"'\\#")
+
+
+def _config_path(value: str, option: str) -> str:
+    """``value`` as an absolute path that can stand as the argument of a line of CRIU's
+    configuration file (which splits at spaces and reads quotes and ``#``)."""
+    path = _abs_path(value, option)
+    if any(c in _CONFIG_UNSAFE for c in path):
+        raise InvalidArgument(
+            f"{option}: path {value!r} has a space, a quote, a backslash or '#', which a "
+            "line of CRIU's configuration file cannot carry"
+        )
+    return path
 
 
 def _namespaces(names: list[str], option: str) -> frozenset[Namespace] | None:
@@ -599,6 +658,10 @@ def restore_source(
         tcp_close=opts.tcp_close,
         lazy_pages=opts.lazy_pages,
         page_server=opts.page_server,
+        tls_cacert=opts.tls_cacert,
+        tls_cert=opts.tls_cert,
+        tls_key=opts.tls_key,
+        tls_no_cn_verify=opts.tls_no_cn_verify,
     )
 
 
@@ -624,7 +687,7 @@ def plan_restore(
     Returns:
         The plan rebased on the images and the work dir (no parent: CRIU follows the images'
         own ``parent`` link), with ``tcp_close`` if the dump or the restore asks for it and
-        lazy pages (and their page server) as the restore asks.
+        lazy pages (and their page server, and its TLS) as the restore asks.
 
     Raises:
         InvalidArgument: bad stored plan, bad annotations, options or paths, or a pre-dump
@@ -652,6 +715,10 @@ def plan_restore(
         tcp_close=plan.tcp_close or source.tcp_close,
         lazy_pages=source.lazy_pages,
         page_server=page_server if source.lazy_pages else None,
+        tls_cacert=source.tls_cacert,
+        tls_cert=source.tls_cert,
+        tls_key=source.tls_key,
+        tls_no_cn_verify=source.tls_no_cn_verify,
     )
 
 
@@ -734,6 +801,9 @@ def criu_config(plan: CheckpointPlan, *, restore: bool) -> str:
     ``network-lock nftables|skip`` (dump only: CRIU records the method in the images'
     inventory and a restore always uses that one, whatever its own options say; ``iptables``
     is CRIU's default and renders nothing; needs :data:`CRIU_VERSION_NETWORK_LOCK`),
+    ``tls``, ``tls-cacert F``, ``tls-cert F``, ``tls-key F``, ``tls-no-cn-verify`` (dump
+    only, :func:`tls_args`: runc 1.1 fills none of ``criu_opts``' TLS fields; a restore's
+    CRIU connects to no page server, its ``criu lazy-pages`` daemon gets them as arguments),
     ``manage-cgroups=ignore`` (dump and restore; ``=`` because the argument is optional), and
     on restore ``manage-cgroups=<mode>`` for the other modes too: runc 1.1 accepts
     ``restore --manage-cgroups-mode`` but never passes it on to CRIU (fixed in runc 1.2,
@@ -757,10 +827,33 @@ def criu_config(plan: CheckpointPlan, *, restore: bool) -> str:
         lock = plan.network_lock
         if lock is not None and lock is not NetworkLock.IPTABLES:
             lines.append(f"network-lock {lock.value}")
+        lines += [" ".join(pair) for pair in _tls_options(plan)]
     mode = plan.manage_cgroups_mode
     if mode is CgroupMode.IGNORE or (restore and mode is not None):
         lines.append(f"manage-cgroups={mode.value}")
     return "".join(line + "\n" for line in lines)
+
+
+def _tls_options(plan: CheckpointPlan) -> list[tuple[str, ...]]:
+    if not plan.tls:
+        return []
+    out: list[tuple[str, ...]] = [
+        ("tls",),
+        ("tls-cacert", plan.tls_cacert),
+        ("tls-cert", plan.tls_cert),
+        ("tls-key", plan.tls_key),
+    ]
+    if plan.tls_no_cn_verify:
+        out.append(("tls-no-cn-verify",))
+    return out
+
+
+def tls_args(plan: CheckpointPlan) -> list[str]:
+    """CRIU's command-line TLS options for ``plan`` (``--tls --tls-cacert F --tls-cert F
+    --tls-key F [--tls-no-cn-verify]``; [] without TLS): what a restore's ``criu
+    lazy-pages`` daemon is started with. The same options as :func:`criu_config`'s lines."""
+    return [f"--{word}" if i == 0 else word
+            for pair in _tls_options(plan) for i, word in enumerate(pair)]
 
 
 def dump_network_lock(
@@ -797,14 +890,16 @@ def dump_network_lock(
 # --------------------------------------------------------------------------------------------
 # The stored plan.
 
-_STORED_KEYS: Final = frozenset({"version"} | set(BY_PLAN))
+_STORED_KEYS: Final = frozenset({"version"} | set(BY_PLAN)) - set(TLS_OPTIONS)
 
 
 def dump_plan(plan: CheckpointPlan) -> bytes:
     """The plan as versioned JSON (``{"version": 1, ...}``): sorted keys, same bytes for
-    equal plans."""
+    equal plans. Without its TLS fields (:data:`TLS_OPTIONS`)."""
     doc: dict[str, object] = {"version": STORED_PLAN_VERSION}
     for o in OPTIONS:
+        if o.plan in TLS_OPTIONS:
+            continue
         value = getattr(plan, o.plan)
         if o.kind is Kind.NAMESPACES:
             value = sorted(ns.value for ns in value)
@@ -867,6 +962,8 @@ def _plan_from_json(data: bytes) -> CheckpointPlan:
     fields: dict[str, Any] = {}
     for o in OPTIONS:
         key = o.plan
+        if key in TLS_OPTIONS:
+            continue
         if o.kind in _BOOLS:
             fields[key] = get(key, bool)
         elif o.kind is Kind.PATH:

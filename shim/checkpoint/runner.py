@@ -49,6 +49,7 @@ from shim.checkpoint.plan import (
     dump_plan,
     plan_restore,
     restore_args,
+    tls_args,
 )
 from shim.errors import (
     AlreadyExists,
@@ -388,9 +389,11 @@ class Restored:
 
 
 async def _start_lazy_pages_daemon(runtime: Runtime, reaper: Reaper, plan: CheckpointPlan) -> Child:
-    """``criu lazy-pages --page-server --address A --port P -D images -W work``: it serves
-    page faults of the restored process from the source's page server. runc's restore finds
-    it through ``lazy-pages.socket`` in the shared work dir, so wait for that socket."""
+    """``criu lazy-pages --page-server --address A --port P -D images -W work [--tls ...]``:
+    it serves page faults of the restored process from the source's page server (over TLS
+    when the restore gave the files: :func:`shim.checkpoint.plan.tls_args`). runc's restore
+    finds it through ``lazy-pages.socket`` in the shared work dir, so wait for that
+    socket."""
     assert plan.page_server is not None
     socket_path = os.path.join(plan.work_dir, LAZY_PAGES_SOCKET)
     with contextlib.suppress(FileNotFoundError):
@@ -410,6 +413,7 @@ async def _start_lazy_pages_daemon(runtime: Runtime, reaper: Reaper, plan: Check
         "--log-file",
         "lazy-pages.log",
         "-v4",
+        *tls_args(plan),  # TLS to the page server, when the restore asked for it
     ]
     child = spawn(reaper, argv)
     try:

@@ -50,7 +50,7 @@ from ._checks import cpuinfo_check, host_facts
 from ._containerd import Containerd, connect, ctr
 from ._errors import ContainerdError, MigrateError, Refused, TransferFailed
 from ._stats import RestoreStats, StatsError, parse_stats
-from ._tls import TlsFiles, is_unix, server_credentials
+from ._tls import TlsFiles, criu_tls_args, is_unix, server_credentials
 from ._transfer import TarSink, upper_dir
 
 __all__ = ["PROVISIONAL", "STAGE_PREFIX", "AgentConfig", "lazy_daemons", "serve", "stages_of",
@@ -254,6 +254,9 @@ class _Receive:
         self._close(agent_pb2.ROOTFS_DIFF)
         self._close(agent_pb2.NETWORK)
         b = self.begin
+        if b.page_server_tls and self.cfg.tls is None:
+            raise Refused("the source asks for TLS on CRIU's page server, and this agent has "
+                          "no certificates (--tls-cert, --tls-key, --tls-ca)")
         phases: dict[str, int] = {}
         mark = time.monotonic()
 
@@ -309,9 +312,20 @@ class _Receive:
         self.prepared = True
         return agent_pb2.Prepared(page_server=address, phases_us=phases)
 
+    def _criu_tls(self) -> list[str]:
+        """CRIU's TLS options for this migration's page-server connection, with this agent's
+        certificate ([] when the source did not ask for TLS). The peer's name is not checked:
+        as a server (``criu page-server``) CRIU would check its own listening address in the
+        source's certificate, and as a client (``criu lazy-pages``) the source's address,
+        which a client certificate names no more; the CA's signature is checked both ways."""
+        if not self.begin.page_server_tls or self.cfg.tls is None:
+            return []
+        return criu_tls_args(self.cfg.tls, verify_name=False)
+
     def _start_page_server(self, host: str) -> str:
-        """``criu page-server`` on ``host`` writing into the staging images; returns its
-        ``host:port`` once it listens (CRIU's status fd)."""
+        """``criu page-server`` on ``host`` writing into the staging images (over TLS when
+        the source asked for it); returns its ``host:port`` once it listens (CRIU's status
+        fd)."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as s:
             s.bind((host, 0))
@@ -321,7 +335,7 @@ class _Receive:
             self.page_server = subprocess.Popen(
                 [self.cfg.criu, "page-server", "--images-dir", str(self.images),
                  "--address", host, "--port", str(port), "--status-fd", str(write_end),
-                 "-o", str(self.work / PAGE_SERVER_LOG), "-v2"],
+                 "-o", str(self.work / PAGE_SERVER_LOG), "-v2", *self._criu_tls()],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, pass_fds=[write_end])
         finally:
@@ -375,6 +389,12 @@ class _Receive:
             page_server=b.page_server if lazy else "")
         if self.runtime_options is not None:
             options.runtime_options.CopyFrom(self.runtime_options)
+        if lazy and b.page_server_tls and self.cfg.tls is not None:
+            # the restore's `criu lazy-pages` fetches the pages over TLS (the shim passes
+            # these on as its options), the peer's name not checked (see _criu_tls)
+            files = self.cfg.tls.absolute()
+            options.tls_cacert, options.tls_cert, options.tls_key = files.ca, files.cert, files.key
+            options.tls_no_cn_verify = True
         log_dir = self.cfg.work_dir / "logs"
         log_dir.mkdir(exist_ok=True)
         out = f"file://{log_dir / (self.cid + '.log')}"
@@ -514,7 +534,8 @@ class _Servicer(agent_pb2_grpc.AgentServicer):  # type: ignore[misc]
                     kernel=facts.kernel, machine=facts.machine, criu_version=facts.criu_version,
                     lazy_pages=facts.lazy_pages, mem_dirty_track=facts.mem_dirty_track,
                     pipe_max_size=facts.pipe_max_size, free_bytes=facts.free_bytes,
-                    hostname=facts.hostname, nftables_lock=bool(facts.nftables_lock)),
+                    hostname=facts.hostname, nftables_lock=bool(facts.nftables_lock),
+                    criu_tls=bool(facts.criu_tls)),
                 cpu_problem=cpuinfo_check(self.cfg.criu, request.cpuinfo))
             if request.namespace:
                 with connect(self.cfg.containerd, request.namespace) as cd:

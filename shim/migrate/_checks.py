@@ -67,6 +67,9 @@ class HostFacts:
     # CRIU can lock the network with nftables; None = not reported (an agent older than
     # HostFacts.nftables_lock, or one that reported it as a plain proto3 bool: false)
     nftables_lock: bool | None = False
+    # CRIU can secure its page server's connection with TLS (built with GnuTLS); None = not
+    # reported (an agent older than HostFacts.criu_tls)
+    criu_tls: bool | None = False
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -87,6 +90,15 @@ def criu_version(text: str) -> int:
 
 def _feature(criu: str, name: str) -> bool:
     return _run([criu, "check", "--feature", name]).returncode == 0
+
+
+def _tls(criu: str) -> bool:
+    """CRIU was built with GnuTLS: ``criu check --tls`` (with one cheap feature check, so
+    that nothing else is checked). Built without, CRIU refuses ``--tls`` after reading its
+    options ("CRIU was built without TLS support"), which ``criu --help`` does not show: it
+    lists the TLS options either way."""
+    proc = _run([criu, "check", "--tls", "--feature", "mnt_id"])
+    return proc.returncode == 0 and "without TLS" not in proc.stdout + proc.stderr
 
 
 def _pipe_max_size() -> int:
@@ -116,6 +128,7 @@ def host_facts(criu: str, stage_dir: str) -> HostFacts:
         free_bytes=st.f_bavail * st.f_frsize,
         hostname=socket.gethostname(),
         nftables_lock=bool(path) and _feature(path or criu, "network_lock_nftables"),
+        criu_tls=bool(path) and _tls(path or criu),
     )
 
 
@@ -191,8 +204,10 @@ def _version_text(v: int) -> str:
     return f"{v // 10000}.{v // 100 % 100}.{v % 100}"
 
 
-def refusals(source: HostFacts, dest: HostFacts, method: Method, bytes_needed: int) -> list[str]:
-    """Reasons not to migrate from ``source`` to ``dest`` by ``method`` (empty = go)."""
+def refusals(source: HostFacts, dest: HostFacts, method: Method, bytes_needed: int, *,
+             page_server_tls: bool = False) -> list[str]:
+    """Reasons not to migrate from ``source`` to ``dest`` by ``method`` (empty = go);
+    ``page_server_tls``: the move secures CRIU's page-server connection with TLS."""
     out: list[str] = []
     for side, facts in (("source", source), ("destination", dest)):
         if facts.criu_version == 0:
@@ -212,6 +227,17 @@ def refusals(source: HostFacts, dest: HostFacts, method: Method, bytes_needed: i
                        "--feature network_lock_nftables fails: CRIU built without "
                        "libnftables, or a kernel without nftables set concatenation); "
                        "every move asks CRIU for it")
+    for side, facts in (("source", source), ("destination", dest)):
+        if not (page_server_tls and facts.criu_version) or facts.criu_tls:
+            continue
+        if facts.criu_tls is None:
+            out.append(f"the {side} reports no CRIU TLS support (criu check --tls; an agent "
+                       "older than that check reports none: update it); a move over TCP with "
+                       "mutual TLS secures CRIU's page server with it")
+        else:
+            out.append(f"{side} CRIU has no TLS (criu check --tls fails: CRIU built without "
+                       "GnuTLS); a move over TCP with mutual TLS secures CRIU's page server "
+                       "with it")
     if method is Method.LAZY:
         for side, facts in (("source", source), ("destination", dest)):
             if not facts.lazy_pages:

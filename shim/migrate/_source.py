@@ -144,7 +144,8 @@ def _facts_of(reply: Any) -> HostFacts:
                      lazy_pages=f.lazy_pages, mem_dirty_track=f.mem_dirty_track,
                      pipe_max_size=f.pipe_max_size, free_bytes=f.free_bytes,
                      hostname=f.hostname,
-                     nftables_lock=f.nftables_lock if f.HasField("nftables_lock") else None)
+                     nftables_lock=f.nftables_lock if f.HasField("nftables_lock") else None,
+                     criu_tls=f.criu_tls if f.HasField("criu_tls") else None)
 
 
 def _own_netns(spec: dict[str, Any]) -> bool:
@@ -623,7 +624,8 @@ def _migrate(opts: MigrateOptions, progress: Progress | None) -> Report:
                 bytes_needed=needed), timeout=120)
         except grpc.RpcError as exc:
             raise Refused(f"agent {opts.to}: {exc.code().name}: {exc.details()}") from None
-        reasons = refusals(local, _facts_of(probe), opts.method, needed)
+        reasons = refusals(local, _facts_of(probe), opts.method, needed,
+                           page_server_tls=_page_server_tls(opts))
         if probe.cpu_problem:
             reasons.append(probe.cpu_problem)
         if probe.container_exists:
@@ -647,6 +649,23 @@ def _migrate(opts: MigrateOptions, progress: Progress | None) -> Report:
                          probe.has_parent_snapshot, stage, prog, t0)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
+
+
+def _page_server_tls(opts: MigrateOptions) -> bool:
+    """CRIU's page-server connection uses TLS: whenever the agent is reached over TCP with
+    mutual TLS (the same certificates; not over a unix socket, not with --insecure-tcp)."""
+    return opts.tls is not None and not is_unix(opts.to)
+
+
+TLS_DONE: Final = "TLS handshake completed"  # CRIU's tls.c, info level
+
+
+def _tls_seen(work: Path) -> bool:
+    """The source's CRIU says (its dump log) that it completed a TLS handshake with the
+    page server's peer."""
+    with contextlib.suppress(OSError):
+        return TLS_DONE in (work / "dump.log").read_text(errors="replace")
+    return False
 
 
 def _dump_log_needs(opts: MigrateOptions, spec: dict[str, Any]) -> str:
@@ -730,7 +749,7 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
         snapshotter=record.snapshotter, snapshot_key=record.snapshot_key,
         parent_snapshot=parent,
         method=agent_pb2.LAZY if lazy else agent_pb2.STOP_AND_COPY,
-        tcp_established=opts.tcp_established)
+        tcp_established=opts.tcp_established, page_server_tls=_page_server_tls(opts))
     if record.runtime.HasField("options"):
         begin.runtime_options.CopyFrom(record.runtime.options)
     page_server = ""
@@ -784,20 +803,32 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
     clock.lap("prepare-wait")
     if not lazy:
         page_server = prepared.page_server
+    # Both methods leave the tasks alive (paused): what becomes of the source is decided
+    # here, not by CRIU. A lazy dump that ends them once its transfer is over cannot tell a
+    # finished transfer from a destination whose restore failed: the destination's
+    # `criu lazy-pages` sends its close to the page server whatever happened, and CRIU then
+    # ended the source of a move that had failed (the container lost).
     options = checkpoint_pb2.CheckpointOptions(
-        exit=lazy, open_tcp=opts.tcp_established, image_path=str(images), work_path=str(work),
+        exit=False, open_tcp=opts.tcp_established, image_path=str(images), work_path=str(work),
         empty_namespaces=[_NET_NS] if _own_netns(spec) else [], lazy_pages=lazy,
         page_server=page_server, network_lock=NETWORK_LOCK)
+    if _page_server_tls(opts) and opts.tls is not None:
+        # TLS on the page server's connection, with this side's certificate: the source's
+        # CRIU is the server of a lazy move (which would check its own address in the
+        # destination's certificate: not checked) and dials the agent's address in a
+        # stop-and-copy one (the agent's certificate names it: gRPC checked that already)
+        files = opts.tls.absolute()
+        options.tls_cacert, options.tls_cert, options.tls_key = files.ca, files.cert, files.key
+        options.tls_no_cn_verify = lazy
 
-    # CRIU unlocks the network at the end of a dump that leaves the tasks alive, and then
-    # the paused source's kernel would take (acknowledge) TCP data its peers send until the
-    # destination's rebuild moves their path: data the dumped sockets never had, lost. So
-    # stop-and-copy keeps the source's TCP input dropped itself, from within CRIU's lock
-    # until the source is cut off after the commit, or undone when the source is put back.
-    # (A lazy dump keeps CRIU's lock until the last page is served; a failed one resumes
-    # the source.)
-    source_lock = (_SourceTcpLock(pid, work / "dump.log") if not lazy and
-                   opts.tcp_established and _own_netns(spec) else None)
+    # CRIU unlocks the network at the end of a dump that leaves the tasks alive (a lazy one
+    # before it serves any page), and then the paused source's kernel would take
+    # (acknowledge) TCP data its peers send until the destination's rebuild moves their
+    # path: data the dumped sockets never had, lost. So the source's TCP input is dropped
+    # here, from within CRIU's lock until the source is cut off after the commit (lazy:
+    # after post-copy), or undone when the source is put back.
+    source_lock = (_SourceTcpLock(pid, work / "dump.log") if opts.tcp_established and
+                   _own_netns(spec) else None)
 
     def back(reason: str) -> TransferFailed:
         """Undo the freeze; the source runs on."""
@@ -895,16 +926,15 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
             clock.lap("post-copy")
             if outcome is Outcome.POSTCOPY_FAILED and _alive(pid):
                 # the source resumed (it is the container), or CRIU still serves pages and
-                # keeps it frozen (the message says what to do): nothing to clean here
+                # it waits, frozen (the message says what to do): nothing to clean here
                 return Report(
                     container_id=cid, method=opts.method.value, outcome=outcome, dump=dump,
                     restore=_restore_stats(restored), checkpoint_us=_us(t_dumped - t_freeze),
                     restore_us=int(restored.restore_us), downtime_us=downtime,
                     transfer_bytes=stream.sent, postcopy_complete_us=postcopy_us,
                     total_us=_us(time.monotonic() - t0), message=message,
-                    phases=tuple(clock.phases))
-        else:
-            _cut_network(pid)
+                    phases=tuple(clock.phases), page_server_tls=_tls_seen(work))
+        _cut_network(pid)
         prog.enter("cleanup")
         cd.remove_task(cid)
     finally:
@@ -930,7 +960,8 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
         restore=_restore_stats(restored),
         checkpoint_us=_us(t_dumped - t_freeze), restore_us=int(restored.restore_us),
         downtime_us=downtime, transfer_bytes=transfer, postcopy_complete_us=postcopy_us,
-        total_us=_us(time.monotonic() - t0), message=message, phases=tuple(clock.phases))
+        total_us=_us(time.monotonic() - t0), message=message, phases=tuple(clock.phases),
+        page_server_tls=_tls_seen(work))
 
 
 def _committed(agent: Any, opts: MigrateOptions, wait: float = 60.0) -> str:
@@ -998,11 +1029,12 @@ def _alive(pid: int) -> bool:
 def _finish_postcopy(opts: MigrateOptions, cd: Containerd, agent: Any, work: Path,
                      dump: DumpStats | None, outcome: Outcome, pid: int
                      ) -> tuple[DumpStats | None, Outcome, str]:
-    """Wait until the source's CRIU has served its last page, then judge: the source task
-    stopped (CRIU ends it after a complete transfer) and the destination runs = migrated;
-    the source task runs again (CRIU resumes it when the transfer fails) = the destination's
-    copy is incomplete and is discarded; the destination died = reported with what was
-    lost."""
+    """Wait until the source's CRIU has served its last page, then judge. The source task
+    is whole and paused whatever happened (the dump leaves it alive: see :func:`_move`).
+    CRIU reports a complete transfer and the destination runs = migrated (the caller cuts
+    the source off and removes it); the transfer failed, or the destination's task is no
+    longer running = the destination's copy is discarded and the source resumes from the
+    freeze, and the report says what is lost (what the container did on the destination)."""
     cid = opts.container_id
     deadline = time.monotonic() + opts.postcopy_timeout
     while _lazy_dumps(cid) and time.monotonic() < deadline:
@@ -1011,9 +1043,9 @@ def _finish_postcopy(opts: MigrateOptions, cd: Containerd, agent: Any, work: Pat
         return dump, Outcome.POSTCOPY_FAILED, (
             f"post-copy did not finish in {opts.postcopy_timeout:.0f} s: the destination runs "
             f"and still takes pages from the source's CRIU (runc checkpoint, pid {serving[0]}), "
-            "which keeps the source task frozen (PAUSED, all its memory held) until the "
-            "transfer ends and then ends it; remove that task then (ctr -n "
-            f"{opts.namespace} task rm -f {cid}), and its container record; ending that CRIU "
+            "while the source task waits, frozen (PAUSED, all its memory held); once the "
+            "transfer has ended, remove that task (ctr -n "
+            f"{opts.namespace} task rm -f {cid}) and its container record; ending that CRIU "
             "before would lose the pages the destination lacks")
     lazy_pages = dump.pages_lazy if dump else 0
     unknown = ""
@@ -1024,33 +1056,36 @@ def _finish_postcopy(opts: MigrateOptions, cd: Containerd, agent: Any, work: Pat
         dest = None
         unknown = f"unknown ({exc.code().name} asking the agent: {exc.details()})"
     verdict = _lazy_verdict(work)
-    if _alive(pid) and not _killed(pid):
+    dest_died = dest is not None and dest.status != "RUNNING"
+    if _alive(pid) and (verdict != LAZY_DONE or dest_died):
+        there = (dest.status or "no task") if dest else unknown
+        kept = _keep_dump_log(opts, work)
         with contextlib.suppress(grpc.RpcError):
             agent.Discard(agent_pb2.StatusRequest(namespace=opts.namespace, container_id=cid),
                           timeout=120)
         _resume(cd, cid, pid)  # paused before the dump (see _move)
+        if verdict != LAZY_DONE:
+            return dump, Outcome.POSTCOPY_FAILED, (
+                f"post-copy failed: the source's CRIU could not serve every page (of "
+                f"{lazy_pages} lazy pages; it said: {verdict}; its log kept at {kept}); this "
+                f"side resumed the source, which runs on with all its memory; the "
+                f"destination's incomplete copy ({there}) was discarded; what it did while it "
+                "ran there is lost")
         return dump, Outcome.POSTCOPY_FAILED, (
-            f"post-copy failed: the source's CRIU could not serve every page (of {lazy_pages} "
-            f"lazy pages) and resumed the source, which runs on with all its memory; the "
-            f"destination's incomplete copy ({(dest.status or 'no task') if dest else unknown})"
-            " was discarded; what it did while it ran there is lost")
-    if dest is None:
-        return dump, outcome if verdict == LAZY_DONE else Outcome.POSTCOPY_FAILED, (
-            f"the source's CRIU said: {verdict}; the source has ended; the destination's task "
-            f"is {unknown}: check it there")
-    if dest.status != "RUNNING":
-        kept = _keep_dump_log(opts, work)
-        return dump, Outcome.POSTCOPY_FAILED, (
-            f"the destination's task is {dest.status or 'gone'} (exit {dest.exit_status}) "
-            f"after post-copy and the source has ended: the container is lost (up to "
+            f"the destination's task is {there} (exit {dest.exit_status if dest else '?'}) "
+            f"after post-copy: it was discarded and the source resumed from the freeze with "
+            f"all its memory; what the container did on the destination is lost (up to "
             f"{lazy_pages} pages, {lazy_pages * PAGE} bytes, were served lazily; the "
-            f"source's CRIU said: {verdict}; its log kept at {kept}; the destination agent "
-            "keeps CRIU's lazy-pages log in its logs directory)")
-    if verdict != LAZY_DONE:
-        kept = _keep_dump_log(opts, work)
+            "destination agent keeps CRIU's lazy-pages log in its logs directory)")
+    if dest_died or verdict != LAZY_DONE:  # and the source is gone too (killed by someone)
         return dump, Outcome.POSTCOPY_FAILED, (
-            f"the destination runs, but the source's CRIU did not report a complete transfer "
-            f"({verdict}; its log kept at {kept}): pages of its memory may be missing there")
+            f"the destination's task is {(dest.status or 'gone') if dest else unknown} and "
+            f"the source task has ended: the container is lost (the source's CRIU said: "
+            f"{verdict}; its log kept at {_keep_dump_log(opts, work)})")
+    if dest is None:
+        return dump, outcome, (
+            f"the source's CRIU said: {verdict}; the destination's task is {unknown}: check "
+            "it there")
     return dump, outcome, ""
 
 

@@ -206,6 +206,8 @@ class Report:
     # (name, microseconds) in the order they happened: where the time went; the names of
     # the frozen window's phases start with "frozen:" and add up to downtime_us
     phases: tuple[tuple[str, int], ...] = ()
+    # the source's CRIU completed a TLS handshake on the page server's connection (its log)
+    page_server_tls: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """Podman's ``--print-stats`` layout plus ``migration``."""
@@ -248,5 +250,6 @@ class Report:
                 "outcome": self.outcome.value,
                 "message": self.message,
                 "phases": dict(self.phases),
+                "page_server_tls": self.page_server_tls,
             },
         }

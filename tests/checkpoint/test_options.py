@@ -78,7 +78,8 @@ def _full_plan(**changes: object) -> CheckpointPlan:
         manage_cgroups_mode=CgroupMode.FULL, auto_dedup=True, parent_img="/pre",
         lazy_pages=True, page_server=PageServer("h", 1), tcp_close=True,
         tcp_skip_in_flight=True, link_remap=True, ghost_limit=99,
-        network_lock=NetworkLock.NFTABLES,
+        network_lock=NetworkLock.NFTABLES, tls_cacert="/ca.pem", tls_cert="/c.pem",
+        tls_key="/k.pem", tls_no_cn_verify=True,
     )  # fmt: skip
     return dataclasses.replace(full, **changes)  # type: ignore[arg-type]
 
@@ -87,7 +88,9 @@ def test_runc_flags_and_criu_keys_are_what_the_renderers_use() -> None:
     """Each option with a runc flag is rendered as that flag; each without one as its CRIU
     configuration key; restore carries exactly the options the table marks for both."""
     dump = checkpoint_args(_full_plan())
-    pre = checkpoint_args(_full_plan(pre_dump=True, lazy_pages=False, page_server=None))
+    pre = checkpoint_args(_full_plan(pre_dump=True, lazy_pages=False, page_server=None,
+                                     tls_cacert="", tls_cert="", tls_key="",
+                                     tls_no_cn_verify=False))
     config = criu_config(_full_plan(parent_img=""), restore=False)
     restore = restore_args(_full_plan(parent_img=""))
     for o in OPTIONS:

@@ -48,6 +48,8 @@ from shim.checkpoint.plan import (
     plan_checkpoint,
     plan_restore,
     restore_args,
+    restore_source,
+    tls_args,
 )
 from shim.errors import InvalidArgument
 from shim.runtime import RestoreOpts
@@ -258,8 +260,68 @@ def test_lazy_pages_annotations() -> None:
 def test_every_annotation_has_a_row() -> None:
     tested = {A + r[0] for r in ANNOTATION_ROWS} | {
         A + "image-path", A + "work-path", A + "parent-path", A + "lazy-pages",
+        A + "tls-cacert", A + "tls-cert", A + "tls-key", A + "tls-no-cn-verify",
     }  # fmt: skip
     assert tested == ANNOTATIONS
+
+
+TLS_CONFIG = "tls\ntls-cacert /pki/ca.pem\ntls-cert /pki/c.pem\ntls-key /pki/k.pem\n"
+
+
+def test_tls_annotations() -> None:
+    tls = {A + "tls-cacert": "/pki/ca.pem", A + "tls-cert": "/pki/c.pem",
+           A + "tls-key": "/pki/k.pem", A + "page-server": "10.0.0.2:27"}
+    assert render(plan_of(None, tls)) == (
+        [*BASE, LR, "--page-server", "10.0.0.2:27"], TLS_CONFIG, "")
+    plan = plan_of(None, {**tls, A + "tls-no-cn-verify": "true"})
+    assert render(plan)[1:] == (TLS_CONFIG + "tls-no-cn-verify\n", "")
+
+
+def test_tls_from_the_request_renders_config_lines_and_the_lazy_daemon_args() -> None:
+    plan = plan_of(Pyrunc(lazy_pages=True, page_server="10.0.0.1:27", tls_cacert="/pki/ca.pem",
+                          tls_cert="/pki/c.pem", tls_key="/pki/k.pem", tls_no_cn_verify=True))
+    assert (plan.tls_cacert, plan.tls_cert, plan.tls_key) == (
+        "/pki/ca.pem", "/pki/c.pem", "/pki/k.pem")
+    assert criu_config(plan, restore=False).endswith(TLS_CONFIG + "tls-no-cn-verify\n")
+    assert "tls" not in criu_config(plan, restore=True)
+    assert tls_args(plan) == ["--tls", "--tls-cacert", "/pki/ca.pem", "--tls-cert",
+                              "/pki/c.pem", "--tls-key", "/pki/k.pem", "--tls-no-cn-verify"]
+    assert tls_args(plan_of(Pyrunc(page_server="10.0.0.1:27"))) == []
+
+
+@pytest.mark.parametrize(("fields", "needle"), [
+    ({"tls_cacert": "/ca.pem", "tls_cert": "/c.pem"}, "missing: tls_key"),
+    ({"tls_cacert": "/ca.pem", "tls_cert": "/c.pem", "tls_key": "/k.pem", "page_server": ""},
+     "need page_server"),
+    ({"tls_no_cn_verify": True}, "tls_no_cn_verify needs"),
+    ({"tls_cacert": "ca.pem", "tls_cert": "/c.pem", "tls_key": "/k.pem"}, "not absolute"),
+    ({"tls_cacert": "/my ca.pem", "tls_cert": "/c.pem", "tls_key": "/k.pem"},
+     "configuration file cannot carry"),
+    ({"tls_cacert": "/ca.pem", "tls_cert": "/c#.pem", "tls_key": "/k.pem"},
+     "configuration file cannot carry"),
+])
+def test_bad_tls_is_refused(fields: dict[str, object], needle: str) -> None:
+    request: dict[str, object] = {"page_server": "10.0.0.1:27", **fields}
+    with pytest.raises(InvalidArgument, match=needle):
+        plan_of(Pyrunc(**request))  # type: ignore[arg-type]
+
+
+def test_tls_is_not_stored_and_a_restore_takes_its_own() -> None:
+    dumped = plan_of(Pyrunc(lazy_pages=True, page_server="10.0.0.1:27", tls_cacert="/a/ca.pem",
+                            tls_cert="/a/c.pem", tls_key="/a/k.pem", tls_no_cn_verify=True))
+    stored = dump_plan(dumped)
+    assert b"tls" not in stored
+    assert load_plan(stored).tls_cacert == ""
+    source = restore_source("", typeurl.pack(checkpoint_pb2.RestoreOptions(
+        image_path="/img", lazy_pages=True, page_server="10.0.0.1:27", tls_cacert="/b/ca.pem",
+        tls_cert="/b/c.pem", tls_key="/b/k.pem", tls_no_cn_verify=True)))
+    assert source is not None
+    restored = plan_restore(source, stored, {}, default_work_dir="/w")
+    assert tls_args(restored)[:3] == ["--tls", "--tls-cacert", "/b/ca.pem"]
+    assert restored.tls_no_cn_verify
+    plain = restore_source("", typeurl.pack(checkpoint_pb2.RestoreOptions(image_path="/img")))
+    assert plain is not None
+    assert tls_args(plan_restore(plain, stored, {}, default_work_dir="/w")) == []
 
 
 def test_everything_at_once_keeps_the_fixed_order() -> None:

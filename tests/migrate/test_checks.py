@@ -18,7 +18,7 @@ from shim.migrate._checks import (
 
 HOST = HostFacts(kernel="6.18.0", machine="x86_64", criu_version=40201, lazy_pages=True,
                  mem_dirty_track=False, pipe_max_size=LAZY_PIPE_MAX_SIZE, free_bytes=10 << 30,
-                 nftables_lock=True)
+                 nftables_lock=True, criu_tls=True)
 
 
 @pytest.mark.parametrize(("text", "number"), [
@@ -126,3 +126,17 @@ def test_a_container_naming_its_own_criu_configuration_is_refused_naming_it() ->
     why = criu_config_refusal({"org.criu.config": "/etc/mine.conf", "other": "x"})
     assert "org.criu.config='/etc/mine.conf'" in why, why
     assert criu_config_refusal({"other": "x"}) == ""
+
+
+@pytest.mark.parametrize(("source", "dest", "needle"), [
+    (HOST, change(criu_tls=False), "destination CRIU has no TLS (criu check --tls fails"),
+    (change(criu_tls=False), HOST, "source CRIU has no TLS"),
+    (HOST, change(criu_tls=None), "the destination reports no CRIU TLS support"),
+])
+def test_a_move_with_tls_needs_criu_with_tls_on_both_sides(
+        source: HostFacts, dest: HostFacts, needle: str) -> None:
+    for method in (Method.LAZY, Method.STOP_AND_COPY):
+        reasons = refusals(source, dest, method, 0, page_server_tls=True)
+        assert len(reasons) == 1 and needle in reasons[0], reasons
+        assert refusals(source, dest, method, 0) == []  # no TLS asked (unix socket, plaintext)
+

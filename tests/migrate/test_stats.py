@@ -78,7 +78,8 @@ def test_report_in_podmans_layout_plus_migration() -> None:
         restore=RestoreStats(forking_time=8, restore_time=9, pages_restored=10),
         checkpoint_us=11, restore_us=12, downtime_us=13, transfer_bytes=14,
         postcopy_complete_us=15, total_us=16,
-        phases=(("prepare-wait", 17), ("frozen:dump", 18), ("frozen:agent:task-start", 19)))
+        phases=(("prepare-wait", 17), ("frozen:dump", 18), ("frozen:agent:task-start", 19)),
+        page_server_tls=True)
     assert report.to_json() == {
         "podman_checkpoint_duration": 11,
         "podman_restore_duration": 12,
@@ -97,6 +98,7 @@ def test_report_in_podmans_layout_plus_migration() -> None:
             "postcopy_complete_us": 15, "pages_lazy": 7, "total_us": 16,
             "outcome": "migrated", "message": "",
             "phases": {"prepare-wait": 17, "frozen:dump": 18, "frozen:agent:task-start": 19},
+            "page_server_tls": True,
         },
     }
 

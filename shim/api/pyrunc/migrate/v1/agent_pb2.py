@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dpyrunc/migrate/v1/agent.proto\x12\x11pyrunc.migrate.v1\x1a\x19google/protobuf/any.proto\"\x8c\x01\n\x0cProbeRequest\x12\x0f\n\x07\x63puinfo\x18\x01 \x01(\x0c\x12\x13\n\x0bsnapshotter\x18\x02 \x01(\t\x12\x17\n\x0fparent_snapshot\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x05 \x01(\t\x12\x14\n\x0c\x62ytes_needed\x18\x06 \x01(\x04\"\xda\x01\n\tHostFacts\x12\x0e\n\x06kernel\x18\x01 \x01(\t\x12\x0f\n\x07machine\x18\x02 \x01(\t\x12\x14\n\x0c\x63riu_version\x18\x03 \x01(\r\x12\x12\n\nlazy_pages\x18\x04 \x01(\x08\x12\x17\n\x0fmem_dirty_track\x18\x05 \x01(\x08\x12\x15\n\rpipe_max_size\x18\x06 \x01(\x04\x12\x12\n\nfree_bytes\x18\x07 \x01(\x04\x12\x10\n\x08hostname\x18\x08 \x01(\t\x12\x1a\n\rnftables_lock\x18\t \x01(\x08H\x00\x88\x01\x01\x42\x10\n\x0e_nftables_lock\"\x85\x01\n\nProbeReply\x12+\n\x05\x66\x61\x63ts\x18\x01 \x01(\x0b\x32\x1c.pyrunc.migrate.v1.HostFacts\x12\x13\n\x0b\x63pu_problem\x18\x02 \x01(\t\x12\x1b\n\x13has_parent_snapshot\x18\x03 \x01(\x08\x12\x18\n\x10\x63ontainer_exists\x18\x04 \x01(\x08\"\xa5\x03\n\x05\x42\x65gin\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\t\x12\x34\n\x06labels\x18\x04 \x03(\x0b\x32$.pyrunc.migrate.v1.Begin.LabelsEntry\x12\x0f\n\x07runtime\x18\x05 \x01(\t\x12-\n\x0fruntime_options\x18\x06 \x01(\x0b\x32\x14.google.protobuf.Any\x12\"\n\x04spec\x18\x07 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x13\n\x0bsnapshotter\x18\x08 \x01(\t\x12\x14\n\x0csnapshot_key\x18\t \x01(\t\x12\x17\n\x0fparent_snapshot\x18\n \x01(\t\x12)\n\x06method\x18\x0b \x01(\x0e\x32\x19.pyrunc.migrate.v1.Method\x12\x13\n\x0bpage_server\x18\x0c \x01(\t\x12\x17\n\x0ftcp_established\x18\r \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"<\n\x05\x43hunk\x12%\n\x04part\x18\x01 \x01(\x0e\x32\x17.pyrunc.migrate.v1.Part\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"8\n\x07Prepare\x12\x18\n\x10page_server_host\x18\x01 \x01(\t\x12\x13\n\x0b\x63reate_task\x18\x02 \x01(\x08\"\x05\n\x03\x45nd\"\x08\n\x06\x43ommit\"\xf1\x01\n\x0eMigrateRequest\x12)\n\x05\x62\x65gin\x18\x01 \x01(\x0b\x32\x18.pyrunc.migrate.v1.BeginH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.pyrunc.migrate.v1.ChunkH\x00\x12%\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x16.pyrunc.migrate.v1.EndH\x00\x12+\n\x06\x63ommit\x18\x04 \x01(\x0b\x32\x19.pyrunc.migrate.v1.CommitH\x00\x12-\n\x07prepare\x18\x05 \x01(\x0b\x32\x1a.pyrunc.migrate.v1.PrepareH\x00\x42\x06\n\x04kind\"\x19\n\x08Received\x12\r\n\x05\x62ytes\x18\x01 \x01(\x04\"\x91\x02\n\x08Restored\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x14\n\x0c\x66orking_time\x18\x02 \x01(\r\x12\x14\n\x0crestore_time\x18\x03 \x01(\r\x12\x16\n\x0epages_restored\x18\x04 \x01(\x04\x12\x16\n\x0epages_compared\x18\x05 \x01(\x04\x12\x19\n\x11pages_skipped_cow\x18\x06 \x01(\x04\x12\x12\n\nrestore_us\x18\x07 \x01(\x04\x12<\n\tphases_us\x18\x08 \x03(\x0b\x32).pyrunc.migrate.v1.Restored.PhasesUsEntry\x1a/\n\rPhasesUsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x8e\x01\n\x08Prepared\x12\x13\n\x0bpage_server\x18\x01 \x01(\t\x12<\n\tphases_us\x18\x02 \x03(\x0b\x32).pyrunc.migrate.v1.Prepared.PhasesUsEntry\x1a/\n\rPhasesUsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xa9\x01\n\x0cMigrateReply\x12/\n\x08received\x18\x01 \x01(\x0b\x32\x1b.pyrunc.migrate.v1.ReceivedH\x00\x12/\n\x08restored\x18\x02 \x01(\x0b\x32\x1b.pyrunc.migrate.v1.RestoredH\x00\x12/\n\x08prepared\x18\x03 \x01(\x0b\x32\x1b.pyrunc.migrate.v1.PreparedH\x00\x42\x06\n\x04kind\"8\n\rStatusRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x02 \x01(\t\"N\n\x0bStatusReply\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x13\n\x0b\x65xit_status\x18\x02 \x01(\r\x12\x1a\n\x12lazy_pages_running\x18\x03 \x01(\x08*=\n\x06Method\x12\x16\n\x12METHOD_UNSPECIFIED\x10\x00\x12\x11\n\rSTOP_AND_COPY\x10\x01\x12\x08\n\x04LAZY\x10\x02*x\n\x04Part\x12\x14\n\x10PART_UNSPECIFIED\x10\x00\x12\t\n\x05IMAGE\x10\x01\x12\x0f\n\x0bROOTFS_DIFF\x10\x02\x12\x0f\n\x0b\x43RIU_IMAGES\x10\x03\x12\x0f\n\x0bROOTFS_REDO\x10\x04\x12\x0b\n\x07NETWORK\x10\x05\x12\x0f\n\x0bROOTFS_KEEP\x10\x06\x32\xbc\x02\n\x05\x41gent\x12G\n\x05Probe\x12\x1f.pyrunc.migrate.v1.ProbeRequest\x1a\x1d.pyrunc.migrate.v1.ProbeReply\x12Q\n\x07Migrate\x12!.pyrunc.migrate.v1.MigrateRequest\x1a\x1f.pyrunc.migrate.v1.MigrateReply(\x01\x30\x01\x12J\n\x06Status\x12 .pyrunc.migrate.v1.StatusRequest\x1a\x1e.pyrunc.migrate.v1.StatusReply\x12K\n\x07\x44iscard\x12 .pyrunc.migrate.v1.StatusRequest\x1a\x1e.pyrunc.migrate.v1.StatusReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dpyrunc/migrate/v1/agent.proto\x12\x11pyrunc.migrate.v1\x1a\x19google/protobuf/any.proto\"\x8c\x01\n\x0cProbeRequest\x12\x0f\n\x07\x63puinfo\x18\x01 \x01(\x0c\x12\x13\n\x0bsnapshotter\x18\x02 \x01(\t\x12\x17\n\x0fparent_snapshot\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x05 \x01(\t\x12\x14\n\x0c\x62ytes_needed\x18\x06 \x01(\x04\"\xfe\x01\n\tHostFacts\x12\x0e\n\x06kernel\x18\x01 \x01(\t\x12\x0f\n\x07machine\x18\x02 \x01(\t\x12\x14\n\x0c\x63riu_version\x18\x03 \x01(\r\x12\x12\n\nlazy_pages\x18\x04 \x01(\x08\x12\x17\n\x0fmem_dirty_track\x18\x05 \x01(\x08\x12\x15\n\rpipe_max_size\x18\x06 \x01(\x04\x12\x12\n\nfree_bytes\x18\x07 \x01(\x04\x12\x10\n\x08hostname\x18\x08 \x01(\t\x12\x1a\n\rnftables_lock\x18\t \x01(\x08H\x00\x88\x01\x01\x12\x15\n\x08\x63riu_tls\x18\n \x01(\x08H\x01\x88\x01\x01\x42\x10\n\x0e_nftables_lockB\x0b\n\t_criu_tls\"\x85\x01\n\nProbeReply\x12+\n\x05\x66\x61\x63ts\x18\x01 \x01(\x0b\x32\x1c.pyrunc.migrate.v1.HostFacts\x12\x13\n\x0b\x63pu_problem\x18\x02 \x01(\t\x12\x1b\n\x13has_parent_snapshot\x18\x03 \x01(\x08\x12\x18\n\x10\x63ontainer_exists\x18\x04 \x01(\x08\"\xbe\x03\n\x05\x42\x65gin\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\t\x12\x34\n\x06labels\x18\x04 \x03(\x0b\x32$.pyrunc.migrate.v1.Begin.LabelsEntry\x12\x0f\n\x07runtime\x18\x05 \x01(\t\x12-\n\x0fruntime_options\x18\x06 \x01(\x0b\x32\x14.google.protobuf.Any\x12\"\n\x04spec\x18\x07 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x13\n\x0bsnapshotter\x18\x08 \x01(\t\x12\x14\n\x0csnapshot_key\x18\t \x01(\t\x12\x17\n\x0fparent_snapshot\x18\n \x01(\t\x12)\n\x06method\x18\x0b \x01(\x0e\x32\x19.pyrunc.migrate.v1.Method\x12\x13\n\x0bpage_server\x18\x0c \x01(\t\x12\x17\n\x0ftcp_established\x18\r \x01(\x08\x12\x17\n\x0fpage_server_tls\x18\x0e \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"<\n\x05\x43hunk\x12%\n\x04part\x18\x01 \x01(\x0e\x32\x17.pyrunc.migrate.v1.Part\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"8\n\x07Prepare\x12\x18\n\x10page_server_host\x18\x01 \x01(\t\x12\x13\n\x0b\x63reate_task\x18\x02 \x01(\x08\"\x05\n\x03\x45nd\"\x08\n\x06\x43ommit\"\xf1\x01\n\x0eMigrateRequest\x12)\n\x05\x62\x65gin\x18\x01 \x01(\x0b\x32\x18.pyrunc.migrate.v1.BeginH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.pyrunc.migrate.v1.ChunkH\x00\x12%\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x16.pyrunc.migrate.v1.EndH\x00\x12+\n\x06\x63ommit\x18\x04 \x01(\x0b\x32\x19.pyrunc.migrate.v1.CommitH\x00\x12-\n\x07prepare\x18\x05 \x01(\x0b\x32\x1a.pyrunc.migrate.v1.PrepareH\x00\x42\x06\n\x04kind\"\x19\n\x08Received\x12\r\n\x05\x62ytes\x18\x01 \x01(\x04\"\x91\x02\n\x08Restored\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x14\n\x0c\x66orking_time\x18\x02 \x01(\r\x12\x14\n\x0crestore_time\x18\x03 \x01(\r\x12\x16\n\x0epages_restored\x18\x04 \x01(\x04\x12\x16\n\x0epages_compared\x18\x05 \x01(\x04\x12\x19\n\x11pages_skipped_cow\x18\x06 \x01(\x04\x12\x12\n\nrestore_us\x18\x07 \x01(\x04\x12<\n\tphases_us\x18\x08 \x03(\x0b\x32).pyrunc.migrate.v1.Restored.PhasesUsEntry\x1a/\n\rPhasesUsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x8e\x01\n\x08Prepared\x12\x13\n\x0bpage_server\x18\x01 \x01(\t\x12<\n\tphases_us\x18\x02 \x03(\x0b\x32).pyrunc.migrate.v1.Prepared.PhasesUsEntry\x1a/\n\rPhasesUsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xa9\x01\n\x0cMigrateReply\x12/\n\x08received\x18\x01 \x01(\x0b\x32\x1b.pyrunc.migrate.v1.ReceivedH\x00\x12/\n\x08restored\x18\x02 \x01(\x0b\x32\x1b.pyrunc.migrate.v1.RestoredH\x00\x12/\n\x08prepared\x18\x03 \x01(\x0b\x32\x1b.pyrunc.migrate.v1.PreparedH\x00\x42\x06\n\x04kind\"8\n\rStatusRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x02 \x01(\t\"N\n\x0bStatusReply\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x13\n\x0b\x65xit_status\x18\x02 \x01(\r\x12\x1a\n\x12lazy_pages_running\x18\x03 \x01(\x08*=\n\x06Method\x12\x16\n\x12METHOD_UNSPECIFIED\x10\x00\x12\x11\n\rSTOP_AND_COPY\x10\x01\x12\x08\n\x04LAZY\x10\x02*x\n\x04Part\x12\x14\n\x10PART_UNSPECIFIED\x10\x00\x12\t\n\x05IMAGE\x10\x01\x12\x0f\n\x0bROOTFS_DIFF\x10\x02\x12\x0f\n\x0b\x43RIU_IMAGES\x10\x03\x12\x0f\n\x0bROOTFS_REDO\x10\x04\x12\x0b\n\x07NETWORK\x10\x05\x12\x0f\n\x0bROOTFS_KEEP\x10\x06\x32\xbc\x02\n\x05\x41gent\x12G\n\x05Probe\x12\x1f.pyrunc.migrate.v1.ProbeRequest\x1a\x1d.pyrunc.migrate.v1.ProbeReply\x12Q\n\x07Migrate\x12!.pyrunc.migrate.v1.MigrateRequest\x1a\x1f.pyrunc.migrate.v1.MigrateReply(\x01\x30\x01\x12J\n\x06Status\x12 .pyrunc.migrate.v1.StatusRequest\x1a\x1e.pyrunc.migrate.v1.StatusReply\x12K\n\x07\x44iscard\x12 .pyrunc.migrate.v1.StatusRequest\x1a\x1e.pyrunc.migrate.v1.StatusReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,46 +38,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESTORED_PHASESUSENTRY']._serialized_options = b'8\001'
   _globals['_PREPARED_PHASESUSENTRY']._loaded_options = None
   _globals['_PREPARED_PHASESUSENTRY']._serialized_options = b'8\001'
-  _globals['_METHOD']._serialized_start=2142
-  _globals['_METHOD']._serialized_end=2203
-  _globals['_PART']._serialized_start=2205
-  _globals['_PART']._serialized_end=2325
+  _globals['_METHOD']._serialized_start=2203
+  _globals['_METHOD']._serialized_end=2264
+  _globals['_PART']._serialized_start=2266
+  _globals['_PART']._serialized_end=2386
   _globals['_PROBEREQUEST']._serialized_start=80
   _globals['_PROBEREQUEST']._serialized_end=220
   _globals['_HOSTFACTS']._serialized_start=223
-  _globals['_HOSTFACTS']._serialized_end=441
-  _globals['_PROBEREPLY']._serialized_start=444
-  _globals['_PROBEREPLY']._serialized_end=577
-  _globals['_BEGIN']._serialized_start=580
-  _globals['_BEGIN']._serialized_end=1001
-  _globals['_BEGIN_LABELSENTRY']._serialized_start=956
-  _globals['_BEGIN_LABELSENTRY']._serialized_end=1001
-  _globals['_CHUNK']._serialized_start=1003
-  _globals['_CHUNK']._serialized_end=1063
-  _globals['_PREPARE']._serialized_start=1065
-  _globals['_PREPARE']._serialized_end=1121
-  _globals['_END']._serialized_start=1123
-  _globals['_END']._serialized_end=1128
-  _globals['_COMMIT']._serialized_start=1130
-  _globals['_COMMIT']._serialized_end=1138
-  _globals['_MIGRATEREQUEST']._serialized_start=1141
-  _globals['_MIGRATEREQUEST']._serialized_end=1382
-  _globals['_RECEIVED']._serialized_start=1384
-  _globals['_RECEIVED']._serialized_end=1409
-  _globals['_RESTORED']._serialized_start=1412
-  _globals['_RESTORED']._serialized_end=1685
-  _globals['_RESTORED_PHASESUSENTRY']._serialized_start=1638
-  _globals['_RESTORED_PHASESUSENTRY']._serialized_end=1685
-  _globals['_PREPARED']._serialized_start=1688
-  _globals['_PREPARED']._serialized_end=1830
-  _globals['_PREPARED_PHASESUSENTRY']._serialized_start=1638
-  _globals['_PREPARED_PHASESUSENTRY']._serialized_end=1685
-  _globals['_MIGRATEREPLY']._serialized_start=1833
-  _globals['_MIGRATEREPLY']._serialized_end=2002
-  _globals['_STATUSREQUEST']._serialized_start=2004
-  _globals['_STATUSREQUEST']._serialized_end=2060
-  _globals['_STATUSREPLY']._serialized_start=2062
-  _globals['_STATUSREPLY']._serialized_end=2140
-  _globals['_AGENT']._serialized_start=2328
-  _globals['_AGENT']._serialized_end=2644
+  _globals['_HOSTFACTS']._serialized_end=477
+  _globals['_PROBEREPLY']._serialized_start=480
+  _globals['_PROBEREPLY']._serialized_end=613
+  _globals['_BEGIN']._serialized_start=616
+  _globals['_BEGIN']._serialized_end=1062
+  _globals['_BEGIN_LABELSENTRY']._serialized_start=1017
+  _globals['_BEGIN_LABELSENTRY']._serialized_end=1062
+  _globals['_CHUNK']._serialized_start=1064
+  _globals['_CHUNK']._serialized_end=1124
+  _globals['_PREPARE']._serialized_start=1126
+  _globals['_PREPARE']._serialized_end=1182
+  _globals['_END']._serialized_start=1184
+  _globals['_END']._serialized_end=1189
+  _globals['_COMMIT']._serialized_start=1191
+  _globals['_COMMIT']._serialized_end=1199
+  _globals['_MIGRATEREQUEST']._serialized_start=1202
+  _globals['_MIGRATEREQUEST']._serialized_end=1443
+  _globals['_RECEIVED']._serialized_start=1445
+  _globals['_RECEIVED']._serialized_end=1470
+  _globals['_RESTORED']._serialized_start=1473
+  _globals['_RESTORED']._serialized_end=1746
+  _globals['_RESTORED_PHASESUSENTRY']._serialized_start=1699
+  _globals['_RESTORED_PHASESUSENTRY']._serialized_end=1746
+  _globals['_PREPARED']._serialized_start=1749
+  _globals['_PREPARED']._serialized_end=1891
+  _globals['_PREPARED_PHASESUSENTRY']._serialized_start=1699
+  _globals['_PREPARED_PHASESUSENTRY']._serialized_end=1746
+  _globals['_MIGRATEREPLY']._serialized_start=1894
+  _globals['_MIGRATEREPLY']._serialized_end=2063
+  _globals['_STATUSREQUEST']._serialized_start=2065
+  _globals['_STATUSREQUEST']._serialized_end=2121
+  _globals['_STATUSREPLY']._serialized_start=2123
+  _globals['_STATUSREPLY']._serialized_end=2201
+  _globals['_AGENT']._serialized_start=2389
+  _globals['_AGENT']._serialized_end=2705
 # @@protoc_insertion_point(module_scope)

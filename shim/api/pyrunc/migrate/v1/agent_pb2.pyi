@@ -51,7 +51,7 @@ class ProbeRequest(_message.Message):
     def __init__(self, cpuinfo: _Optional[bytes] = ..., snapshotter: _Optional[str] = ..., parent_snapshot: _Optional[str] = ..., namespace: _Optional[str] = ..., container_id: _Optional[str] = ..., bytes_needed: _Optional[int] = ...) -> None: ...
 
 class HostFacts(_message.Message):
-    __slots__ = ("kernel", "machine", "criu_version", "lazy_pages", "mem_dirty_track", "pipe_max_size", "free_bytes", "hostname", "nftables_lock")
+    __slots__ = ("kernel", "machine", "criu_version", "lazy_pages", "mem_dirty_track", "pipe_max_size", "free_bytes", "hostname", "nftables_lock", "criu_tls")
     KERNEL_FIELD_NUMBER: _ClassVar[int]
     MACHINE_FIELD_NUMBER: _ClassVar[int]
     CRIU_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,7 @@ class HostFacts(_message.Message):
     FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     NFTABLES_LOCK_FIELD_NUMBER: _ClassVar[int]
+    CRIU_TLS_FIELD_NUMBER: _ClassVar[int]
     kernel: str
     machine: str
     criu_version: int
@@ -70,7 +71,8 @@ class HostFacts(_message.Message):
     free_bytes: int
     hostname: str
     nftables_lock: bool
-    def __init__(self, kernel: _Optional[str] = ..., machine: _Optional[str] = ..., criu_version: _Optional[int] = ..., lazy_pages: bool = ..., mem_dirty_track: bool = ..., pipe_max_size: _Optional[int] = ..., free_bytes: _Optional[int] = ..., hostname: _Optional[str] = ..., nftables_lock: bool = ...) -> None: ...
+    criu_tls: bool
+    def __init__(self, kernel: _Optional[str] = ..., machine: _Optional[str] = ..., criu_version: _Optional[int] = ..., lazy_pages: bool = ..., mem_dirty_track: bool = ..., pipe_max_size: _Optional[int] = ..., free_bytes: _Optional[int] = ..., hostname: _Optional[str] = ..., nftables_lock: bool = ..., criu_tls: bool = ...) -> None: ...
 
 class ProbeReply(_message.Message):
     __slots__ = ("facts", "cpu_problem", "has_parent_snapshot", "container_exists")
@@ -85,7 +87,7 @@ class ProbeReply(_message.Message):
     def __init__(self, facts: _Optional[_Union[HostFacts, _Mapping]] = ..., cpu_problem: _Optional[str] = ..., has_parent_snapshot: bool = ..., container_exists: bool = ...) -> None: ...
 
 class Begin(_message.Message):
-    __slots__ = ("namespace", "container_id", "image", "labels", "runtime", "runtime_options", "spec", "snapshotter", "snapshot_key", "parent_snapshot", "method", "page_server", "tcp_established")
+    __slots__ = ("namespace", "container_id", "image", "labels", "runtime", "runtime_options", "spec", "snapshotter", "snapshot_key", "parent_snapshot", "method", "page_server", "tcp_established", "page_server_tls")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +108,7 @@ class Begin(_message.Message):
     METHOD_FIELD_NUMBER: _ClassVar[int]
     PAGE_SERVER_FIELD_NUMBER: _ClassVar[int]
     TCP_ESTABLISHED_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SERVER_TLS_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     container_id: str
     image: str
@@ -119,7 +122,8 @@ class Begin(_message.Message):
     method: Method
     page_server: str
     tcp_established: bool
-    def __init__(self, namespace: _Optional[str] = ..., container_id: _Optional[str] = ..., image: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., runtime: _Optional[str] = ..., runtime_options: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., spec: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., snapshotter: _Optional[str] = ..., snapshot_key: _Optional[str] = ..., parent_snapshot: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., page_server: _Optional[str] = ..., tcp_established: bool = ...) -> None: ...
+    page_server_tls: bool
+    def __init__(self, namespace: _Optional[str] = ..., container_id: _Optional[str] = ..., image: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., runtime: _Optional[str] = ..., runtime_options: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., spec: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., snapshotter: _Optional[str] = ..., snapshot_key: _Optional[str] = ..., parent_snapshot: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., page_server: _Optional[str] = ..., tcp_established: bool = ..., page_server_tls: bool = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("part", "data")
