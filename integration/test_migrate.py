@@ -514,6 +514,19 @@ def test_a_foreign_client_of_the_lazy_page_server_reads_no_memory(
     verify_memfill(world.a, cid, log, mib)
 
 
+def test_a_plain_page_server_is_an_explicit_logged_opt_out(world: World) -> None:
+    """``--plain-page-server``: the move works without CRIU's TLS, and both sides say so."""
+    mib = 16
+    cid, log = start_memfill(world, world.a, mib)
+    proc = world.migrate(cid, world.a, world.b, "--plain-page-server", method="stop-and-copy")
+    report = world.report(proc)
+    assert report["migration"]["page_server_tls"] is False, report  # type: ignore[index]
+    assert "page server speaks plain TCP" in proc.stderr, proc.stderr
+    assert "page server WITHOUT TLS" in world.b.agent_log.read_text()
+    assert_only_on(world, cid, world.b)
+    verify_memfill(world.b, cid, log_of(world.b, cid), mib)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_rootfs_written_after_the_diff_arrives(world: World, method: str) -> None:
     """The rootfs diff goes before the freeze; the container keeps writing its rootfs (every

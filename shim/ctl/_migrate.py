@@ -53,6 +53,7 @@ class MigrateCommand:
     insecure_tcp: bool = False
     work_dir: str = DEFAULT_MIGRATE_WORK_DIR
     page_server_address: str = ""
+    plain_page_server: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +107,9 @@ def add_migrate_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     m.add_argument("--page-server-address", default="", metavar="IP",
                    help="this host's address the destination fetches lazy pages from "
                    "(default: the local address of the route to the agent)")
+    m.add_argument("--plain-page-server", action="store_true",
+                   help="CRIU's page server without TLS even over mutual TLS (faster "
+                   "stop-and-copy; anyone who reaches it can read or write the memory)")
     _tls_args(m)
     a = sub.add_parser(
         "agent", help="receive migrated containers (serve until SIGTERM)",
@@ -139,7 +143,8 @@ def migrate_command(ns: argparse.Namespace, address: str,
     return MigrateCommand(address=address, namespace=namespace, container_id=ns.container_id,
                           to=ns.to, method=ns.method, tcp_established=ns.tcp_established,
                           keep_source=ns.keep_source, json=ns.json, work_dir=ns.work_dir,
-                          page_server_address=ns.page_server_address, **tls)
+                          page_server_address=ns.page_server_address,
+                          plain_page_server=ns.plain_page_server, **tls)
 
 
 def _tls(cmd: MigrateCommand | AgentCommand) -> Any:
@@ -204,12 +209,17 @@ def run_migrate(cmd: MigrateCommand | AgentCommand) -> int:
                                      tls=_tls(cmd), insecure_tcp=cmd.insecure_tcp,
                                      runtime_root=cmd.runtime_root,
                                      cgroup_parent=cmd.cgroup_parent))
+        if cmd.plain_page_server:
+            print("pyrunc: --plain-page-server: CRIU's page server speaks plain TCP in this "
+                  "move: anyone who reaches it can read (lazy) or write (stop-and-copy) the "
+                  "container's memory", file=sys.stderr)
         progress = Progress(show=_show) if sys.stderr.isatty() else Progress()
         report = migrate(MigrateOptions(
             containerd=cmd.address, namespace=cmd.namespace, container_id=cmd.container_id,
             to=cmd.to, method=Method(cmd.method), tcp_established=cmd.tcp_established,
             keep_source=cmd.keep_source, tls=_tls(cmd), insecure_tcp=cmd.insecure_tcp,
-            work_dir=cmd.work_dir, page_server_address=cmd.page_server_address), progress)
+            work_dir=cmd.work_dir, page_server_address=cmd.page_server_address,
+            plain_page_server=cmd.plain_page_server), progress)
         if sys.stderr.isatty():
             print(file=sys.stderr)
     except MigrateError as exc:

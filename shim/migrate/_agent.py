@@ -588,6 +588,9 @@ class _Servicer(agent_pb2_grpc.AgentServicer):  # type: ignore[misc]
         recv = _Receive(self.cfg, first.begin)
         log.info("receiving %s (%s) from %s", recv.cid,
                  agent_pb2.Method.Name(first.begin.method), context.peer())
+        if not first.begin.page_server_tls and str(context.peer()).startswith("ipv"):
+            log.warning("%s: CRIU's page server WITHOUT TLS (the source asked for it): anyone "
+                        "who reaches it can read or write the container's memory", recv.cid)
         committed = False
         try:
             total = last = 0

@@ -109,6 +109,10 @@ class MigrateOptions:
     criu: str = "criu"
     page_server_address: str = ""
     postcopy_timeout: float = 600.0
+    # CRIU's page server without TLS although the agent is reached with mutual TLS (the
+    # explicit opt-out of pyrunc migrate --plain-page-server: anyone who reaches it can
+    # read or write the container's memory)
+    plain_page_server: bool = False
 
 
 @dataclass
@@ -653,8 +657,9 @@ def _migrate(opts: MigrateOptions, progress: Progress | None) -> Report:
 
 def _page_server_tls(opts: MigrateOptions) -> bool:
     """CRIU's page-server connection uses TLS: whenever the agent is reached over TCP with
-    mutual TLS (the same certificates; not over a unix socket, not with --insecure-tcp)."""
-    return opts.tls is not None and not is_unix(opts.to)
+    mutual TLS (the same certificates; not over a unix socket, not with --insecure-tcp),
+    unless ``plain_page_server`` opts out."""
+    return opts.tls is not None and not is_unix(opts.to) and not opts.plain_page_server
 
 
 TLS_DONE: Final = "TLS handshake completed"  # CRIU's tls.c, info level

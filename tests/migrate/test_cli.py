@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from shim.ctl._args import parse_args
@@ -19,10 +21,11 @@ def test_migrate_every_option() -> None:
     cmd = parse_args(["migrate", "c1", "--to", "unix:///a.sock", "--method", "stop-and-copy",
                       "--tcp-established", "--keep-source", "--json", "--tls-cert", "c",
                       "--tls-key", "k", "--tls-ca", "ca", "--work-dir", "/w",
-                      "--page-server-address", "10.0.0.1"], environ={})
+                      "--page-server-address", "10.0.0.1", "--plain-page-server"], environ={})
     assert isinstance(cmd, MigrateCommand)
     assert (cmd.method, cmd.tcp_established, cmd.keep_source, cmd.json) == (
         "stop-and-copy", True, True, True)
+    assert cmd.plain_page_server
     assert (cmd.tls_cert, cmd.tls_key, cmd.tls_ca, cmd.work_dir, cmd.page_server_address) == (
         "c", "k", "ca", "/w", "10.0.0.1")
 
@@ -61,3 +64,16 @@ def test_plaintext_tcp_refused_without_insecure_tcp() -> None:
         channel("10.0.0.2:7443", None)
     channel("10.0.0.2:7443", None, insecure_tcp=True).close()
     channel("unix:///nowhere.sock", None).close()
+
+
+def test_the_page_server_uses_tls_exactly_when_the_agent_is_reached_with_mutual_tls() -> None:
+    from shim.migrate import MigrateOptions, TlsFiles
+    from shim.migrate._source import _page_server_tls
+
+    tls = TlsFiles("c", "k", "ca")
+    opts = MigrateOptions(containerd="/c.sock", namespace="n", container_id="c1",
+                          to="10.0.0.2:7443", tls=tls)
+    assert _page_server_tls(opts)
+    assert not _page_server_tls(dataclasses.replace(opts, plain_page_server=True))
+    assert not _page_server_tls(dataclasses.replace(opts, tls=None, insecure_tcp=True))
+    assert not _page_server_tls(dataclasses.replace(opts, to="unix:///a.sock"))
