@@ -310,6 +310,45 @@ def test_sigterm_in_the_frozen_window_puts_the_source_back(world: World) -> None
         client.close()
 
 
+def _serving_lazily(cid: str) -> bool:
+    """The source's ``runc checkpoint --lazy-pages`` of ``cid`` (its CRIU serves pages) runs."""
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                argv = (p / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"checkpoint" in argv and b"--lazy-pages" in argv and cid.encode() in argv:
+                return True
+    return False
+
+
+def test_an_interrupt_in_post_copy_does_not_lose_the_move(world: World) -> None:
+    """SIGTERM once the lazy move is committed, while the source's CRIU still serves pages:
+    the command says the move is committed, waits for post-copy to end and removes the
+    source as any completion does; the container runs on at the destination, all its memory
+    there, and nothing of it is left on the source (it was left PAUSED, with a SIGKILL
+    pending, before)."""
+    mib = 512
+    cid, _ = start_memfill(world, world.a, mib)
+    mig = world.migrate_popen(cid, world.a, world.b, method="lazy")
+    wait_until(lambda: f"{cid} committed" in world.b.agent_log.read_text() or
+               mig.poll() is not None, 120, interval=0.005, message="the commit")
+    serving = _serving_lazily(cid)
+    mig.send_signal(signal.SIGTERM)
+    out, err = mig.communicate(timeout=300)
+    if not serving:
+        pytest.fail(f"post-copy was over before the signal: {mig.returncode} {err}")
+    assert mig.returncode == 0, (mig.returncode, out, err)
+    assert "interrupted, but the move is committed" in err, err
+    report = json.loads(out)
+    assert report["migration"]["outcome"] == "migrated", report
+    assert int(report["migration"]["postcopy_complete_us"]) > 0, report
+    assert_only_on(world, cid, world.b)
+    assert not _serving_lazily(cid)
+    verify_memfill(world.b, cid, log_of(world.b, cid), mib)
+
+
 def test_refused_checks_touch_nothing(world: World) -> None:
     cid, box = start_in(world, world.a, "mig-ref", "/usr/bin/counter", "20")
     path = box.log_path(cid)
@@ -517,7 +556,7 @@ def test_a_foreign_client_of_the_lazy_page_server_reads_no_memory(
 def test_a_plain_page_server_is_an_explicit_logged_opt_out(world: World) -> None:
     """``--plain-page-server``: the move works without CRIU's TLS, and both sides say so."""
     mib = 16
-    cid, log = start_memfill(world, world.a, mib)
+    cid, _ = start_memfill(world, world.a, mib)
     proc = world.migrate(cid, world.a, world.b, "--plain-page-server", method="stop-and-copy")
     report = world.report(proc)
     assert report["migration"]["page_server_tls"] is False, report  # type: ignore[index]

@@ -164,6 +164,11 @@ def _show(p: Progress) -> None:
     print(line, end="", file=sys.stderr, flush=True)
 
 
+def _notice(text: str) -> None:
+    start = "\n" if sys.stderr.isatty() else ""  # after the progress line
+    print(f"{start}pyrunc: {text}", file=sys.stderr, flush=True)
+
+
 def _text(r: Report) -> str:
     d = r.to_json()
     m = d["migration"]
@@ -213,7 +218,8 @@ def run_migrate(cmd: MigrateCommand | AgentCommand) -> int:
             print("pyrunc: --plain-page-server: CRIU's page server speaks plain TCP in this "
                   "move: anyone who reaches it can read (lazy) or write (stop-and-copy) the "
                   "container's memory", file=sys.stderr)
-        progress = Progress(show=_show) if sys.stderr.isatty() else Progress()
+        progress = (Progress(show=_show, notice=_notice) if sys.stderr.isatty()
+                    else Progress(notice=_notice))
         report = migrate(MigrateOptions(
             containerd=cmd.address, namespace=cmd.namespace, container_id=cmd.container_id,
             to=cmd.to, method=Method(cmd.method), tcp_established=cmd.tcp_established,

@@ -117,9 +117,12 @@ class MigrateOptions:
 
 @dataclass
 class Progress:
-    """Phase and bytes moved; ``show`` is called on every change (a terminal line)."""
+    """Phase and bytes moved; ``show`` is called on every change (a terminal line);
+    ``notice`` is given what the user must be told while the move goes on (an interrupt
+    that cannot stop it)."""
 
     show: Callable[[Progress], None] = lambda _: None
+    notice: Callable[[str], None] = lambda _: None
     phase: str = "check"
     sent: int = 0
     pages: int = 0
@@ -583,7 +586,10 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 def migrate(opts: MigrateOptions, progress: Progress | None = None) -> Report:
     """Move ``opts.container_id`` to the agent at ``opts.to``. SIGTERM and SIGHUP interrupt
-    it as Ctrl-C does (KeyboardInterrupt, after the way back: :func:`_terminate_as_interrupt`).
+    it as Ctrl-C does (KeyboardInterrupt, after the way back: :func:`_terminate_as_interrupt`),
+    except once committed: in a lazy move's post-copy the first interrupt is told to
+    ``progress.notice`` and the move goes on, a second one leaves
+    (:func:`_postcopy_through_interrupts`).
 
     Returns:
         The report (outcome MIGRATED, KEPT_SOURCE or POSTCOPY_FAILED).
@@ -925,7 +931,8 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
     try:
         if lazy:
             prog.enter("post-copy")
-            dump, outcome, message = _finish_postcopy(opts, cd, agent, work, dump, outcome, pid)
+            dump, outcome, message = _postcopy_through_interrupts(
+                opts, cd, agent, work, dump, outcome, pid, prog)
             postcopy_us = _us(time.monotonic() - t_running)
             dump = _lazy_dump_stats(images, _us(time.monotonic() - t_freeze))
             clock.lap("post-copy")
@@ -1029,6 +1036,69 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+@contextlib.contextmanager
+def _interrupts_again() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt again while this lasts (after
+    :func:`_terminate_as_interrupt` took the first one and ignores the others); the handlers
+    before are put back at the end. Off the main thread nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signals = (signal.SIGINT, *_TERMINATING)
+    old = {s: signal.signal(s, interrupt) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+
+def _postcopy_through_interrupts(opts: MigrateOptions, cd: Containerd, agent: Any, work: Path,
+                                 dump: DumpStats | None, outcome: Outcome, pid: int,
+                                 prog: Progress) -> tuple[DumpStats | None, Outcome, str]:
+    """:func:`_finish_postcopy`, through an interrupt. The move is committed by now: the
+    destination runs and takes the pages it lacks from the source's CRIU, which keeps the
+    source frozen and ends it once the last is served. So a first interrupt (Ctrl-C,
+    SIGTERM, SIGHUP) does not stop the move: the command says so and goes on waiting, and
+    the source is removed as at any completion. A second one leaves at once, after saying
+    exactly what is left on this host and how to remove it."""
+    try:
+        return _finish_postcopy(opts, cd, agent, work, dump, outcome, pid)
+    except KeyboardInterrupt:
+        prog.notice(
+            f"interrupted, but the move is committed: {opts.container_id} runs on {opts.to} "
+            "and takes the pages it still lacks from this host's CRIU; waiting for that to "
+            "end, then the source is removed (interrupt again to leave now and remove it "
+            "yourself)")
+    with _interrupts_again():
+        try:
+            return _finish_postcopy(opts, cd, agent, work, dump, outcome, pid)
+        except KeyboardInterrupt:
+            prog.notice(_left_behind(opts, pid))
+            raise
+
+
+def _left_behind(opts: MigrateOptions, pid: int) -> str:
+    """What a lazy move left on the source when it was interrupted in post-copy, and how to
+    remove it."""
+    cid, ns = opts.container_id, opts.namespace
+    remove = f"ctr -n {ns} task rm -f {cid}; ctr -n {ns} containers rm {cid}"
+    if serving := _lazy_dumps(cid):
+        return (f"left now: the source task of {cid} stays PAUSED, holding all its memory, "
+                f"while its CRIU (runc checkpoint, pid {serving[0]}) serves the pages "
+                f"{opts.to} still lacks; CRIU ends the task once the last is served. Then "
+                f"(once pid {serving[0]} has exited) remove it, its record and its snapshot: "
+                f"{remove}. Removing the task before would lose the pages the destination "
+                "lacks")
+    state = "ended by its CRIU" if not _alive(pid) or _killed(pid) else "still there"
+    return (f"left now: the source of {cid} (its task {state}), its record and its snapshot; "
+            f"post-copy is over: remove them with {remove}")
 
 
 def _finish_postcopy(opts: MigrateOptions, cd: Containerd, agent: Any, work: Path,

@@ -12,13 +12,16 @@ import grpc
 import pytest
 
 from shim.api.pyrunc.migrate.v1 import agent_pb2
+from shim.migrate import _source
 from shim.migrate._agent import PROVISIONAL, stages_of
 from shim.migrate._source import (
     LAZY_DONE,
     MigrateOptions,
+    Progress,
     _committed,
     _finish_postcopy,
     _lazy_verdict,
+    _postcopy_through_interrupts,
     _terminate_as_interrupt,
 )
 from shim.migrate._stats import Outcome
@@ -128,3 +131,48 @@ def test_sigterm_and_sighup_interrupt_once_and_are_restored() -> None:
                 time.sleep(0.05)
                 raise
         assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)) == before
+
+
+def _interrupted_postcopy(monkeypatch: pytest.MonkeyPatch, interrupts: int,
+                          serving: list[int]) -> tuple[list[str], Any]:
+    """Post-copy interrupted ``interrupts`` times (each wait raises as a signal would, then
+    it ends); the notices and the result (or the exception)."""
+    calls = []
+
+    def finish(*_: Any) -> tuple[None, Outcome, str]:
+        calls.append(1)
+        if len(calls) <= interrupts:
+            raise KeyboardInterrupt
+        return None, Outcome.MIGRATED, ""
+
+    monkeypatch.setattr(_source, "_finish_postcopy", finish)
+    monkeypatch.setattr(_source, "_lazy_dumps", lambda cid: serving)
+    notices: list[str] = []
+    prog = Progress(notice=notices.append)
+    before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)]
+    try:
+        result: Any = _postcopy_through_interrupts(OPTS, None, None, Path("/w"),  # type: ignore[arg-type]
+                                                   None, Outcome.MIGRATED, 1, prog)
+    except KeyboardInterrupt as exc:
+        result = exc
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)] == before
+    return notices, result
+
+
+def test_a_first_interrupt_in_post_copy_waits_on_for_the_committed_move(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    notices, result = _interrupted_postcopy(monkeypatch, 1, [4242])
+    assert result == (None, Outcome.MIGRATED, "")
+    assert len(notices) == 1 and "the move is committed" in notices[0], notices
+    assert "c1 runs on x:1" in notices[0] and "interrupt again" in notices[0]
+
+
+def test_a_second_interrupt_leaves_saying_what_is_left_and_how_to_remove_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    notices, result = _interrupted_postcopy(monkeypatch, 2, [4242])
+    assert isinstance(result, KeyboardInterrupt)
+    left = notices[-1]
+    assert "PAUSED" in left and "pid 4242" in left, left
+    assert "ctr -n n task rm -f c1; ctr -n n containers rm c1" in left, left
+    notices, _ = _interrupted_postcopy(monkeypatch, 2, [])
+    assert "post-copy is over" in notices[-1] and "ctr -n n containers rm c1" in notices[-1]
