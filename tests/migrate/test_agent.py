@@ -89,3 +89,27 @@ def test_upper_dir_of_an_overlay() -> None:
 def test_upper_dir_refuses_other_snapshotters() -> None:
     with pytest.raises(MigrateError, match="only the overlayfs snapshotter"):
         upper_dir([mount("bind", "rbind", "rw")])
+
+
+def test_an_agent_without_certificates_refuses_a_source_that_asks_for_tls(
+        tmp_path: Path) -> None:
+    from shim.api.pyrunc.migrate.v1 import agent_pb2
+    from shim.migrate._agent import AgentConfig, _Receive
+
+    cfg = AgentConfig(listen=("unix:///a.sock",), containerd="/nowhere.sock",
+                      work_dir=tmp_path)
+    recv = _Receive(cfg, agent_pb2.Begin(container_id="c1", page_server_tls=True))
+    with pytest.raises(Refused, match="no certificates"):
+        recv.prepare("10.0.0.2")  # before containerd is asked anything
+
+
+def test_criu_tls_args_are_absolute_and_skip_the_name_check_only_when_told(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shim.migrate._tls import TlsFiles, criu_tls_args
+
+    monkeypatch.chdir(tmp_path)
+    files = TlsFiles(cert="c.pem", key="k.pem", ca="/pki/ca.pem")
+    assert criu_tls_args(files, verify_name=True) == [
+        "--tls", "--tls-cacert", "/pki/ca.pem", "--tls-cert", str(tmp_path / "c.pem"),
+        "--tls-key", str(tmp_path / "k.pem")]
+    assert criu_tls_args(files, verify_name=False)[-1] == "--tls-no-cn-verify"
