@@ -61,7 +61,8 @@ def pyrunc_cli() -> list[str]:
 
 def make_certs(d: Path, hosts: list[str]) -> None:
     """ca.pem/ca.key, server.pem/.key (SANs: ``hosts``), client.pem/.key signed by the CA;
-    rogue-ca.pem and rogue.pem/.key: a client certificate from another CA."""
+    bare.pem/.key: a client certificate of the CA that names no address (as a real
+    client's); rogue-ca.pem and rogue.pem/.key: a client certificate from another CA."""
     d.mkdir(parents=True, exist_ok=True)
     for ca in ("ca", "rogue-ca"):
         _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
@@ -76,6 +77,10 @@ def make_certs(d: Path, hosts: list[str]) -> None:
         _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
                  "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile",
                  f"{name}.ext", cwd=d)
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", "bare.key", "-out", "bare.csr", "-subj", f"{_SUBJ}-bare", cwd=d)
+    _openssl("x509", "-req", "-in", "bare.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", "bare.pem", "-days", "2", cwd=d)
 
 
 @dataclass

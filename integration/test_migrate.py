@@ -553,6 +553,26 @@ def test_a_foreign_client_of_the_lazy_page_server_reads_no_memory(
     verify_memfill(world.a, cid, log, mib)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_tls_moves_with_a_client_certificate_that_names_no_address(
+        world: World, method: str) -> None:
+    """The source's certificate, as a real client's, names no address (the lab's others
+    name both hosts): CRIU's page-server TLS does not look for one in it (neither the
+    destination dialling the source's lazy page server, nor a page server checking its own
+    address), and the moves go, over TLS, memory verified."""
+    mib = 16
+    cid, _ = start_memfill(world, world.a, mib)
+    bare = (str(world.certs / "bare.pem"), str(world.certs / "bare.key"),
+            str(world.certs / "ca.pem"))
+    src, dst = world.a, world.b
+    for _ in range(2):
+        report = world.report(world.migrate(cid, src, dst, method=method, tls=bare))
+        assert report["migration"]["page_server_tls"] is True, report  # type: ignore[index]
+        assert_only_on(world, cid, dst)
+        verify_memfill(dst, cid, log_of(dst, cid), mib)
+        src, dst = dst, src
+
+
 def test_a_plain_page_server_is_an_explicit_logged_opt_out(world: World) -> None:
     """``--plain-page-server``: the move works without CRIU's TLS, and both sides say so."""
     mib = 16
