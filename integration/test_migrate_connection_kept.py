@@ -51,3 +51,43 @@ def test_a_failed_move_keeps_the_connection_on_the_source(world: World, method: 
         assert world.b.status(cid) is None and cid not in world.b.containers()
     finally:
         client.close()
+
+
+def test_a_source_put_back_after_post_copy_failed_takes_its_connection_again(
+        world: World) -> None:
+    """Lazy, with ``--tcp-established``: post-copy fails (the page server's connection cut
+    once the destination runs). The source is put back: resumed with all its memory, its
+    TCP input taken again (the lock dropped since CRIU's dump is undone) and its address
+    announced again (the destination's rebuild had announced it there), so the idle client's
+    connection carries records both ways at once."""
+    import subprocess
+
+    from ._migrate_lab import AGENT_PORT
+    from ._net_seq import SeqClient
+    from .harness import wait_until
+
+    port = 7000
+    script = f"/usr/bin/memfill 512 7 & exec /usr/bin/net-seq {port}"
+    cid, box = start_in(world, world.a, "mig-back", "sh", "-c", script, wired=True)
+    wait_until(lambda: "filled 512 MiB" in box.log_path(cid).read_text(), 120, interval=0.2,
+               message="memfill to fill 512 MiB")
+    client = SeqClient.connect(world.client_ns, f"{world.subnet}.2", port)
+    try:
+        client.exchange(20)
+        endpoint = (client.local, client.peer)
+        mig = world.migrate_popen(cid, world.a, world.b, "--tcp-established", method="lazy")
+        wait_until(lambda: world.b.status(cid) is TaskStatus.RUNNING, 120, interval=0.01,
+                   message="the destination to run")
+        subprocess.run(["nsenter", f"--net={world.b.netns}", "ss", "-K", "dst", world.a.ip,
+                        "and", "sport", "!=", f":{AGENT_PORT}"],
+                       capture_output=True, text=True, timeout=30, check=False)
+        out, err = mig.communicate(timeout=300)
+        if mig.returncode == 0:
+            pytest.skip(f"post-copy finished before the cut: {out[-300:]}")
+        assert mig.returncode == 3, (out, err)
+        assert "resumed the source" in out, out
+        assert world.a.status(cid) is TaskStatus.RUNNING
+        client.exchange(20)  # times out if the source still drops TCP or its path is elsewhere
+        assert (client.local, client.peer) == endpoint
+    finally:
+        client.close()

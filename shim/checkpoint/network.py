@@ -39,10 +39,12 @@ __all__ = [
     "NetworkSnapshot",
     "Route",
     "VethPeer",
+    "announce",
     "arp_announcement",
     "arp_probe",
     "as_moving",
     "claims",
+    "cut_off",
     "dump_snapshot",
     "has_inet_sockets",
     "has_own_netns",
@@ -98,6 +100,28 @@ def _nft() -> str:
     import shutil
 
     return shutil.which("nft", path=nft_path()) or "nft"
+
+
+def cut_off(pid: int) -> None:
+    """Cut ``pid``'s network namespace off before its task is killed, so that its TCP
+    sockets cannot reset or close connections a copy elsewhere now holds (the source of a
+    move, or a destination's copy discarded after a failed post-copy): delete every link but
+    lo (a veth takes its host-side peer with it, whose name the container's next move back
+    needs), then destroy its TCP sockets (``ss -K``; with no link left nothing reaches the
+    peers, and no orphaned socket keeps the namespace alive retransmitting a FIN)."""
+    import subprocess
+
+    enter = ["nsenter", "-t", str(pid), "-n"]
+    out = subprocess.run([*enter, "ip", "-j", "link", "show"], capture_output=True, text=True,
+                         timeout=30, check=False).stdout
+    with contextlib.suppress(ValueError):
+        for link in json.loads(out or "[]"):
+            name = link.get("ifname", "") if isinstance(link, dict) else ""
+            if name and name != "lo":
+                subprocess.run([*enter, "ip", "link", "del", name], capture_output=True,
+                               timeout=30, check=False)
+    subprocess.run([*enter, "ss", "-K", "-t", "state", "all"], capture_output=True, timeout=30,
+                   check=False)
 
 
 def tcp_unlock_argv(pid: int) -> list[str]:
@@ -661,14 +685,7 @@ def _configure(
             ns.link("set", index=index, address=link.mac, mtu=link.mtu)
         if link.up:
             ns.link("set", index=index, state="up")
-    links = {link.name: link for link in snap.links}
-    ipv4 = [
-        (addr.link, links[addr.link].mac, addr.address)
-        for addr in snap.addresses
-        if addr.family == socket.AF_INET
-        and links[addr.link].up
-        and links[addr.link].kind == "veth"
-    ]
+    ipv4 = _ipv4(snap)
     probes = [] if snap.moving else [p for p in ipv4 if p[2] not in probed]
     if probes and (taken := _addresses_in_use(probes, release)):
         raise NetworkError(f"address {', '.join(taken)} is already in use on the network")
@@ -690,20 +707,44 @@ def _configure(
         _announce(ipv4, release)
 
 
+def _ipv4(snap: NetworkSnapshot) -> list[tuple[str, str, str]]:
+    """(link, mac, address) of every IPv4 address on an up veth of ``snap``."""
+    links = {link.name: link for link in snap.links}
+    return [
+        (addr.link, links[addr.link].mac, addr.address)
+        for addr in snap.addresses
+        if addr.family == socket.AF_INET
+        and links[addr.link].up
+        and links[addr.link].kind == "veth"
+    ]
+
+
+def announce(snap: NetworkSnapshot) -> None:
+    """Announce ``snap``'s IPv4 addresses from this thread's namespace (now, and again
+    :data:`_ANNOUNCE_AGAIN` later, before this returns): a source put back after its
+    destination announced them takes its neighbours' and bridges' path back."""
+    with contextlib.ExitStack() as stack:
+        _announce(_ipv4(snap), stack)
+
+
 _ANNOUNCE_AGAIN = (0.01, 0.05)  # s after the first: the first frames on a new link get lost
 
 
 def _announce(addresses: list[tuple[str, str, str]], release: contextlib.ExitStack) -> None:
     """Announce each (link, mac, IPv4 address) from this thread's namespace: once now, and
     again from ``release`` (once the hook has its answer), :data:`_ANNOUNCE_AGAIN` later."""
-    socks: dict[str, socket.socket] = {}
+    socks: dict[str, socket.socket | None] = {}
     frames = []
     for ifname, mac, address in addresses:
         if ifname not in socks:
-            socks[ifname] = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-            release.enter_context(socks[ifname])  # (closed last: after the sends below)
-            socks[ifname].bind((ifname, ETH_P_ARP))
-        frames.append((socks[ifname], arp_announcement(mac, address)))
+            socks[ifname] = None
+            with contextlib.suppress(OSError):  # a lost announcement costs time, not the move
+                made = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+                release.enter_context(made)  # (closed last: after the sends below)
+                made.bind((ifname, ETH_P_ARP))
+                socks[ifname] = made
+        if (sock := socks[ifname]) is not None:
+            frames.append((sock, arp_announcement(mac, address)))
 
     def send() -> None:
         for sock, frame in frames:

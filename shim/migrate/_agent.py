@@ -44,6 +44,7 @@ from shim.api.containerd.runc.options import oci_pb2
 from shim.api.containerd.services.containers.v1 import containers_pb2
 from shim.api.pyrunc.migrate.v1 import agent_pb2, agent_pb2_grpc
 from shim.api.pyrunc.v1 import checkpoint_pb2
+from shim.checkpoint.network import cut_off
 from shim.typeurl import pack, unpack
 
 from ._checks import cpuinfo_check, host_facts
@@ -571,6 +572,9 @@ class _Servicer(agent_pb2_grpc.AgentServicer):  # type: ignore[misc]
             with connect(self.cfg.containerd, request.namespace) as cd:
                 cid = request.container_id
                 record = cd.container(cid)
+                if (task := cd.task(cid)) is not None and task.pid:
+                    # its sockets would close the connections the source takes back
+                    cut_off(task.pid)
                 cd.remove_task(cid)
                 cd.delete_container(cid)
                 with contextlib.suppress(ContainerdError):

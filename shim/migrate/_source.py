@@ -51,6 +51,7 @@ import grpc
 
 from shim.api.pyrunc.migrate.v1 import agent_pb2, agent_pb2_grpc
 from shim.api.pyrunc.v1 import checkpoint_pb2
+from shim.checkpoint.network import cut_off
 from shim.typeurl import pack
 
 from ._agent import PROVISIONAL
@@ -383,25 +384,6 @@ class _Tail:
         return self._text
 
 
-def _cut_network(pid: int) -> None:
-    """Cut the network of ``pid``'s namespace before the source is killed: delete every link
-    but lo (a veth takes its host-side peer with it, whose name the container's next move
-    back needs), then destroy its TCP sockets (``ss -K``; with no link left nothing reaches
-    the peers, who talk to the destination now, and no orphaned socket keeps the namespace
-    alive retransmitting a FIN)."""
-    enter = ["nsenter", "-t", str(pid), "-n"]
-    out = subprocess.run([*enter, "ip", "-j", "link", "show"], capture_output=True, text=True,
-                         timeout=30, check=False).stdout
-    with contextlib.suppress(json.JSONDecodeError):
-        for link in json.loads(out or "[]"):
-            name = link.get("ifname", "")
-            if name and name != "lo":
-                subprocess.run([*enter, "ip", "link", "del", name], capture_output=True,
-                               timeout=30, check=False)
-    subprocess.run([*enter, "ss", "-K", "-t", "state", "all"], capture_output=True, timeout=30,
-                   check=False)
-
-
 def _lazy_dump_stats(images: Path, measured_us: int) -> DumpStats:
     """Statistics of a lazy dump. CRIU 4.2 writes none that can be used for it (measured:
     every counter 0, ``frozen_time`` holding a clock value), so ``pages_lazy`` is counted from
@@ -717,6 +699,20 @@ def _moving_record(images: Path) -> None:
         record.write_bytes(as_moving(record.read_bytes()))
 
 
+def _announce_again(network: bytes, pid: int) -> None:
+    """Announce the source's addresses from its namespace once it runs again: the
+    destination's rebuild may have announced them there, and bridges would send the
+    container's frames to the destination until the source sends one itself."""
+    from shim.checkpoint import network as net
+    from shim.checkpoint import rtnl
+    from shim.errors import ShimError
+
+    with contextlib.suppress(OSError, ValueError, ShimError):
+        snap = net.load_snapshot(network)
+        with rtnl.in_netns(f"/proc/{pid}/ns/net"):
+            net.announce(snap)
+
+
 def _agent_host(opts: MigrateOptions) -> str:
     """The address the destination's page server listens on: the agent's, as dialled."""
     if is_unix(opts.to):
@@ -841,17 +837,27 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
     source_lock = (_SourceTcpLock(pid, work / "dump.log") if opts.tcp_established and
                    _own_netns(spec) else None)
 
+    def put_back() -> str:
+        """The source runs on: resumed (paused before the dump, both methods), its TCP input
+        taken again (the lock undone), its addresses announced (the destination's rebuild
+        may have announced them there). "" or what went wrong, for the report."""
+        problem = ""
+        if source_lock is not None:
+            source_lock.finish()
+            if source_lock.locked and (failed := source_lock.undo()):
+                problem = f"; unlocking the source's TCP input failed ({failed}): it drops TCP"
+        _resume(cd, cid, pid)
+        if network:
+            _announce_again(network, pid)
+        return problem
+
     def back(reason: str) -> TransferFailed:
         """Undo the freeze; the source runs on."""
         call.cancel()
         stream.close()
         if lazy:
             _abort_lazy_dump(cid)
-        if source_lock is not None:
-            source_lock.finish()
-            if source_lock.locked and (problem := source_lock.undo()):
-                reason += f"; unlocking the source's TCP input failed ({problem}): it drops TCP"
-        _resume(cd, cid, pid)  # paused before the dump, both methods
+        reason += put_back()
         t = cd.task(cid)
         where = f"the source runs on ({t.status if t else 'no task!'})"
         return TransferFailed(f"migration of {cid} failed: {reason}; {where}, the destination "
@@ -928,35 +934,26 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
     outcome = Outcome.KEPT_SOURCE if opts.keep_source else Outcome.MIGRATED
     message = ""
     postcopy_us = 0
-    try:
-        if lazy:
-            prog.enter("post-copy")
-            dump, outcome, message = _postcopy_through_interrupts(
-                opts, cd, agent, work, dump, outcome, pid, prog)
-            postcopy_us = _us(time.monotonic() - t_running)
-            dump = _lazy_dump_stats(images, _us(time.monotonic() - t_freeze))
-            clock.lap("post-copy")
-            if outcome is Outcome.POSTCOPY_FAILED and _alive(pid):
-                # the source resumed (it is the container), or CRIU still serves pages and
-                # it waits, frozen (the message says what to do): nothing to clean here
-                return Report(
-                    container_id=cid, method=opts.method.value, outcome=outcome, dump=dump,
-                    restore=_restore_stats(restored), checkpoint_us=_us(t_dumped - t_freeze),
-                    restore_us=int(restored.restore_us), downtime_us=downtime,
-                    transfer_bytes=stream.sent, postcopy_complete_us=postcopy_us,
-                    total_us=_us(time.monotonic() - t0), message=message,
-                    phases=tuple(clock.phases), page_server_tls=_tls_seen(work))
-        _cut_network(pid)
-        prog.enter("cleanup")
-        cd.remove_task(cid)
-    finally:
-        if lazy and _killed(pid):
-            # CRIU ended the source after a complete transfer; it was dumped paused, so its
-            # SIGKILL waits in the frozen cgroup, holding all its memory, until the task is
-            # removed (which thaws it): also when something above escaped (the agent's
-            # Status, Ctrl-C or SIGTERM in the post-copy wait)
-            with contextlib.suppress(ContainerdError):
-                cd.remove_task(cid)
+    if lazy:
+        prog.enter("post-copy")
+        dump, outcome, message = _postcopy_through_interrupts(
+            opts, agent, work, dump, outcome, pid, prog, put_back)
+        postcopy_us = _us(time.monotonic() - t_running)
+        dump = _lazy_dump_stats(images, _us(time.monotonic() - t_freeze))
+        clock.lap("post-copy")
+        if outcome is Outcome.POSTCOPY_FAILED and _alive(pid):
+            # the source resumed (it is the container), or CRIU still serves pages and
+            # it waits, frozen (the message says what to do): nothing to clean here
+            return Report(
+                container_id=cid, method=opts.method.value, outcome=outcome, dump=dump,
+                restore=_restore_stats(restored), checkpoint_us=_us(t_dumped - t_freeze),
+                restore_us=int(restored.restore_us), downtime_us=downtime,
+                transfer_bytes=stream.sent, postcopy_complete_us=postcopy_us,
+                total_us=_us(time.monotonic() - t0), message=message,
+                phases=tuple(clock.phases), page_server_tls=_tls_seen(work))
+    cut_off(pid)  # before it goes: it cannot reset the moved connections
+    prog.enter("cleanup")
+    cd.remove_task(cid)
     if not opts.keep_source:
         with contextlib.suppress(ContainerdError):
             cd.delete_container(cid)
@@ -1015,20 +1012,6 @@ def _lazy_dumps(cid: str) -> list[int]:
     return found
 
 
-def _killed(pid: int) -> bool:
-    """``pid`` has a SIGKILL pending: CRIU ended it after a complete lazy transfer, and it
-    dies as soon as its cgroup thaws (it was dumped paused)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(("SigPnd:", "ShdPnd:")) and \
-                        int(line.split()[1], 16) & (1 << (signal.SIGKILL - 1)):
-                    return True
-    except (OSError, ValueError, IndexError):
-        pass
-    return False
-
-
 def _alive(pid: int) -> bool:
     """``pid`` exists and is not a zombie."""
     try:
@@ -1059,17 +1042,18 @@ def _interrupts_again() -> Iterator[None]:
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
 
-def _postcopy_through_interrupts(opts: MigrateOptions, cd: Containerd, agent: Any, work: Path,
+def _postcopy_through_interrupts(opts: MigrateOptions, agent: Any, work: Path,
                                  dump: DumpStats | None, outcome: Outcome, pid: int,
-                                 prog: Progress) -> tuple[DumpStats | None, Outcome, str]:
+                                 prog: Progress, put_back: Callable[[], str]
+                                 ) -> tuple[DumpStats | None, Outcome, str]:
     """:func:`_finish_postcopy`, through an interrupt. The move is committed by now: the
-    destination runs and takes the pages it lacks from the source's CRIU, which keeps the
-    source frozen and ends it once the last is served. So a first interrupt (Ctrl-C,
+    destination runs and takes the pages it lacks from the source's CRIU, while the source
+    waits, frozen, whole. So a first interrupt (Ctrl-C,
     SIGTERM, SIGHUP) does not stop the move: the command says so and goes on waiting, and
     the source is removed as at any completion. A second one leaves at once, after saying
     exactly what is left on this host and how to remove it."""
     try:
-        return _finish_postcopy(opts, cd, agent, work, dump, outcome, pid)
+        return _finish_postcopy(opts, agent, work, dump, outcome, pid, put_back)
     except KeyboardInterrupt:
         prog.notice(
             f"interrupted, but the move is committed: {opts.container_id} runs on {opts.to} "
@@ -1078,38 +1062,40 @@ def _postcopy_through_interrupts(opts: MigrateOptions, cd: Containerd, agent: An
             "yourself)")
     with _interrupts_again():
         try:
-            return _finish_postcopy(opts, cd, agent, work, dump, outcome, pid)
+            return _finish_postcopy(opts, agent, work, dump, outcome, pid, put_back)
         except KeyboardInterrupt:
-            prog.notice(_left_behind(opts, pid))
+            prog.notice(_left_behind(opts, pid, work))
             raise
 
 
-def _left_behind(opts: MigrateOptions, pid: int) -> str:
+def _left_behind(opts: MigrateOptions, pid: int, work: Path) -> str:
     """What a lazy move left on the source when it was interrupted in post-copy, and how to
-    remove it."""
-    cid, ns = opts.container_id, opts.namespace
-    remove = f"ctr -n {ns} task rm -f {cid}; ctr -n {ns} containers rm {cid}"
+    settle it (the source's CRIU log, the only place that says whether every page was
+    served, is kept: the staging directory goes when the command ends)."""
+    cid = opts.container_id
     if serving := _lazy_dumps(cid):
         return (f"left now: the source task of {cid} stays PAUSED, holding all its memory, "
                 f"while its CRIU (runc checkpoint, pid {serving[0]}) serves the pages "
-                f"{opts.to} still lacks; CRIU ends the task once the last is served. Then "
-                f"(once pid {serving[0]} has exited) remove it, its record and its snapshot: "
-                f"{remove}. Removing the task before would lose the pages the destination "
-                "lacks")
-    state = "ended by its CRIU" if not _alive(pid) or _killed(pid) else "still there"
-    return (f"left now: the source of {cid} (its task {state}), its record and its snapshot; "
-            f"post-copy is over: remove them with {remove}")
+                f"{opts.to} still lacks (removing the task before that pid has exited would "
+                f"lose them). Then: {_settle(opts, pid, work)}")
+    state = "still there, PAUSED" if _alive(pid) else "ended"
+    return f"left now: the source task of {cid} ({state}). {_settle(opts, pid, work)}"
 
 
-def _finish_postcopy(opts: MigrateOptions, cd: Containerd, agent: Any, work: Path,
-                     dump: DumpStats | None, outcome: Outcome, pid: int
+def _finish_postcopy(opts: MigrateOptions, agent: Any, work: Path,
+                     dump: DumpStats | None, outcome: Outcome, pid: int,
+                     put_back: Callable[[], str]
                      ) -> tuple[DumpStats | None, Outcome, str]:
     """Wait until the source's CRIU has served its last page, then judge. The source task
     is whole and paused whatever happened (the dump leaves it alive: see :func:`_move`).
     CRIU reports a complete transfer and the destination runs = migrated (the caller cuts
     the source off and removes it); the transfer failed, or the destination's task is no
-    longer running = the destination's copy is discarded and the source resumes from the
-    freeze, and the report says what is lost (what the container did on the destination)."""
+    longer running = the destination's copy is discarded and the source is put back
+    (``put_back``: resumed from the freeze), and the report says what is lost (what the
+    container did on the destination). Never two copies: the source is put back only once
+    the destination's copy is known gone or discarded; while that is unknown (the agent
+    unreachable), or the transfer completed but the destination's state is unknown, the
+    source stays paused and the report says how to settle it either way."""
     cid = opts.container_id
     deadline = time.monotonic() + opts.postcopy_timeout
     while _lazy_dumps(cid) and time.monotonic() < deadline:
@@ -1132,27 +1118,41 @@ def _finish_postcopy(opts: MigrateOptions, cd: Containerd, agent: Any, work: Pat
         unknown = f"unknown ({exc.code().name} asking the agent: {exc.details()})"
     verdict = _lazy_verdict(work)
     dest_died = dest is not None and dest.status != "RUNNING"
+    if _alive(pid) and verdict == LAZY_DONE and dest is None:
+        return dump, Outcome.POSTCOPY_FAILED, (
+            f"the source's CRIU served every page, but the destination's task is {unknown}: "
+            f"the source stays PAUSED with all its memory. {_settle(opts, pid, work)}")
     if _alive(pid) and (verdict != LAZY_DONE or dest_died):
         there = (dest.status or "no task") if dest else unknown
         kept = _keep_dump_log(opts, work)
-        with contextlib.suppress(grpc.RpcError):
+        discarded = dest_died
+        try:
             agent.Discard(agent_pb2.StatusRequest(namespace=opts.namespace, container_id=cid),
                           timeout=120)
-        _resume(cd, cid, pid)  # paused before the dump (see _move)
+            discarded = True
+        except grpc.RpcError as exc:
+            if not discarded:
+                return dump, Outcome.POSTCOPY_FAILED, (
+                    f"post-copy failed (the source's CRIU said: {verdict}; its log kept at "
+                    f"{kept}) and the destination's copy ({there}) could not be discarded "
+                    f"({exc.code().name}: {exc.details()}): the source stays PAUSED with all "
+                    f"its memory, so that two copies never run. {_settle(opts, pid, work)}")
+        problem = put_back()
         if verdict != LAZY_DONE:
             return dump, Outcome.POSTCOPY_FAILED, (
                 f"post-copy failed: the source's CRIU could not serve every page (of "
                 f"{lazy_pages} lazy pages; it said: {verdict}; its log kept at {kept}); this "
-                f"side resumed the source, which runs on with all its memory; the "
+                f"side resumed the source, which runs on with all its memory{problem}; the "
                 f"destination's incomplete copy ({there}) was discarded; what it did while it "
                 "ran there is lost")
         return dump, Outcome.POSTCOPY_FAILED, (
             f"the destination's task is {there} (exit {dest.exit_status if dest else '?'}) "
             f"after post-copy: it was discarded and the source resumed from the freeze with "
-            f"all its memory; what the container did on the destination is lost (up to "
-            f"{lazy_pages} pages, {lazy_pages * PAGE} bytes, were served lazily; the "
+            f"all its memory{problem}; what the container did on the destination is lost (up "
+            f"to {lazy_pages} pages, {lazy_pages * PAGE} bytes, were served lazily; the "
             "destination agent keeps CRIU's lazy-pages log in its logs directory)")
-    if dest_died or verdict != LAZY_DONE:  # and the source is gone too (killed by someone)
+    # the source task is gone (ended by someone else): nothing to put back
+    if dest_died or verdict != LAZY_DONE:
         return dump, Outcome.POSTCOPY_FAILED, (
             f"the destination's task is {(dest.status or 'gone') if dest else unknown} and "
             f"the source task has ended: the container is lost (the source's CRIU said: "
@@ -1162,6 +1162,20 @@ def _finish_postcopy(opts: MigrateOptions, cd: Containerd, agent: Any, work: Pat
             f"the source's CRIU said: {verdict}; the destination's task is {unknown}: check "
             "it there")
     return dump, outcome, ""
+
+
+def _settle(opts: MigrateOptions, pid: int, work: Path) -> str:
+    """How to settle a lazy move whose outcome this side could not tell: the commands for
+    either way, and where the source's CRIU log is kept."""
+    from shim.checkpoint.network import tcp_unlock_argv
+
+    cid, ns = opts.container_id, opts.namespace
+    unlock = " ".join(tcp_unlock_argv(pid))
+    return (f"If the container runs on {opts.to} with all its memory (the source's CRIU log, "
+            f"kept at {_keep_dump_log(opts, work)}, ends with '{LAZY_DONE}'), remove the "
+            f"source: ctr -n {ns} task rm -f {cid}; ctr -n {ns} containers rm {cid}. If not, "
+            f"remove it there and resume the source: ctr -n {ns} task resume {cid} (and, if "
+            f"it was moved with --tcp-established, let it take TCP again: {unlock})")
 
 
 LAZY_DONE: Final = "Lazy pages transfer finished successfully"
