@@ -83,7 +83,9 @@ class Option:
     ``request``: the field of ``pyrunc.v1.CheckpointOptions`` (and of containerd's own
     ``CheckpointOptions`` when ``containerd`` is set: its fields 1-9); ``plan``: the
     ``CheckpointPlan`` field and stored-plan key; ``annotation``: the name after
-    ``io.pyrunc.checkpoint.``; ``flag``: the ``pyrunc checkpoint`` flag ("" = none);
+    ``io.pyrunc.checkpoint.`` ("" = none: the page server's TLS comes from the request
+    only, never from what a pod's annotations say); ``flag``: the ``pyrunc checkpoint``
+    flag ("" = none);
     ``runc``: the ``runc checkpoint`` flag ("" = runc has none: CRIU configuration file);
     ``criu``: CRIU's own option name; ``help``: the flag's help text.
     """
@@ -170,13 +172,13 @@ OPTIONS: Final[tuple[Option, ...]] = (
        Kind.NETWORK_LOCK, D, False, "how CRIU locks the network during the dump"),
     _o("track_mem", "track_mem", "track-mem", "", "", "track-mem",
        F, D, False, "(the shim implies it for --pre-dump and --parent-path)"),
-    _o("tls_cacert", "tls_cacert", "tls-cacert", "", "", "tls-cacert",
+    _o("tls_cacert", "tls_cacert", "", "", "", "tls-cacert",
        P, D, False, "(TLS on the page server's connection: the CA)"),
-    _o("tls_cert", "tls_cert", "tls-cert", "", "", "tls-cert",
+    _o("tls_cert", "tls_cert", "", "", "", "tls-cert",
        P, D, False, "(TLS on the page server's connection: this side's certificate)"),
-    _o("tls_key", "tls_key", "tls-key", "", "", "tls-key",
+    _o("tls_key", "tls_key", "", "", "", "tls-key",
        P, D, False, "(TLS on the page server's connection: its private key)"),
-    _o("tls_no_cn_verify", "tls_no_cn_verify", "tls-no-cn-verify", "", "", "tls-no-cn-verify",
+    _o("tls_no_cn_verify", "tls_no_cn_verify", "", "", "", "tls-no-cn-verify",
        F, D, False, "(TLS: do not check that the peer's certificate names the address)"),
 )
 # fmt: on

@@ -513,7 +513,7 @@ def _from_any(options: AnyMessage | None) -> _Asked:
 
 # Annotation name (after ANNOTATION_PREFIX) -> option; named like the runc flag, or like the
 # CRIU option where runc has none. "leave-running: false" asks for exit.
-_BY_ANNOTATION: Final[Mapping[str, Option]] = {o.annotation: o for o in OPTIONS}
+_BY_ANNOTATION: Final[Mapping[str, Option]] = {o.annotation: o for o in OPTIONS if o.annotation}
 
 ANNOTATIONS: Final[frozenset[str]] = frozenset(ANNOTATION_PREFIX + n for n in _BY_ANNOTATION)
 """Every annotation :func:`plan_checkpoint` understands (others under the prefix are refused)."""

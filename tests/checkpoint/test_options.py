@@ -56,7 +56,10 @@ def test_one_row_per_plan_field_and_per_request_field() -> None:
 
 
 def test_annotations_come_from_the_table() -> None:
-    assert {ANNOTATION_PREFIX + o.annotation for o in OPTIONS} == ANNOTATIONS
+    assert {ANNOTATION_PREFIX + o.annotation for o in OPTIONS if o.annotation} == ANNOTATIONS
+    # the page server's TLS: from the request only, never from a pod's annotations
+    assert {o.request for o in OPTIONS if not o.annotation} == {
+        "tls_cacert", "tls_cert", "tls_key", "tls_no_cn_verify"}
 
 
 def test_a_stored_plan_of_before_the_table_loads_and_dumps_the_same() -> None:

@@ -260,7 +260,6 @@ def test_lazy_pages_annotations() -> None:
 def test_every_annotation_has_a_row() -> None:
     tested = {A + r[0] for r in ANNOTATION_ROWS} | {
         A + "image-path", A + "work-path", A + "parent-path", A + "lazy-pages",
-        A + "tls-cacert", A + "tls-cert", A + "tls-key", A + "tls-no-cn-verify",
     }  # fmt: skip
     assert tested == ANNOTATIONS
 
@@ -268,13 +267,13 @@ def test_every_annotation_has_a_row() -> None:
 TLS_CONFIG = "tls\ntls-cacert /pki/ca.pem\ntls-cert /pki/c.pem\ntls-key /pki/k.pem\n"
 
 
-def test_tls_annotations() -> None:
-    tls = {A + "tls-cacert": "/pki/ca.pem", A + "tls-cert": "/pki/c.pem",
-           A + "tls-key": "/pki/k.pem", A + "page-server": "10.0.0.2:27"}
-    assert render(plan_of(None, tls)) == (
-        [*BASE, LR, "--page-server", "10.0.0.2:27"], TLS_CONFIG, "")
-    plan = plan_of(None, {**tls, A + "tls-no-cn-verify": "true"})
-    assert render(plan)[1:] == (TLS_CONFIG + "tls-no-cn-verify\n", "")
+@pytest.mark.parametrize("name", ["tls-cacert", "tls-cert", "tls-key", "tls-no-cn-verify"])
+def test_tls_is_never_taken_from_annotations(name: str) -> None:
+    """A pod's annotations must not choose the certificate files root's CRIU reads, nor turn
+    off the check of the peer's name: the page server's TLS comes from the request only."""
+    value = "true" if name == "tls-no-cn-verify" else "/pod/chosen.pem"
+    with pytest.raises(InvalidArgument, match=f"annotation {A}{name}: unknown checkpoint"):
+        plan_of(None, {A + name: value, A + "page-server": "10.0.0.2:27"})
 
 
 def test_tls_from_the_request_renders_config_lines_and_the_lazy_daemon_args() -> None:
