@@ -653,12 +653,20 @@ def _page_server_tls(opts: MigrateOptions) -> bool:
 TLS_DONE: Final = "TLS handshake completed"  # CRIU's tls.c, info level
 
 
+#: What CRIU's tls.c logs when the peer's certificate fails the check that follows the
+#: handshake (so "handshake completed" alone does not mean a verified peer).
+_TLS_PEER_REFUSED: Final = ("Invalid certificate", "Unable to verify TLS peer")
+
+
 def _tls_seen(work: Path) -> bool:
     """The source's CRIU says (its dump log) that it completed a TLS handshake with the
-    page server's peer."""
-    with contextlib.suppress(OSError):
-        return TLS_DONE in (work / "dump.log").read_text(errors="replace")
-    return False
+    page server's peer and did not then refuse the peer's certificate."""
+    try:
+        text = (work / "dump.log").read_text(errors="replace")
+    except OSError:
+        return False
+    done = text.rfind(TLS_DONE)
+    return done >= 0 and not any(bad in text[done:] for bad in _TLS_PEER_REFUSED)
 
 
 def _dump_log_needs(opts: MigrateOptions, spec: dict[str, Any]) -> str:

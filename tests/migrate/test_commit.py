@@ -259,3 +259,19 @@ def test_a_complete_transfer_to_a_running_destination_is_a_move(tmp_path: Path) 
     agent = _Judged("RUNNING")
     assert _judge(tmp_path, LAZY_DONE, agent) == (Outcome.MIGRATED, "", 0)
     assert agent.discarded == 0
+
+
+def test_tls_is_reported_only_for_a_verified_peer(tmp_path: Path) -> None:
+    """CRIU logs "TLS handshake completed" before it checks the peer's certificate: a
+    session whose peer was then refused is no TLS-protected transfer."""
+    from shim.migrate._source import _tls_seen
+
+    log = tmp_path / "dump.log"
+    assert _tls_seen(tmp_path) is False  # no log
+    log.write_text("(00.1) Starting page server\n")
+    assert _tls_seen(tmp_path) is False
+    log.write_text("(00.1) TLS handshake completed\n(00.2) Lazy pages transfer finished\n")
+    assert _tls_seen(tmp_path) is True
+    log.write_text("(00.1) TLS handshake completed\n(00.1) Error (criu/tls.c:224): Invalid "
+                   "certificate\n(00.1) The certificate issuer is unknown.\n")
+    assert _tls_seen(tmp_path) is False
