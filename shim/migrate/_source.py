@@ -543,27 +543,34 @@ _TERMINATING: Final = (signal.SIGTERM, signal.SIGHUP)
 
 
 @contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
+def _handled(signals: tuple[signal.Signals, ...],
+             handler: Callable[[int, object], None]) -> Iterator[None]:
+    """``handler`` for ``signals`` while this lasts, the handlers before put back at the end.
+    Off the main thread (where Python cannot set handlers) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, before in old.items():
+            signal.signal(s, before if before is not None else signal.SIG_DFL)
+
+
+def _terminate_as_interrupt() -> contextlib.AbstractContextManager[None]:
     """SIGTERM and SIGHUP (``timeout``, a CI's kill, a closed terminal) raise
     KeyboardInterrupt while this lasts, as Ctrl-C does, so that a move stopped in the frozen
     window takes its way back (the source resumed and unlocked) instead of dying with the
     source paused. The first one only: further ones are ignored so that they cannot cut the
-    way back short. Off the main thread (where Python cannot set handlers) nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    way back short."""
 
     def interrupt(signum: int, _frame: object) -> None:
         for s in _TERMINATING:
             signal.signal(s, signal.SIG_IGN)
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    old = {s: signal.signal(s, interrupt) for s in _TERMINATING}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+    return _handled(_TERMINATING, interrupt)
 
 
 def migrate(opts: MigrateOptions, progress: Progress | None = None) -> Report:
@@ -1029,25 +1036,14 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _interrupts_again() -> Iterator[None]:
+def _interrupts_again() -> contextlib.AbstractContextManager[None]:
     """SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt again while this lasts (after
-    :func:`_terminate_as_interrupt` took the first one and ignores the others); the handlers
-    before are put back at the end. Off the main thread nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    :func:`_terminate_as_interrupt` took the first one and ignores the others)."""
 
     def interrupt(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    signals = (signal.SIGINT, *_TERMINATING)
-    old = {s: signal.signal(s, interrupt) for s in signals}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+    return _handled((signal.SIGINT, *_TERMINATING), interrupt)
 
 
 def _postcopy_through_interrupts(opts: MigrateOptions, agent: Any, work: Path,
