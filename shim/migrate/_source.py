@@ -882,7 +882,7 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
     prog.enter("freeze+dump")
     t_freeze = clock.lap("ready")
     restored = None
-    commit_sent = False
+    commit_sent = interrupted = False
     try:
         # Paused first, by both methods: CRIU then finds the cgroup frozen and dumps at
         # once (freezing it itself, CRIU polls the v1 freezer every 100 ms and so waits at
@@ -941,7 +941,15 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
         if there != "committed":
             raise back(f"destination {opts.to} ran the container but did not confirm the "
                        f"commit ({failed(exc)}; there: {there})") from None
-    except BaseException:  # interrupted: the agent rolls back without a commit
+    except KeyboardInterrupt:
+        # interrupted: the agent rolls back without a commit. Once it was sent, it may have
+        # arrived: then the destination's copy is the container, and putting the source
+        # back would run two; the move goes on as after an interrupt in post-copy
+        if restored is None or not commit_sent or _committed(agent, opts) != "committed":
+            back("interrupted")
+            raise
+        interrupted = True
+    except BaseException:
         back("interrupted")
         raise
     clock.lap("commit")
@@ -952,7 +960,7 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
     if lazy:
         prog.enter("post-copy")
         dump, outcome, message = _postcopy_through_interrupts(
-            opts, agent, work, dump, outcome, pid, prog, put_back)
+            opts, agent, work, dump, outcome, pid, prog, put_back, interrupted)
         postcopy_us = _us(time.monotonic() - t_running)
         dump = _lazy_dump_stats(images, _us(time.monotonic() - t_freeze))
         clock.lap("post-copy")
@@ -966,6 +974,9 @@ def _move(opts: MigrateOptions, cd: Containerd, agent: Any, record: Any, pid: in
                 transfer_bytes=stream.sent, postcopy_complete_us=postcopy_us,
                 total_us=_us(time.monotonic() - t0), message=message,
                 phases=tuple(clock.phases), page_server_tls=_tls_seen(work))
+    elif interrupted:
+        prog.notice(f"interrupted, but the move is committed: {cid} runs on {opts.to}; "
+                    "removing the source")
     cut_off(pid)  # before it goes: it cannot reset the moved connections
     prog.enter("cleanup")
     cd.remove_task(cid)
@@ -1048,16 +1059,20 @@ def _interrupts_again() -> contextlib.AbstractContextManager[None]:
 
 def _postcopy_through_interrupts(opts: MigrateOptions, agent: Any, work: Path,
                                  dump: DumpStats | None, outcome: Outcome, pid: int,
-                                 prog: Progress, put_back: Callable[[], str]
+                                 prog: Progress, put_back: Callable[[], str],
+                                 interrupted: bool = False
                                  ) -> tuple[DumpStats | None, Outcome, str]:
     """:func:`_finish_postcopy`, through an interrupt. The move is committed by now: the
     destination runs and takes the pages it lacks from the source's CRIU, while the source
     waits, frozen, whole. So a first interrupt (Ctrl-C,
     SIGTERM, SIGHUP) does not stop the move: the command says so and goes on waiting, and
     the source is removed as at any completion. A second one leaves at once, after saying
-    exactly what is left on this host and how to remove it."""
+    exactly what is left on this host and how to remove it. ``interrupted``: the first one
+    came while the destination was confirming the commit."""
     try:
-        return _finish_postcopy(opts, agent, work, dump, outcome, pid, put_back)
+        if not interrupted:
+            return _finish_postcopy(opts, agent, work, dump, outcome, pid, put_back)
+        raise KeyboardInterrupt
     except KeyboardInterrupt:
         prog.notice(
             f"interrupted, but the move is committed: {opts.container_id} runs on {opts.to} "

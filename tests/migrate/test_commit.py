@@ -136,7 +136,8 @@ def test_sigterm_and_sighup_interrupt_once_and_are_restored() -> None:
 
 
 def _interrupted_postcopy(monkeypatch: pytest.MonkeyPatch, interrupts: int,
-                          serving: list[int]) -> tuple[list[str], Any]:
+                          serving: list[int], while_committing: bool = False
+                          ) -> tuple[list[str], Any]:
     """Post-copy interrupted ``interrupts`` times (each wait raises as a signal would, then
     it ends); the notices and the result (or the exception)."""
     calls = []
@@ -154,7 +155,8 @@ def _interrupted_postcopy(monkeypatch: pytest.MonkeyPatch, interrupts: int,
     before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)]
     try:
         result: Any = _postcopy_through_interrupts(OPTS, None, Path("/w"), None,
-                                                   Outcome.MIGRATED, 1, prog, _no_put_back)
+                                                   Outcome.MIGRATED, 1, prog, _no_put_back,
+                                                   while_committing)
     except KeyboardInterrupt as exc:
         result = exc
     assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)] == before
@@ -167,6 +169,15 @@ def test_a_first_interrupt_in_post_copy_waits_on_for_the_committed_move(
     assert result == (None, Outcome.MIGRATED, "")
     assert len(notices) == 1 and "the move is committed" in notices[0], notices
     assert "c1 runs on x:1" in notices[0] and "interrupt again" in notices[0]
+
+
+def test_an_interrupt_while_the_commit_was_confirmed_counts_as_the_first(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The signal came after the commit was sent, before the agent confirmed it (and it
+    had arrived): post-copy is waited for as after a first interrupt in it."""
+    notices, result = _interrupted_postcopy(monkeypatch, 0, [4242], while_committing=True)
+    assert result == (None, Outcome.MIGRATED, "")
+    assert len(notices) == 1 and "the move is committed" in notices[0], notices
 
 
 def test_a_second_interrupt_leaves_saying_what_is_left_and_how_to_remove_it(
